@@ -1,0 +1,266 @@
+"""Exact top-k retrieval over a memory-mapped inverted index with integer scoring.
+
+Scores are computed in int32: the query is quantized (:func:`quantize_query`) so that the
+largest possible document score fits, which makes results exact and deterministic. The
+float score reported is ``int_score * index_scale / qscale``.
+
+Ranking: higher score first; equal scores are ordered by lower internal doc id first. Only
+documents with a positive score are returned, so a result has ``min(k, #matching docs)`` rows.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numba
+import numpy as np
+from numba import njit, prange
+
+from .storage import IndexFormatError, open_array, read_manifest, verify_index
+from .topk import heap_offer, heap_sort
+
+_INT32_MAX = 2**31 - 1
+# Collect touched docs instead of scanning the whole accumulator when the query's posting lists
+# hold fewer than num_docs / _TOUCHED_FRACTION postings (measured crossover: ~1/40).
+_TOUCHED_FRACTION = 32
+
+
+def quantize_query(
+    term_ids: np.ndarray, weights: np.ndarray, max_impact_level: int
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """Quantize a sparse query to int32 weights; return (terms uint32 sorted unique, qweights int32 > 0, qscale).
+
+    Non-positive weights are dropped and duplicate terms keep their max weight. With
+    ``qscale = (B - n) / sum(w)``, ``B = (2**31 - 1) // max_impact_level`` and n terms,
+    ``q = max(1, floor(w * qscale))`` satisfies ``sum(q) <= B``, so no score overflows int32.
+    """
+    terms = np.asarray(term_ids)
+    w = np.asarray(weights, dtype=np.float64)
+    if terms.ndim != 1 or w.shape != terms.shape or (terms.size and terms.dtype.kind not in "iu"):
+        raise ValueError("term_ids and weights must be 1-D arrays of equal length (integer term ids)")
+    if not np.all(np.isfinite(w)):
+        raise ValueError("query weights must be finite")
+    if terms.size and terms.min() < 0:
+        raise ValueError("query term ids must be >= 0")
+    keep = w > 0
+    terms, w = terms[keep].astype(np.int64), w[keep]
+    if not terms.size:
+        return np.empty(0, np.uint32), np.empty(0, np.int32), 1.0
+    order = np.lexsort((-w, terms))
+    terms, w = terms[order], w[order]
+    first = np.ones(terms.size, dtype=bool)
+    first[1:] = terms[1:] != terms[:-1]
+    terms, w = terms[first], w[first]
+    budget = _INT32_MAX // max_impact_level
+    if terms.size >= budget:
+        raise ValueError(f"query has {terms.size} terms; int32 scoring allows fewer than {budget}")
+    qscale = (budget - terms.size) / w.sum()
+    qweights = np.maximum(1.0, np.floor(w * qscale)).astype(np.int32)
+    return terms.astype(np.uint32), qweights, float(qscale)
+
+
+@njit(cache=True, nogil=True)
+def _search_one(offsets, docs, impacts, qterms, qweights, k, acc, touched, top_scores, top_docs):
+    """Exact top-k of one quantized query into ``top_*[:n]`` (sorted); return n. Leaves ``acc`` zeroed."""
+    work = 0
+    for i in range(qterms.shape[0]):
+        work += offsets[qterms[i] + 1] - offsets[qterms[i]]
+    size = 0
+    if work * _TOUCHED_FRACTION < acc.shape[0]:
+        n_touched = 0
+        for i in range(qterms.shape[0]):
+            w = qweights[i]
+            for p in range(offsets[qterms[i]], offsets[qterms[i] + 1]):
+                d = docs[p]
+                if acc[d] == 0:
+                    touched[n_touched] = d
+                    n_touched += 1
+                acc[d] += w * np.int32(impacts[p])
+        for j in range(n_touched):
+            d = touched[j]
+            size = heap_offer(top_scores, top_docs, size, k, acc[d], d)
+            acc[d] = 0
+    else:
+        for i in range(qterms.shape[0]):
+            w = qweights[i]
+            for p in range(offsets[qterms[i]], offsets[qterms[i] + 1]):
+                acc[docs[p]] += w * np.int32(impacts[p])
+        # Docs arrive in id order, so once the heap is full only a strictly higher score than
+        # the root can enter (an equal score loses the tie to the root's lower doc id).
+        threshold = 0
+        for d in range(acc.shape[0]):
+            s = acc[d]
+            if s > threshold:
+                size = heap_offer(top_scores, top_docs, size, k, s, d)
+                if size == k:
+                    threshold = top_scores[0]
+        acc[:] = 0
+    heap_sort(top_scores, top_docs, size)
+    return size
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def _search_many(offsets, docs, impacts, qptr, qterms, qweights, k, acc, touched, top_scores, top_docs, counts):
+    """Run query i = g, g + G, ... on worker g with its own scratch row acc[g] (G = acc.shape[0])."""
+    groups = acc.shape[0]
+    for g in prange(groups):
+        for q in range(g, qptr.shape[0] - 1, groups):
+            a, b = qptr[q], qptr[q + 1]
+            counts[q] = _search_one(offsets, docs, impacts, qterms[a:b], qweights[a:b], k,
+                                    acc[g], touched[g], top_scores[q], top_docs[q])
+
+
+class InvertedIndex:
+    """Memory-mapped inverted index answering exact top-k queries.
+
+    Thread-safe: each calling thread gets its own scoring scratch. ``open(verify=False)``
+    trusts array contents; pass ``verify=True`` to check checksums and invariants first.
+    """
+
+    def __init__(self, index_dir: Path, manifest: dict, arrays: dict[str, np.ndarray]):
+        self.index_dir = Path(index_dir)
+        self.manifest = manifest
+        self.num_docs = int(manifest["num_docs"])
+        self.vocab_size = int(manifest["vocab_size"])
+        self.num_postings = int(manifest["num_postings"])
+        self.scale = float(manifest["quantization"]["scale"])
+        self._arrays = arrays
+        self._offsets = arrays["postings_offsets"]
+        self._docs = arrays["postings_docs"]
+        self._impacts = arrays["postings_impacts"]
+        self._max_level = int(np.iinfo(self._impacts.dtype).max)
+        self._local = threading.local()
+
+    @classmethod
+    def open(cls, index_dir: Path, verify: bool = False) -> "InvertedIndex":
+        """Open an index directory (memory-mapped); with ``verify`` run :func:`verify_index` first."""
+        index_dir = Path(index_dir)
+        if verify:
+            problems = verify_index(index_dir)
+            if problems:
+                raise IndexFormatError(f"{index_dir}: index failed verification:\n  " + "\n  ".join(problems))
+        manifest = read_manifest(index_dir)
+        arrays = {name: open_array(index_dir, manifest, name) for name in manifest["arrays"]}
+        _check_shapes(index_dir, manifest, arrays)
+        return cls(index_dir, manifest, arrays)
+
+    def array(self, name: str) -> np.ndarray:
+        """A named index array (memory-mapped, read-only)."""
+        return self._arrays[name]
+
+    def _quantize(self, term_ids: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+        """Drop term ids outside the vocabulary, then :func:`quantize_query`."""
+        terms, weights = np.asarray(term_ids), np.asarray(weights)
+        if terms.ndim == 1 and terms.shape == weights.shape:
+            in_vocab = terms < self.vocab_size
+            terms, weights = terms[in_vocab], weights[in_vocab]
+        return quantize_query(terms, weights, self._max_level)
+
+    def _scratch(self) -> tuple[np.ndarray, np.ndarray]:
+        """This thread's (accumulator, touched-docs) scratch; the accumulator is all zeros between calls."""
+        local = self._local
+        if not hasattr(local, "acc"):
+            local.acc = np.zeros(self.num_docs, np.int32)
+            local.touched = np.empty(self.num_docs, np.uint32)
+        return local.acc, local.touched
+
+    def search_quantized(self, qterms: np.ndarray, qweights: np.ndarray, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k for an already quantized query (see :func:`quantize_query`); return (doc ids uint32, int32 scores)."""
+        qterms = np.ascontiguousarray(qterms, dtype=np.uint32)
+        qweights = np.ascontiguousarray(qweights, dtype=np.int32)
+        if qterms.ndim != 1 or qweights.shape != qterms.shape:
+            raise ValueError("qterms and qweights must be 1-D arrays of equal length")
+        if qterms.size and (qterms.max() >= self.vocab_size or qweights.min() <= 0
+                            or int(qweights.sum(dtype=np.int64)) * self._max_level > _INT32_MAX):
+            raise ValueError("quantized query needs terms < vocab_size and weights > 0 whose scores fit int32")
+        return self._top_k(qterms, qweights, _check_k(k, self.num_docs))
+
+    def _top_k(self, qterms: np.ndarray, qweights: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        if not qterms.size or not k:
+            return np.empty(0, np.uint32), np.empty(0, np.int32)
+        acc, touched = self._scratch()
+        top_scores, top_docs = np.empty(k, np.int32), np.empty(k, np.uint32)
+        n = _search_one(self._offsets, self._docs, self._impacts, qterms, qweights, k,
+                        acc, touched, top_scores, top_docs)
+        return top_docs[:n], top_scores[:n]
+
+    def search(self, term_ids: np.ndarray, weights: np.ndarray, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
+        """Exact top-k; return (doc ids uint32, float32 scores) ordered by (score desc, doc id asc)."""
+        qterms, qweights, qscale = self._quantize(term_ids, weights)
+        ids, scores = self._top_k(qterms, qweights, _check_k(k, self.num_docs))
+        return ids, self._dequantize(scores, qscale)
+
+    def search_batch(self, queries: list[tuple[np.ndarray, np.ndarray]], k: int = 10,
+                     threads: int | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+        """:meth:`search` for many queries in parallel over ``threads`` workers (default: numba's setting)."""
+        if threads is not None and threads < 1:
+            raise ValueError("threads must be >= 1")
+        k = _check_k(k, self.num_docs)
+        quantized = [self._quantize(terms, weights) for terms, weights in queries]
+        if not quantized or not k:
+            return [(np.empty(0, np.uint32), np.empty(0, np.float32)) for _ in quantized]
+        qptr = np.zeros(len(quantized) + 1, np.int64)
+        np.cumsum([q[0].size for q in quantized], out=qptr[1:])
+        qterms = np.concatenate([q[0] for q in quantized])
+        qweights = np.concatenate([q[1] for q in quantized])
+        groups = min(threads or numba.get_num_threads(), numba.config.NUMBA_NUM_THREADS, len(quantized))
+        acc = np.zeros((groups, self.num_docs), np.int32)
+        touched = np.empty((groups, self.num_docs), np.uint32)
+        top_scores = np.empty((len(quantized), k), np.int32)
+        top_docs = np.empty((len(quantized), k), np.uint32)
+        counts = np.empty(len(quantized), np.int64)
+        previous = numba.get_num_threads()
+        numba.set_num_threads(groups)
+        try:
+            _search_many(self._offsets, self._docs, self._impacts, qptr, qterms, qweights, k,
+                         acc, touched, top_scores, top_docs, counts)
+        finally:
+            numba.set_num_threads(previous)
+        return [
+            (top_docs[i, :n].copy(), self._dequantize(top_scores[i, :n], qscale))
+            for i, (n, (_, _, qscale)) in enumerate(zip(counts, quantized))
+        ]
+
+    def _dequantize(self, int_scores: np.ndarray, qscale: float) -> np.ndarray:
+        return (int_scores * (self.scale / qscale)).astype(np.float32)
+
+    def doc_vector(self, doc_id: int) -> tuple[np.ndarray, np.ndarray]:
+        """Stored (term ids uint32 ascending, dequantized float32 weights) of one document."""
+        if not 0 <= doc_id < self.num_docs:
+            raise IndexError(f"doc id {doc_id} out of range [0, {self.num_docs})")
+        offsets = self._arrays["forward_offsets"]
+        start, end = offsets[doc_id], offsets[doc_id + 1]
+        terms = np.array(self._arrays["forward_terms"][start:end])
+        weights = (self._arrays["forward_impacts"][start:end] * self.scale).astype(np.float32)
+        return terms, weights
+
+
+def _check_k(k: int, num_docs: int) -> int:
+    """Validate k and cap it at num_docs."""
+    if k < 1:
+        raise ValueError("k must be >= 1")
+    return min(int(k), num_docs)
+
+
+def _check_shapes(index_dir: Path, manifest: dict, arrays: dict[str, np.ndarray]) -> None:
+    """Cheap consistency checks that keep the kernels in bounds for a well-formed (unverified) index."""
+    expected = {
+        "postings_offsets": manifest["vocab_size"] + 1,
+        "postings_docs": manifest["num_postings"],
+        "postings_impacts": manifest["num_postings"],
+        "forward_offsets": manifest["num_docs"] + 1,
+        "forward_terms": manifest["num_postings"],
+        "forward_impacts": manifest["num_postings"],
+        "term_max_impact": manifest["vocab_size"],
+    }
+    for name, length in expected.items():
+        if name not in arrays or arrays[name].shape != (length,):
+            raise IndexFormatError(f"{index_dir / name}.npy: missing or not of length {length}")
+    if arrays["postings_impacts"].dtype not in (np.uint8, np.uint16):
+        dtype = arrays["postings_impacts"].dtype
+        raise IndexFormatError(f"{index_dir}/postings_impacts.npy: unsupported impact dtype {dtype}")
+    for name in ("postings_offsets", "forward_offsets"):
+        offsets = arrays[name]
+        if offsets[0] != 0 or offsets[-1] != manifest["num_postings"]:
+            raise IndexFormatError(f"{index_dir / name}.npy: offsets must run from 0 to num_postings")

@@ -1,0 +1,200 @@
+"""On-disk layout of an index directory: ``.npy`` arrays described by ``manifest.json``.
+
+The manifest records, for every array, its file, dtype, shape and sha256. Arrays are
+opened memory-mapped; :func:`verify_index` checks checksums and structural invariants.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+from numba import njit
+
+FORMAT_NAME = "lsr-index"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+_HASH_CHUNK = 1 << 20
+
+
+class IndexFormatError(RuntimeError):
+    """An index directory is missing, corrupt or written in an unsupported format."""
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(_HASH_CHUNK):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def array_entry(index_dir: Path, name: str, arr: np.ndarray) -> dict:
+    """Manifest entry for an array already saved as ``index_dir/name.npy``."""
+    file = f"{name}.npy"
+    return {
+        "file": file,
+        "dtype": str(arr.dtype),
+        "shape": list(arr.shape),
+        "sha256": sha256_file(Path(index_dir) / file),
+    }
+
+
+def write_array(index_dir: Path, name: str, arr: np.ndarray) -> dict:
+    """Save ``arr`` as ``index_dir/name.npy`` and return its manifest entry."""
+    arr = np.ascontiguousarray(arr)
+    np.save(Path(index_dir) / f"{name}.npy", arr)
+    return array_entry(index_dir, name, arr)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_manifest(index_dir: Path, manifest: dict) -> None:
+    """Atomically write ``manifest.json`` (temp file, fsync, rename, fsync directory)."""
+    index_dir = Path(index_dir)
+    tmp = index_dir / f"{MANIFEST}.tmp"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(manifest, fh, indent=2, sort_keys=True)
+        fh.write("\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, index_dir / MANIFEST)
+    _fsync_dir(index_dir)
+
+
+def read_manifest(index_dir: Path) -> dict:
+    """Load and validate ``manifest.json``; raise :class:`IndexFormatError` if unusable."""
+    path = Path(index_dir) / MANIFEST
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise IndexFormatError(f"{path}: no index manifest (not an index directory?)") from None
+    try:
+        manifest = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise IndexFormatError(f"{path}: manifest is not valid JSON ({exc})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
+        raise IndexFormatError(f"{path}: not an {FORMAT_NAME!r} manifest")
+    version = manifest.get("format_version")
+    if version != FORMAT_VERSION:
+        raise IndexFormatError(
+            f"{path}: index format version {version!r}, this code reads version {FORMAT_VERSION}"
+        )
+    if not isinstance(manifest.get("arrays"), dict):
+        raise IndexFormatError(f"{path}: manifest has no 'arrays' table")
+    return manifest
+
+
+def open_array(index_dir: Path, manifest: dict, name: str, verify: bool = False) -> np.ndarray:
+    """Memory-map array ``name``, checking dtype/shape (and sha256 if ``verify``) against the manifest."""
+    try:
+        entry = manifest["arrays"][name]
+    except KeyError:
+        raise IndexFormatError(f"{Path(index_dir) / MANIFEST}: no array {name!r} in manifest") from None
+    path = Path(index_dir) / entry["file"]
+    if verify and sha256_file(path) != entry["sha256"]:
+        raise IndexFormatError(f"{path}: sha256 mismatch (file corrupt or modified)")
+    try:
+        arr = np.load(path, mmap_mode="r", allow_pickle=False)
+    except FileNotFoundError:
+        raise IndexFormatError(f"{path}: array file missing") from None
+    except ValueError as exc:
+        raise IndexFormatError(f"{path}: unreadable .npy file ({exc})") from None
+    if str(arr.dtype) != entry["dtype"] or list(arr.shape) != list(entry["shape"]):
+        raise IndexFormatError(
+            f"{path}: expected {entry['dtype']}{tuple(entry['shape'])}, "
+            f"found {arr.dtype}{tuple(arr.shape)}"
+        )
+    return arr
+
+
+@njit(cache=True, nogil=True)
+def _check_lists(offsets, values, upper):
+    """Count (values >= upper, adjacent non-increasing pairs inside a list)."""
+    out_of_range = 0
+    unsorted = 0
+    for i in range(offsets.shape[0] - 1):
+        start, end = offsets[i], offsets[i + 1]
+        for p in range(start, end):
+            if values[p] >= upper:
+                out_of_range += 1
+            if p > start and values[p] <= values[p - 1]:
+                unsorted += 1
+    return out_of_range, unsorted
+
+
+def _check_offsets(name: str, offsets: np.ndarray, length: int, total: int) -> list[str]:
+    problems = []
+    if offsets.shape != (length + 1,):
+        return [f"{name}: expected {length + 1} offsets, found {offsets.shape}"]
+    if offsets[0] != 0 or offsets[-1] != total:
+        problems.append(f"{name}: must start at 0 and end at {total}, found {offsets[0]}..{offsets[-1]}")
+    if np.any(np.diff(offsets) < 0):
+        problems.append(f"{name}: offsets are not monotone")
+    return problems
+
+
+def _check_structure(arrays: dict[str, np.ndarray], num_docs: int, vocab_size: int) -> list[str]:
+    problems = []
+    for prefix, lists, values, upper in (
+        ("postings", vocab_size, "postings_docs", num_docs),
+        ("forward", num_docs, "forward_terms", vocab_size),
+    ):
+        ids, impacts = arrays[values], arrays[f"{prefix}_impacts"]
+        if impacts.shape != ids.shape:
+            problems.append(f"{prefix}_impacts.npy: shape {impacts.shape} differs from {values}.npy {ids.shape}")
+        offsets = np.ascontiguousarray(arrays[f"{prefix}_offsets"])
+        found = _check_offsets(f"{prefix}_offsets.npy", offsets, lists, ids.shape[0])
+        problems += found
+        if not found:
+            out_of_range, unsorted = _check_lists(offsets, ids, upper)
+            if out_of_range:
+                problems.append(f"{values}.npy: {out_of_range} ids >= {upper}")
+            if unsorted:
+                problems.append(f"{values}.npy: {unsorted} ids not strictly increasing within a list")
+        zeros = np.count_nonzero(impacts == 0)
+        if zeros:
+            problems.append(f"{prefix}_impacts.npy: {zeros} zero impacts")
+    return problems
+
+
+def verify_index(index_dir: Path) -> list[str]:
+    """Check every array's sha256 and the index invariants; return the problems found (empty if OK)."""
+    index_dir = Path(index_dir)
+    try:
+        manifest = read_manifest(index_dir)
+    except IndexFormatError as exc:
+        return [str(exc)]
+    problems = []
+    arrays = {}
+    for name, entry in manifest["arrays"].items():
+        path = index_dir / entry["file"]
+        if not path.is_file():
+            problems.append(f"{path}: array file missing")
+            continue
+        if sha256_file(path) != entry["sha256"]:
+            problems.append(f"{path}: sha256 mismatch (file corrupt or modified)")
+        try:
+            arrays[name] = open_array(index_dir, manifest, name)
+        except IndexFormatError as exc:
+            problems.append(str(exc))
+    required = ("postings_offsets", "postings_docs", "postings_impacts",
+                "forward_offsets", "forward_terms", "forward_impacts")
+    missing = [name for name in required if name not in arrays]
+    if missing:
+        return problems + [f"{index_dir}: cannot check structure, missing arrays {missing}"]
+    num_postings = manifest.get("num_postings")
+    for name in ("postings_docs", "forward_terms"):
+        if arrays[name].shape != (num_postings,):
+            problems.append(f"{index_dir / name}.npy: expected {num_postings} postings, found {arrays[name].shape}")
+    return problems + _check_structure(arrays, int(manifest["num_docs"]), int(manifest["vocab_size"]))

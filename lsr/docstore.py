@@ -1,0 +1,89 @@
+"""Document store: external id, title, text and metadata per internal doc number, in SQLite."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+from lsr.corpus import Document
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS docs (
+    docno INTEGER PRIMARY KEY,
+    id TEXT NOT NULL UNIQUE,
+    title TEXT NOT NULL,
+    text TEXT NOT NULL,
+    metadata TEXT NOT NULL
+)
+"""
+
+
+class DuplicateIdError(KeyError):
+    """A document id that is already in the store."""
+
+
+class DocStore:
+    """SQLite table of documents keyed by internal doc number (the index's doc id)."""
+
+    def __init__(self, path: Path, readonly: bool = False) -> None:
+        self.path = Path(path)
+        if readonly:
+            if not self.path.is_file():
+                raise FileNotFoundError(f"document store {self.path} is missing")
+            self._db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, check_same_thread=False)
+        else:
+            self._db = sqlite3.connect(self.path, check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute(_SCHEMA)
+
+    def add(self, docno: int, doc: Document) -> None:
+        """Insert one document; raise DuplicateIdError if its id is already stored."""
+        try:
+            self._db.execute(
+                "INSERT INTO docs VALUES (?, ?, ?, ?, ?)",
+                (docno, doc.id, doc.title, doc.text, json.dumps(doc.metadata, ensure_ascii=False)),
+            )
+        except sqlite3.IntegrityError as err:
+            raise DuplicateIdError(doc.id) from err
+
+    def commit(self) -> None:
+        """Commit pending inserts."""
+        self._db.commit()
+
+    def close(self) -> None:
+        """Commit and close; checkpoint the WAL into the main file."""
+        self._db.commit()
+        self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        self._db.execute("PRAGMA journal_mode=DELETE")
+        self._db.close()
+
+    def __len__(self) -> int:
+        return self._db.execute("SELECT COUNT(*) FROM docs").fetchone()[0]
+
+    def get(self, docno: int) -> Document:
+        """The document with this internal number."""
+        row = self._db.execute("SELECT id, title, text, metadata FROM docs WHERE docno = ?", (int(docno),)).fetchone()
+        if row is None:
+            raise KeyError(docno)
+        return Document(id=row[0], title=row[1], text=row[2], metadata=json.loads(row[3]))
+
+    def docno(self, doc_id: str) -> int:
+        """Internal number of an external id (KeyError if unknown)."""
+        row = self._db.execute("SELECT docno FROM docs WHERE id = ?", (doc_id,)).fetchone()
+        if row is None:
+            raise KeyError(doc_id)
+        return row[0]
+
+    def headers(self, docnos: list[int]) -> dict[int, tuple[str, str]]:
+        """(external id, title) of several documents in one query."""
+        if not docnos:
+            return {}
+        marks = ",".join("?" * len(docnos))
+        rows = self._db.execute(f"SELECT docno, id, title FROM docs WHERE docno IN ({marks})", [int(d) for d in docnos])
+        return {docno: (doc_id, title) for docno, doc_id, title in rows}
+
+    def ids(self) -> list[str]:
+        """All external ids in doc-number order."""
+        return [r[0] for r in self._db.execute("SELECT id FROM docs ORDER BY docno")]

@@ -1,0 +1,386 @@
+"""The engine facade: build an index from a corpus, open it, search it (used by CLI, server and eval)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Union
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from index import IndexBuilder, InvertedIndex
+from index.storage import sha256_file
+from lsr import __version__
+from lsr.corpus import CorpusError, CorpusReader, Document
+from lsr.docstore import DocStore, DuplicateIdError
+from lsr.encoder import SparseBatch, SpladeEncoder
+from lsr.vectors import is_vector_file, read_vectors, write_vector
+
+log = logging.getLogger("lsr.engine")
+
+DEFAULT_INDEX_DIR = Path("lsr_index")
+DOCSTORE_FILE = "docs.sqlite"
+MODES = ("exact",)
+
+Query = Union[str, dict[str, float], tuple[Sequence[int], Sequence[float]]]
+
+
+class ModelMismatchError(RuntimeError):
+    """The query encoder is not the model the index was built with."""
+
+
+@dataclass
+class Hit:
+    """One search result."""
+
+    id: str
+    score: float
+    title: str
+    docno: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class BuildStats:
+    """What a build did."""
+
+    documents: int
+    skipped: int
+    seconds: float
+    postings: int
+
+
+class Engine:
+    """An on-disk learned-sparse index with its document store and query encoder."""
+
+    def __init__(self, index_dir: Path, index: InvertedIndex, docs: DocStore, encoder: SpladeEncoder | None = None):
+        self.index_dir = Path(index_dir)
+        self.index = index
+        self.docs = docs
+        self.manifest = index.manifest
+        self._encoder = encoder
+
+    # ------------------------------------------------------------------ build / open
+    @classmethod
+    def build(
+        cls,
+        corpus: str | os.PathLike,
+        index_dir: str | os.PathLike = DEFAULT_INDEX_DIR,
+        *,
+        model: str | None = None,
+        encoder: SpladeEncoder | None = None,
+        batch_size: int = 32,
+        doc_max_length: int = 256,
+        query_max_length: int = 64,
+        doc_top_k: int | None = None,
+        quant_bits: int = 8,
+        id_field: str | None = None,
+        text_field: str | None = None,
+        title_field: str | None = None,
+        skip_bad: bool = False,
+        window: int = 2048,
+        progress: bool = True,
+    ) -> "Engine":
+        """Index a corpus (BEIR dir, JSONL, CSV/TSV, text tree, or a vectors JSONL) into ``index_dir``.
+
+        The index is written to a staging directory and moved into place only when complete, so a failed or
+        interrupted build never leaves a half-written index and never touches the previous one.
+        """
+        started = time.time()
+        corpus, index_dir = Path(corpus), Path(index_dir)
+        encoder = encoder or SpladeEncoder(
+            model, doc_max_length=doc_max_length, query_max_length=query_max_length, doc_top_k=doc_top_k
+        )
+        reader = CorpusReader(corpus, id_field=id_field, text_field=text_field, title_field=title_field,
+                              skip_bad=skip_bad) if not is_vector_file(corpus) else None
+        staging = _staging_dir(index_dir)
+        try:
+            builder = IndexBuilder(staging, encoder.vocab_size, quant_bits=quant_bits)
+            store = DocStore(staging / DOCSTORE_FILE)
+            if reader is None:
+                skipped = _add_vectors(corpus, encoder, builder, store, skip_bad, window, progress)
+            else:
+                _add_corpus(reader, encoder, builder, store, batch_size, window, progress)
+                skipped = reader.skipped
+            num_docs = builder.num_docs
+            store.close()
+            if num_docs == 0:
+                raise CorpusError(corpus, 0, None, "no documents to index")
+            builder.finalize({
+                "lsr_version": __version__,
+                "model": encoder.describe(),
+                "documents": {"file": DOCSTORE_FILE, "count": num_docs,
+                              "sha256": sha256_file(staging / DOCSTORE_FILE)},
+                "corpus": str(corpus.resolve()),
+                "skipped_records": skipped,
+                "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "build_seconds": round(time.time() - started, 3),
+            })
+            _publish(staging, index_dir)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        if skipped:
+            log.warning("skipped %d bad record(s) in %s", skipped, corpus)
+        return cls.open(index_dir, encoder=encoder)
+
+    @classmethod
+    def open(
+        cls, index_dir: str | os.PathLike = DEFAULT_INDEX_DIR, *, verify: bool = False,
+        encoder: SpladeEncoder | None = None,
+    ) -> "Engine":
+        """Open an index directory (memory-mapped); the query encoder is loaded on first text query."""
+        index_dir = Path(index_dir)
+        if not (index_dir / "manifest.json").is_file():
+            raise FileNotFoundError(f"no index at {index_dir} (missing manifest.json); build one with `lsr index CORPUS`")
+        index = InvertedIndex.open(index_dir, verify=verify)
+        docs = DocStore(index_dir / index.manifest["documents"]["file"], readonly=True)
+        engine = cls(index_dir, index, docs)
+        if encoder is not None:
+            engine._check_encoder(encoder)
+            engine._encoder = encoder
+        return engine
+
+    # ------------------------------------------------------------------ encoder
+    @property
+    def encoder(self) -> SpladeEncoder:
+        """The model the index was built with (loaded lazily and checked against the recorded hash)."""
+        if self._encoder is None:
+            info = self.manifest["model"]
+            encoder = SpladeEncoder(info["name"], doc_max_length=info["doc_max_length"],
+                                    query_max_length=info["query_max_length"], doc_top_k=info["doc_top_k"])
+            self._check_encoder(encoder)
+            self._encoder = encoder
+        return self._encoder
+
+    def _check_encoder(self, encoder: SpladeEncoder) -> None:
+        recorded = self.manifest["model"]
+        if encoder.hash != recorded["sha256"]:
+            raise ModelMismatchError(
+                f"index {self.index_dir} was built with model {recorded['name']!r} (sha256 {recorded['sha256'][:12]}…) "
+                f"but {encoder.name!r} has sha256 {encoder.hash[:12]}…; queries must be encoded by the indexing model"
+            )
+
+    def query_vector(self, query: Query) -> tuple[np.ndarray, np.ndarray]:
+        """Term ids and weights of a query given as text, ``{token: weight}`` or ``(term_ids, weights)``."""
+        if isinstance(query, str):
+            return self.encoder.encode_query(query)
+        if isinstance(query, dict):
+            ids = self.encoder.token_ids(query.keys())
+            pairs = [(i, w) for i, w in zip(ids, query.values()) if i is not None]
+            return (np.array([p[0] for p in pairs], np.uint32), np.array([p[1] for p in pairs], np.float32))
+        term_ids, weights = query
+        return np.asarray(term_ids, np.uint32), np.asarray(weights, np.float32)
+
+    # ------------------------------------------------------------------ search
+    def search(self, query: Query, k: int = 10, mode: str = "exact") -> list[Hit]:
+        """Top-k documents for one query."""
+        _check_search_args(k, mode)
+        ids, scores = self.index.search(*self.query_vector(query), k=k)
+        return self._hits(ids, scores)
+
+    def search_batch(
+        self, queries: Sequence[Query], k: int = 10, mode: str = "exact", threads: int | None = None
+    ) -> list[list[Hit]]:
+        """Top-k documents for many queries (text queries encoded in batches, search parallel over queries)."""
+        _check_search_args(k, mode)
+        vectors = self.query_vectors(queries)
+        results = self.index.search_batch(vectors, k=k, threads=threads)
+        return [self._hits(ids, scores) for ids, scores in results]
+
+    def query_vectors(self, queries: Sequence[Query]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Vectors of many queries; text queries are encoded together in batches."""
+        texts = [q for q in queries if isinstance(q, str)]
+        batch = self.encoder.encode_queries(texts, batch_size=64) if texts else SparseBatch.concat([])
+        vectors, t = [], 0
+        for q in queries:
+            if isinstance(q, str):
+                vectors.append(batch.row(t))
+                t += 1
+            else:
+                vectors.append(self.query_vector(q))
+        return vectors
+
+    def _hits(self, ids: np.ndarray, scores: np.ndarray) -> list[Hit]:
+        headers = self.docs.headers([int(i) for i in ids])
+        return [Hit(headers[int(i)][0], float(s), headers[int(i)][1], int(i)) for i, s in zip(ids, scores)]
+
+    # ------------------------------------------------------------------ documents and info
+    def document(self, doc_id: str) -> Document:
+        """A stored document by external id (KeyError if unknown)."""
+        return self.docs.get(self.docs.docno(doc_id))
+
+    def document_vector(self, doc_id: str, top: int | None = None) -> dict[str, float]:
+        """A document's indexed (quantized) term weights, decoded to tokens."""
+        terms, weights = self.index.doc_vector(self.docs.docno(doc_id))
+        return self.encoder.decode(terms, weights, top)
+
+    def info(self) -> dict:
+        """Counts, sizes, model and build details."""
+        m = self.manifest
+        offsets = self.index.array("postings_offsets")
+        size = sum(f.stat().st_size for f in self.index_dir.iterdir() if f.is_file())
+        return {
+            "index": str(self.index_dir.resolve()),
+            "format_version": m["format_version"],
+            "documents": m["num_docs"],
+            "terms": int(np.count_nonzero(np.diff(offsets))),
+            "vocab_size": m["vocab_size"],
+            "postings": m["num_postings"],
+            "avg_terms_per_doc": round(m["num_postings"] / max(m["num_docs"], 1), 1),
+            "size_bytes": size,
+            "quantization": m["quantization"],
+            "model": m["model"],
+            "built_at": m["built_at"],
+            "build_seconds": m["build_seconds"],
+            "corpus": m["corpus"],
+        }
+
+    def export_vectors(self, path: str | os.PathLike, with_text: bool = False) -> int:
+        """Write every indexed document's (dequantized) vector as ``{"id", "vector": {token: weight}}`` JSONL."""
+        count = 0
+        with open(path, "w", encoding="utf-8") as fh:
+            for docno in tqdm(range(self.index.num_docs), desc="exporting", unit="doc"):
+                doc = self.docs.get(docno)
+                terms, weights = self.index.doc_vector(docno)
+                write_vector(fh, doc.id, self.encoder.decode(terms, weights), doc.text if with_text else None)
+                count += 1
+        return count
+
+
+# ---------------------------------------------------------------------- helpers
+def _check_search_args(k: int, mode: str) -> None:
+    if not 1 <= k <= 10_000:
+        raise ValueError(f"k must be between 1 and 10000, got {k}")
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; available: {', '.join(MODES)}")
+
+
+def document_text(doc: Document) -> str:
+    """The text a document is encoded from: title and body."""
+    return f"{doc.title} {doc.text}".strip() if doc.title else doc.text
+
+
+def _windows(docs: Iterator[Document], size: int) -> Iterator[list[Document]]:
+    window: list[Document] = []
+    for doc in docs:
+        window.append(doc)
+        if len(window) == size:
+            yield window
+            window = []
+    if window:
+        yield window
+
+
+def _store_window(window: list[Document], store: DocStore, first_docno: int, on_error) -> list[Document]:
+    """Store documents with consecutive doc numbers; duplicates go to ``on_error`` (raise or skip)."""
+    accepted: list[Document] = []
+    for doc in window:
+        try:
+            store.add(first_docno + len(accepted), doc)
+            accepted.append(doc)
+        except DuplicateIdError:
+            on_error(CorpusError(doc.source, doc.line, "id", f"duplicate id {doc.id!r}"))
+    return accepted
+
+
+def _add_corpus(reader: CorpusReader, encoder: SpladeEncoder, builder: IndexBuilder, store: DocStore,
+                batch_size: int, window: int, progress: bool) -> None:
+    bar = tqdm(total=reader.count(), unit="doc", desc="indexing", disable=not progress, dynamic_ncols=True)
+    for docs in _windows(iter(reader), window):
+        accepted = _store_window(docs, store, builder.num_docs, reader.skip_error)
+        batch = encoder.encode_documents([document_text(d) for d in accepted], batch_size)
+        builder.add(batch.indptr, batch.indices, batch.values)
+        store.commit()
+        bar.update(len(docs))
+    bar.close()
+
+
+def _add_vectors(path: Path, encoder: SpladeEncoder, builder: IndexBuilder, store: DocStore, skip_bad: bool,
+                 window: int, progress: bool) -> int:
+    skipped = 0
+
+    def on_error(err: CorpusError) -> None:
+        nonlocal skipped
+        if not skip_bad:
+            raise err
+        log.warning("skipping bad record: %s", err)
+        skipped += 1
+
+    vocab = encoder.tokenizer.get_vocab()
+    bar = tqdm(unit="doc", desc="indexing vectors", disable=not progress, dynamic_ncols=True)
+    pending: list[tuple[Document, dict[str, float]]] = []
+
+    def flush() -> None:
+        accepted = {id(d) for d in _store_window([d for d, _ in pending], store, builder.num_docs, on_error)}
+        rows = [vec for doc, vec in pending if id(doc) in accepted]
+        indptr = np.zeros(len(rows) + 1, np.int64)
+        np.cumsum([len(r) for r in rows], out=indptr[1:])
+        terms = np.fromiter((vocab[t] for r in rows for t in r), np.uint32, count=int(indptr[-1]))
+        weights = np.fromiter((w for r in rows for w in r.values()), np.float32, count=int(indptr[-1]))
+        builder.add(indptr, terms, weights)
+        store.commit()
+        bar.update(len(pending))
+        pending.clear()
+
+    for doc, vector in read_vectors(path, on_error):
+        unknown = next((t for t in vector if t not in vocab), None)
+        if unknown is not None:
+            on_error(CorpusError(path, doc.line, f"vector.{unknown}", f"token not in the vocabulary of model {encoder.name!r}"))
+            continue
+        pending.append((doc, vector))
+        if len(pending) == window:
+            flush()
+    if pending:
+        flush()
+    bar.close()
+    return skipped
+
+
+def _staging_dir(index_dir: Path) -> Path:
+    """A fresh sibling directory to build into; stale ones from killed builds are removed."""
+    index_dir.parent.mkdir(parents=True, exist_ok=True)
+    for stale in index_dir.parent.glob(f".{index_dir.name}.building-*"):
+        pid = stale.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not _pid_alive(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)
+    staging = index_dir.parent / f".{index_dir.name}.building-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    return staging
+
+
+def _publish(staging: Path, index_dir: Path) -> None:
+    """Move a complete staging directory into place; the previous index is removed only afterwards."""
+    old = index_dir.parent / f".{index_dir.name}.old-{os.getpid()}"
+    if index_dir.exists():
+        os.replace(index_dir, old)
+    os.replace(staging, index_dir)
+    _fsync_dir(index_dir.parent)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -18,6 +18,7 @@ import numpy as np
 from numba import njit, prange
 
 from .storage import IndexFormatError, open_array, read_manifest, verify_index
+from .structures import load_structure, structure_for_mode
 from .topk import heap_offer, heap_sort
 
 _INT32_MAX = 2**31 - 1
@@ -131,6 +132,7 @@ class InvertedIndex:
         self._impacts = arrays["postings_impacts"]
         self._max_level = int(np.iinfo(self._impacts.dtype).max)
         self._local = threading.local()
+        self._structures: dict[str, object] = {}
 
     @classmethod
     def open(cls, index_dir: Path, verify: bool = False) -> "InvertedIndex":
@@ -185,14 +187,28 @@ class InvertedIndex:
                         acc, touched, top_scores, top_docs)
         return top_docs[:n], top_scores[:n]
 
-    def search(self, term_ids: np.ndarray, weights: np.ndarray, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
-        """Exact top-k; return (doc ids uint32, float32 scores) ordered by (score desc, doc id asc)."""
+    def structure(self, name: str):
+        """A pruning structure (see :mod:`index.structures`) stored with this index, loaded on first use."""
+        if name not in self._structures:
+            self._structures[name] = load_structure(self, name)
+        return self._structures[name]
+
+    def search(self, term_ids: np.ndarray, weights: np.ndarray, k: int = 10, mode: str = "exact",
+               **params) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k in ``mode`` (exact, bmp, bmp-approx, seismic); (doc ids uint32, float32 scores) by (score desc, id asc)."""
         qterms, qweights, qscale = self._quantize(term_ids, weights)
-        ids, scores = self._top_k(qterms, qweights, _check_k(k, self.num_docs))
+        k = _check_k(k, self.num_docs)
+        if structure_for_mode(mode) is None:
+            _reject_params(mode, params)
+            ids, scores = self._top_k(qterms, qweights, k)
+        elif not qterms.size or not k:
+            ids, scores = np.empty(0, np.uint32), np.empty(0, np.int32)
+        else:
+            ids, scores = self.structure(structure_for_mode(mode)).search(qterms, qweights, k, mode=mode, **params)
         return ids, self._dequantize(scores, qscale)
 
     def search_batch(self, queries: list[tuple[np.ndarray, np.ndarray]], k: int = 10,
-                     threads: int | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+                     threads: int | None = None, mode: str = "exact", **params) -> list[tuple[np.ndarray, np.ndarray]]:
         """:meth:`search` for many queries in parallel over ``threads`` workers (default: numba's setting)."""
         if threads is not None and threads < 1:
             raise ValueError("threads must be >= 1")
@@ -200,6 +216,12 @@ class InvertedIndex:
         quantized = [self._quantize(terms, weights) for terms, weights in queries]
         if not quantized or not k:
             return [(np.empty(0, np.uint32), np.empty(0, np.float32)) for _ in quantized]
+        name = structure_for_mode(mode)
+        if name is None:
+            _reject_params(mode, params)
+        else:
+            results = self.structure(name).search_batch(quantized, k, mode=mode, threads=threads, **params)
+            return [(ids, self._dequantize(scores, q[2])) for (ids, scores), q in zip(results, quantized)]
         qptr = np.zeros(len(quantized) + 1, np.int64)
         np.cumsum([q[0].size for q in quantized], out=qptr[1:])
         qterms = np.concatenate([q[0] for q in quantized])
@@ -234,6 +256,11 @@ class InvertedIndex:
         terms = np.array(self._arrays["forward_terms"][start:end])
         weights = (self._arrays["forward_impacts"][start:end] * self.scale).astype(np.float32)
         return terms, weights
+
+
+def _reject_params(mode: str, params: dict) -> None:
+    if params:
+        raise ValueError(f"mode {mode!r} takes no parameters, got {', '.join(params)}")
 
 
 def _check_k(k: int, num_docs: int) -> int:

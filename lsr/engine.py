@@ -15,6 +15,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from index import IndexBuilder, InvertedIndex
+from index.structures import MODES
 from index.storage import sha256_file
 from lsr import __version__
 from lsr.corpus import CorpusError, CorpusReader, Document
@@ -26,7 +27,6 @@ log = logging.getLogger("lsr.engine")
 
 DEFAULT_INDEX_DIR = Path("lsr_index")
 DOCSTORE_FILE = "docs.sqlite"
-MODES = ("exact",)
 
 Query = Union[str, dict[str, float], tuple[Sequence[int], Sequence[float]]]
 
@@ -181,19 +181,19 @@ class Engine:
         return np.asarray(term_ids, np.uint32), np.asarray(weights, np.float32)
 
     # ------------------------------------------------------------------ search
-    def search(self, query: Query, k: int = 10, mode: str = "exact") -> list[Hit]:
-        """Top-k documents for one query."""
+    def search(self, query: Query, k: int = 10, mode: str = "exact", **params) -> list[Hit]:
+        """Top-k documents for one query; ``params`` are the mode's knobs (e.g. BMP's alpha/beta)."""
         _check_search_args(k, mode)
-        ids, scores = self.index.search(*self.query_vector(query), k=k)
+        ids, scores = self.index.search(*self.query_vector(query), k=k, mode=mode, **params)
         return self._hits(ids, scores)
 
     def search_batch(
-        self, queries: Sequence[Query], k: int = 10, mode: str = "exact", threads: int | None = None
+        self, queries: Sequence[Query], k: int = 10, mode: str = "exact", threads: int | None = None, **params
     ) -> list[list[Hit]]:
         """Top-k documents for many queries (text queries encoded in batches, search parallel over queries)."""
         _check_search_args(k, mode)
         vectors = self.query_vectors(queries)
-        results = self.index.search_batch(vectors, k=k, threads=threads)
+        results = self.index.search_batch(vectors, k=k, threads=threads, mode=mode, **params)
         return [self._hits(ids, scores) for ids, scores in results]
 
     def query_vectors(self, queries: Sequence[Query]) -> list[tuple[np.ndarray, np.ndarray]]:

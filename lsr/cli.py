@@ -51,7 +51,7 @@ def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log more.
 @app.command("index")
 @user_errors
 def index_cmd(
-    corpus: Path = typer.Argument(..., help="BEIR dir, JSONL(.gz), CSV/TSV, folder of .txt/.md, or vectors JSONL."),
+    corpus: Optional[Path] = typer.Argument(None, help="BEIR dir, JSONL(.gz), CSV/TSV, folder of .txt/.md, or vectors JSONL."),
     index: Path = IndexOpt,
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Masked-LM checkpoint: hub id or local path (default: embedded splade-tiny)."),
     batch_size: int = typer.Option(32, "--batch-size", min=1),
@@ -64,16 +64,30 @@ def index_cmd(
     title_field: Optional[str] = typer.Option(None, "--title-field"),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Log and skip bad records instead of stopping."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="Torch threads for encoding."),
+    structures: Optional[str] = typer.Option(None, "--structures", help="Pruning structures to build too: bmp,seismic."),
+    add_structures: Optional[str] = typer.Option(
+        None, "--add-structures", help="Add structures (bmp,seismic) to the existing index at --index; no CORPUS."),
+    reorder: Optional[str] = typer.Option(None, "--reorder", help="Reorder documents for BMP blocks: bp or cluster."),
 ) -> None:
     """Index a corpus into an on-disk index (atomically replaces any previous index at --index)."""
     if quant_bits not in (8, 16):
         raise ValueError("--quant-bits must be 8 or 16")
     _set_threads(threads)
     started = time.time()
+    if add_structures is not None:
+        if corpus is not None:
+            raise ValueError("--add-structures works on the existing index at --index: give no CORPUS")
+        names = _split_names(add_structures)
+        Engine.open(index).add_structures(names, reorder=reorder)
+        typer.echo(f"added {', '.join(names)} to {index} in {time.time() - started:.1f}s")
+        return
+    if corpus is None:
+        raise ValueError("give a CORPUS to index (or --add-structures for an existing index)")
     engine = Engine.build(
         corpus, index, model=model, batch_size=batch_size, doc_max_length=max_length,
         query_max_length=query_max_length, doc_top_k=doc_top_k, quant_bits=quant_bits, id_field=id_field,
         text_field=text_field, title_field=title_field, skip_bad=skip_bad,
+        structures=_split_names(structures), reorder=reorder,
     )
     info = engine.info()
     skipped = engine.manifest.get("skipped_records", 0)
@@ -90,6 +104,7 @@ def search_cmd(
     index: Path = IndexOpt,
     k: int = typer.Option(10, "-k", "--k", min=1, max=10000),
     mode: str = typer.Option("exact", "--mode", help=f"Search mode: {', '.join(MODES)}."),
+    param: list[str] = typer.Option([], "--param", "-p", help="Mode knob NAME=VALUE, repeatable (e.g. alpha=0.9)."),
     queries: Optional[Path] = typer.Option(None, "--queries", "-q", help="BEIR queries.jsonl or id<TAB>text TSV."),
     as_json: bool = typer.Option(False, "--json", help="JSON output (one line per query with --queries)."),
     run_out: Optional[Path] = typer.Option(None, "--run-out", help="Write a TREC run file."),
@@ -99,13 +114,14 @@ def search_cmd(
     if (query is None) == (queries is None):
         raise ValueError("give either a QUERY argument or --queries FILE")
     _set_threads(threads)
+    params = parse_params(param)
     engine = Engine.open(index)
     if queries is not None:
         pairs = list(read_queries(queries))
-        results = engine.search_batch([text for _, text in pairs], k=k, mode=mode, threads=threads)
+        results = engine.search_batch([text for _, text in pairs], k=k, mode=mode, threads=threads, **params)
         qids = [qid for qid, _ in pairs]
     else:
-        qids, results = ["1"], [engine.search(query, k=k, mode=mode)]
+        qids, results = ["1"], [engine.search(query, k=k, mode=mode, **params)]
     if run_out is not None:
         write_run(run_out, qids, results)
     for qid, hits in zip(qids, results):
@@ -115,6 +131,27 @@ def search_cmd(
                        json.dumps({"query": query, "hits": [h.to_dict() for h in hits]}, ensure_ascii=False))
         elif run_out is None or queries is None:
             _print_hits(qid if queries is not None else None, hits)
+
+
+def parse_params(pairs: list[str]) -> dict[str, float | int]:
+    """``["alpha=0.9", "query_cut=10"]`` -> ``{"alpha": 0.9, "query_cut": 10}``."""
+    params: dict[str, float | int] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            raise ValueError(f"--param expects NAME=VALUE, got {pair!r}")
+        try:
+            params[name] = int(value)
+        except ValueError:
+            try:
+                params[name] = float(value)
+            except ValueError:
+                raise ValueError(f"--param {name}: {value!r} is not a number") from None
+    return params
+
+
+def _split_names(names: Optional[str]) -> list[str]:
+    return [n.strip() for n in names.split(",") if n.strip()] if names else []
 
 
 def write_run(path: Path, qids: list[str], results: list[list[Hit]], tag: str = "lsr") -> None:

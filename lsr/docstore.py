@@ -59,6 +59,13 @@ class DocStore:
         self._db.execute("PRAGMA journal_mode=DELETE")
         self._db.close()
 
+    def renumber(self, new_to_old) -> None:
+        """Give every document a new number: document ``new_to_old[n]`` becomes number ``n``."""
+        mapping = [(int(new), int(old)) for new, old in enumerate(new_to_old)]
+        with self._db:
+            self._db.execute("UPDATE docs SET docno = -1 - docno")  # move out of the way of the new numbers
+            self._db.executemany("UPDATE docs SET docno = ? WHERE docno = -1 - ?", mapping)
+
     def __len__(self) -> int:
         return self._db.execute("SELECT COUNT(*) FROM docs").fetchone()[0]
 

@@ -67,6 +67,9 @@ class SpladeEncoder:
         threads: int | None = None,
     ) -> None:
         from transformers import AutoModelForMaskedLM, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
 
         self.ref: ModelRef = resolve_model(model, DEFAULT_SPLADE)
         self.name = self.ref.name

@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from index import IndexBuilder, InvertedIndex
 from index.structures import MODES
-from index.storage import sha256_file
+from index.storage import read_manifest, sha256_file, write_manifest
 from lsr import __version__
 from lsr.corpus import CorpusError, CorpusReader, Document
 from lsr.docstore import DocStore, DuplicateIdError
@@ -86,13 +86,22 @@ class Engine:
         text_field: str | None = None,
         title_field: str | None = None,
         skip_bad: bool = False,
+        structures: Sequence[str] = (),
+        reorder: str | None = None,
         window: int = 2048,
         progress: bool = True,
+        dense: bool = False,
+        dense_model: str | None = None,
+        dense_dtype: str = "float16",
+        hnsw_threshold: int | None = None,
     ) -> "Engine":
         """Index a corpus (BEIR dir, JSONL, CSV/TSV, text tree, or a vectors JSONL) into ``index_dir``.
 
         The index is written to a staging directory and moved into place only when complete, so a failed or
         interrupted build never leaves a half-written index and never touches the previous one.
+        ``structures`` (``bmp``, ``seismic``) are built too; ``reorder`` (e.g. ``bp``) renumbers documents first
+        so that similar documents share BMP blocks. ``dense`` also stores dense document vectors (``dense_model``,
+        default: the embedded all-MiniLM-L6-v2) for ``retriever="dense"|"hybrid"`` search (see :meth:`add_dense`).
         """
         started = time.time()
         corpus, index_dir = Path(corpus), Path(index_dir)
@@ -124,6 +133,9 @@ class Engine:
                 "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 "build_seconds": round(time.time() - started, 3),
             })
+            _add_structures_in(staging, structures, reorder)
+            if dense:
+                _add_dense_in(staging, dense_model, batch_size, dense_dtype, hnsw_threshold, progress)
             _publish(staging, index_dir)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
@@ -148,6 +160,72 @@ class Engine:
             engine._check_encoder(encoder)
             engine._encoder = encoder
         return engine
+
+    def add_structures(self, names: Sequence[str], reorder: str | None = None, **params) -> "Engine":
+        """Add pruning structures (and optionally reorder documents) to this index; return the reopened engine.
+
+        Reordering rewrites every array, so it happens in a staging copy that replaces the index atomically;
+        structures alone are written beside the existing arrays and recorded by an atomic manifest rewrite.
+        """
+        if reorder is None:
+            _add_structures_in(self.index_dir, names, None, **params)
+        else:
+            staging = _staging_dir(self.index_dir)
+            try:
+                shutil.copytree(self.index_dir, staging, dirs_exist_ok=True)
+                _add_structures_in(staging, names, reorder, **params)
+                _publish(staging, self.index_dir)
+            except BaseException:
+                shutil.rmtree(staging, ignore_errors=True)
+                raise
+        return Engine.open(self.index_dir, encoder=self._encoder)
+
+    def add_dense(self, model: str | None = None, *, batch_size: int = 32, dtype: str = "float16",
+                  hnsw_threshold: int | None = None, progress: bool = True) -> "Engine":
+        """Encode every document with a dense model and store the vectors in this index; return the reopened engine.
+
+        The vectors go beside the existing arrays and are recorded by an atomic manifest rewrite (replacing any
+        previous dense vectors). An HNSW graph is built when the collection reaches ``hnsw_threshold`` documents.
+        """
+        _add_dense_in(self.index_dir, model, batch_size, dtype, hnsw_threshold, progress)
+        return Engine.open(self.index_dir, encoder=self._encoder)
+
+    # ------------------------------------------------------------------ dense side
+    @property
+    def dense(self):
+        """The index's dense vectors (:class:`lsr.dense.DenseIndex`), or None if it has none."""
+        if "_dense_index" not in self.__dict__:
+            from lsr.dense import DenseIndex
+
+            self._dense_index = DenseIndex.open(self.index_dir, self.manifest)
+        return self._dense_index
+
+    def require_dense(self):
+        """The dense vectors, or a ValueError saying how to add them."""
+        if self.dense is None:
+            raise ValueError(f"index {self.index_dir} has no dense vectors; add them with `lsr index --dense` "
+                             "or Engine.add_dense()")
+        return self.dense
+
+    @property
+    def dense_encoder(self):
+        """The dense model the index's vectors were made with (loaded lazily, checked against its hash)."""
+        if self.__dict__.get("_dense_encoder") is None:
+            from lsr.dense import DenseEncoder, check_dense_encoder
+
+            info = self.require_dense().info
+            model = info["model"]
+            encoder = DenseEncoder(model["name"], max_length=model["max_length"],
+                                   query_max_length=model["query_max_length"])
+            check_dense_encoder(encoder, info, self.index_dir)
+            self._dense_encoder = encoder
+        return self._dense_encoder
+
+    def dense_query_vectors(self, queries: Sequence[str]) -> np.ndarray:
+        """Dense embeddings [n, dim] of text queries."""
+        if not all(isinstance(q, str) for q in queries):
+            raise ValueError("dense and hybrid retrieval need text queries")
+        return self.dense_encoder.encode_queries(list(queries))
 
     # ------------------------------------------------------------------ encoder
     @property
@@ -181,16 +259,33 @@ class Engine:
         return np.asarray(term_ids, np.uint32), np.asarray(weights, np.float32)
 
     # ------------------------------------------------------------------ search
-    def search(self, query: Query, k: int = 10, mode: str = "exact", **params) -> list[Hit]:
-        """Top-k documents for one query; ``params`` are the mode's knobs (e.g. BMP's alpha/beta)."""
+    def search(self, query: Query, k: int = 10, mode: str = "exact", *, retriever: str = "sparse",
+               fusion=None, alpha: float | None = None, filter: dict | None = None, **params) -> list[Hit]:
+        """Top-k documents for one query; ``params`` are the mode's knobs (e.g. BMP's alpha/beta).
+
+        ``retriever="dense"|"hybrid"`` uses the dense vectors (hybrid: fused with :mod:`lsr.fusion`; ``fusion``
+        is ``"convex"``, ``"rrf"`` or a :class:`lsr.fusion.FusionConfig`, ``alpha`` the sparse weight);
+        ``filter`` keeps documents whose metadata equals every ``{field: value}``.
+        """
+        if retriever != "sparse" or fusion is not None or alpha is not None or filter:
+            from lsr import fusion as _fusion
+
+            return _fusion.search(self, query, k, mode=mode, retriever=retriever, fusion=fusion, alpha=alpha,
+                                  filter=filter, params=params)
         _check_search_args(k, mode)
         ids, scores = self.index.search(*self.query_vector(query), k=k, mode=mode, **params)
         return self._hits(ids, scores)
 
     def search_batch(
-        self, queries: Sequence[Query], k: int = 10, mode: str = "exact", threads: int | None = None, **params
+        self, queries: Sequence[Query], k: int = 10, mode: str = "exact", threads: int | None = None, *,
+        retriever: str = "sparse", fusion=None, alpha: float | None = None, filter: dict | None = None, **params
     ) -> list[list[Hit]]:
         """Top-k documents for many queries (text queries encoded in batches, search parallel over queries)."""
+        if retriever != "sparse" or fusion is not None or alpha is not None or filter:
+            from lsr import fusion as _fusion
+
+            return _fusion.search_many(self, queries, k, mode=mode, retriever=retriever, fusion=fusion, alpha=alpha,
+                                       filter=filter, threads=threads, params=params)
         _check_search_args(k, mode)
         vectors = self.query_vectors(queries)
         results = self.index.search_batch(vectors, k=k, threads=threads, mode=mode, **params)
@@ -242,6 +337,7 @@ class Engine:
             "built_at": m["built_at"],
             "build_seconds": m["build_seconds"],
             "corpus": m["corpus"],
+            "dense": m.get("dense"),
         }
 
     def export_vectors(self, path: str | os.PathLike, with_text: bool = False) -> int:
@@ -343,6 +439,45 @@ def _add_vectors(path: Path, encoder: SpladeEncoder, builder: IndexBuilder, stor
         flush()
     bar.close()
     return skipped
+
+
+def _add_structures_in(index_dir: Path, names: Sequence[str], reorder: str | None, **params) -> None:
+    """Reorder documents (renumbering the document store to match), then build the named structures."""
+    from index.structures import add_structure
+
+    if reorder is not None:
+        from index.reorder import reorder_index
+
+        new_to_old = reorder_index(index_dir, reorder)
+        store = DocStore(index_dir / DOCSTORE_FILE)
+        store.renumber(new_to_old)
+        store.close()
+        from lsr.dense import permute_dense
+
+        permute_dense(index_dir, new_to_old)
+        manifest = read_manifest(index_dir)
+        manifest["documents"]["sha256"] = sha256_file(index_dir / DOCSTORE_FILE)
+        write_manifest(index_dir, manifest)
+    if names:
+        index = InvertedIndex.open(index_dir)
+        for name in names:
+            add_structure(index, name, **params.get(name, {}))
+            index = InvertedIndex.open(index_dir)
+
+
+def _add_dense_in(index_dir: Path, model: str | None, batch_size: int, dtype: str, hnsw_threshold: int | None,
+                  progress: bool) -> None:
+    """Encode the documents of an index directory (in doc-number order) with a dense model and store them."""
+    from lsr.dense import DEFAULT_HNSW_THRESHOLD, DenseEncoder, encode_store, write_dense
+
+    encoder = DenseEncoder(model)
+    store = DocStore(index_dir / DOCSTORE_FILE, readonly=True)
+    count = len(store)
+    texts = (document_text(store.get(docno)) for docno in range(count))
+    vectors = encode_store(texts, encoder, count, batch_size=batch_size, progress=progress)
+    del store, texts  # read-only connection: nothing to commit
+    write_dense(index_dir, vectors, encoder.describe(), dtype=dtype,
+                hnsw_threshold=DEFAULT_HNSW_THRESHOLD if hnsw_threshold is None else hnsw_threshold)
 
 
 def _staging_dir(index_dir: Path) -> Path:

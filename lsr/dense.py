@@ -266,20 +266,11 @@ class DenseIndex:
         if not len(queries):
             return []
         if self.uses_hnsw and not exact:
+            import faiss
+
             graph = self._graph()
-            if ef_search is not None:
-                import faiss
-
-                params = faiss.SearchParametersHNSW(efSearch=max(int(ef_search), k))
-                scores, ids = graph.search(queries, k, params=params)
-            else:
-                if graph.hnsw.efSearch < k:
-                    import faiss
-
-                    params = faiss.SearchParametersHNSW(efSearch=k)
-                    scores, ids = graph.search(queries, k, params=params)
-                else:
-                    scores, ids = graph.search(queries, k)
+            ef = max(int(ef_search or graph.hnsw.efSearch), k)  # the graph search keeps ef >= k candidates
+            scores, ids = graph.search(queries, k, params=faiss.SearchParametersHNSW(efSearch=ef))
             results = []
             for row_ids, row_scores in zip(ids, scores):
                 keep = row_ids >= 0

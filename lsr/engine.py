@@ -347,7 +347,7 @@ class Engine:
             for docno in tqdm(range(self.index.num_docs), desc="exporting", unit="doc"):
                 doc = self.docs.get(docno)
                 terms, weights = self.index.doc_vector(docno)
-                write_vector(fh, doc.id, self.encoder.decode(terms, weights), doc.text if with_text else None)
+                write_vector(fh, doc.id, self.encoder.decode(terms, weights), doc.text if with_text else None, doc.title)
                 count += 1
         return count
 

@@ -47,3 +47,13 @@ def encoder() -> SpladeEncoder:
 def engine(tmp_path_factory, corpus_dir, encoder) -> Engine:
     """The fixture corpus indexed on disk."""
     return Engine.build(corpus_dir, tmp_path_factory.mktemp("idx") / "index", encoder=encoder, progress=False)
+
+
+@pytest.fixture(scope="session")
+def hybrid_engine(tmp_path_factory, engine) -> Engine:
+    """A copy of the fixture index with dense vectors (embedded all-MiniLM-L6-v2) added: exact dense search."""
+    import shutil
+
+    target = tmp_path_factory.mktemp("hybrid") / "index"
+    shutil.copytree(engine.index_dir, target)
+    return Engine.open(target, encoder=engine.encoder).add_dense(progress=False)

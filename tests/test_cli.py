@@ -103,3 +103,31 @@ def test_console_script_subprocess(cli_index):
     out = subprocess.run([sys.executable, "-m", "lsr.cli", "search", "json encoder", "--index", cli_index, "-k", "1", "--json"],
                          capture_output=True, text=True, timeout=300, check=True).stdout
     assert json.loads(out)["hits"][0]["id"].startswith("module:json")
+
+
+def test_encode_shards_resume_and_index_vectors(tmp_path, module_docs):
+    corpus = write_jsonl(tmp_path / "c.jsonl", [{"id": d["_id"], "title": d["title"], "text": d["text"]} for d in module_docs[:12]])
+    parts = []
+    for i in range(2):
+        out = tmp_path / f"v.{i}.jsonl"
+        assert run("encode", str(corpus), str(out), "--shard", f"{i}/2", "--with-text").exit_code == 0
+        parts.append(out)
+    full = parts[0].read_bytes()
+    assert full.count(b"\n") == 6
+    parts[0].write_bytes(full[: full.index(b"\n", full.index(b"\n") + 1) + 40])  # two lines and a torn third
+    result = run("encode", str(corpus), str(parts[0]), "--shard", "0/2", "--with-text", "--resume")
+    assert result.exit_code == 0 and "(4 new)" in result.stdout
+    resumed = [json.loads(line) for line in parts[0].read_text().splitlines()]
+    original = [json.loads(line) for line in full.decode().splitlines()]
+    assert [r["id"] for r in resumed] == [r["id"] for r in original]
+    for a, b in zip(resumed, original):  # batches differ after a resume: equal up to float rounding
+        terms = a["vector"].keys() | b["vector"].keys()
+        assert max(abs(a["vector"].get(t, 0) - b["vector"].get(t, 0)) for t in terms) < 1e-3
+    merged = tmp_path / "all.jsonl"
+    merged.write_bytes(parts[0].read_bytes() + parts[1].read_bytes())
+    assert run("index", str(merged), "--index", str(tmp_path / "vidx")).exit_code == 0
+    assert run("index", str(corpus), "--index", str(tmp_path / "tidx")).exit_code == 0
+    by_vectors = json.loads(run("search", "json encoder", "--index", str(tmp_path / "vidx"), "--json").stdout)["hits"]
+    by_text = json.loads(run("search", "json encoder", "--index", str(tmp_path / "tidx"), "--json").stdout)["hits"]
+    assert [h["id"] for h in by_vectors] == [h["id"] for h in by_text]
+    assert by_vectors[0]["title"] == by_text[0]["title"] != ""

@@ -1,0 +1,161 @@
+// lsr search page: plain JS, no dependencies, works offline against the same server.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const state = { retriever: "sparse", dense: false, seq: 0 };
+
+function el(tag, attrs, ...children) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(attrs || {})) {
+    if (key === "class") node.className = value;
+    else node.setAttribute(key, value);
+  }
+  for (const child of children) {
+    if (child !== null && child !== undefined) node.append(child);
+  }
+  return node;
+}
+
+// The snippet as text nodes with <mark> around highlighted spans (never innerHTML: documents are untrusted).
+function highlighted(text, spans) {
+  const frag = document.createDocumentFragment();
+  let at = 0;
+  for (const span of (spans || []).slice().sort((a, b) => a.start - b.start)) {
+    if (span.start < at) continue;
+    frag.append(text.slice(at, span.start));
+    const mark = el("mark", { class: span.expansion ? "expansion" : "match", title: span.expansion
+      ? `expansion term “${span.term}” (added by the model)` : `query term “${span.term}”` }, text.slice(span.start, span.end));
+    frag.append(mark);
+    at = span.end;
+  }
+  frag.append(text.slice(at));
+  return frag;
+}
+
+function fmt(x) { return x === null || x === undefined ? "–" : Number(x).toFixed(3); }
+
+function renderHit(hit, rank) {
+  const meta = el("div", { class: "meta" },
+    el("span", {}, `#${rank}`), el("span", { class: "doc-id" }, hit.id), el("span", {}, `score ${fmt(hit.score)}`));
+  if (state.retriever === "hybrid") {
+    meta.append(el("span", {}, `sparse ${fmt(hit.sparse_score)}`), el("span", {}, `dense ${fmt(hit.dense_score)}`));
+  }
+  const li = el("li", { class: "hit" },
+    el("h2", {}, hit.title || hit.id), meta,
+    el("p", { class: "snippet" }, highlighted(hit.snippet || "", hit.highlights)));
+  if (hit.explain && hit.explain.length) {
+    const terms = el("div", { class: "terms", "aria-label": "top contributing terms" });
+    for (const t of hit.explain) {
+      terms.append(el("span", { class: "term" + (t.expansion ? " expansion" : ""),
+        title: `query ${t.query_weight.toFixed(2)} × doc ${t.doc_weight.toFixed(2)}` },
+        `${t.term} ${t.contribution.toFixed(2)}`));
+    }
+    li.append(terms);
+  }
+  return li;
+}
+
+function setStatus(text, isError) {
+  const status = $("status");
+  status.textContent = text;
+  status.classList.toggle("error", !!isError);
+}
+
+async function search() {
+  const q = $("q").value.trim();
+  if (!q) { $("results").replaceChildren(); setStatus(""); return; }
+  const body = { q, k: Number($("k").value), mode: $("mode").value, retriever: state.retriever, explain: true };
+  if (state.retriever === "hybrid") {
+    if ($("fusion").value) body.fusion = $("fusion").value;
+    if ($("alpha").dataset.touched) body.alpha = Number($("alpha").value);
+  }
+  const params = new URLSearchParams({ q, retriever: state.retriever, mode: body.mode });
+  history.replaceState(null, "", `/?${params}`);
+  const seq = ++state.seq;
+  const t0 = performance.now();
+  setStatus("Searching…");
+  let response, data;
+  try {
+    response = await fetch("/search", { method: "POST", headers: { "Content-Type": "application/json" },
+                                        body: JSON.stringify(body) });
+    data = await response.json();
+  } catch (err) {
+    if (seq === state.seq) setStatus(`Request failed: ${err}`, true);
+    return;
+  }
+  if (seq !== state.seq) return;  // a newer search is under way
+  const roundTrip = performance.now() - t0;
+  if (!response.ok) {
+    const detail = typeof data.detail === "string" ? data.detail : JSON.stringify(data.detail);
+    setStatus(`Error ${response.status}: ${detail}`, true);
+    $("results").replaceChildren();
+    return;
+  }
+  const list = $("results");
+  list.replaceChildren(...data.hits.map((hit, i) => renderHit(hit, i + 1)));
+  const what = data.retriever + (data.fusion ? ` (${data.fusion.method}${data.fusion.method === "convex"
+    ? ` α=${data.fusion.alpha}, ${data.fusion.normalization}` : ""})` : "") + `, ${data.mode}`;
+  setStatus(`${data.hits.length} results · ${what} · server ${data.took_ms.toFixed(1)} ms · round trip ${roundTrip.toFixed(1)} ms`);
+  $("status").dataset.latency = String(data.took_ms);
+}
+
+function setRetriever(value) {
+  state.retriever = value;
+  for (const button of $("retriever").querySelectorAll("button")) {
+    const on = button.dataset.value === value;
+    button.classList.toggle("active", on);
+    button.setAttribute("aria-checked", String(on));
+  }
+  document.body.classList.toggle("hybrid", value === "hybrid");
+}
+
+async function init() {
+  $("search-form").addEventListener("submit", (event) => { event.preventDefault(); search(); });
+  $("retriever").addEventListener("click", (event) => {
+    const button = event.target.closest("button");
+    if (!button || button.disabled) return;
+    setRetriever(button.dataset.value);
+    search();
+  });
+  for (const id of ["mode", "fusion", "k"]) $(id).addEventListener("change", search);
+  $("alpha").addEventListener("input", () => {
+    $("alpha").dataset.touched = "1";
+    $("alpha-out").textContent = Number($("alpha").value).toFixed(2);
+  });
+  $("alpha").addEventListener("change", search);
+
+  const params = new URLSearchParams(location.search);
+  if (params.get("q")) $("q").value = params.get("q");
+  if (["sparse", "dense", "hybrid"].includes(params.get("retriever"))) setRetriever(params.get("retriever"));
+
+  // Wait for the index (503 while loading), then fill in modes, the dense switch and the footer.
+  for (;;) {
+    try {
+      const response = await fetch("/stats");
+      if (response.ok) {
+        const stats = await response.json();
+        $("mode").replaceChildren(...stats.modes.map((m) => el("option", { value: m }, m)));
+        if (params.get("mode") && stats.modes.includes(params.get("mode"))) $("mode").value = params.get("mode");
+        state.dense = !!stats.dense_model;
+        for (const button of $("retriever").querySelectorAll("button")) {
+          if (button.dataset.value !== "sparse" && !state.dense) {
+            button.disabled = true;
+            button.title = "this index has no dense vectors";
+          }
+        }
+        $("footer").textContent = `${stats.documents.toLocaleString()} documents · sparse model ${stats.model.name}` +
+          (stats.dense_model ? ` · dense model ${stats.dense_model.name} (${stats.dense_search})` : "") +
+          " · highlights: yellow = query term, blue = expansion term added by the model";
+        break;
+      }
+      setStatus("Index is loading…");
+    } catch (err) {
+      setStatus("Server unreachable, retrying…", true);
+    }
+    await new Promise((resolve) => setTimeout(resolve, 1000));
+  }
+  setStatus("");
+  if ($("q").value) search();
+}
+
+init();

@@ -429,11 +429,12 @@ def compare_cmd(
         typer.echo(json.dumps(report))
         return
     typer.echo(f"A = {run_a}\nB = {run_b}\n{report['queries']} judged queries, paired {test} test, alpha {alpha}")
-    typer.echo(f"{'metric':<12}{'A':>9}{'B':>9}{'B-A':>9}{'p':>10}  W/T/L")
+    typer.echo(f"{'metric':<12}{'A':>9}{'B':>9}{'B-A':>9}{'p':>10}     B wins/ties/losses")
     for m, r in report["metrics"].items():
-        mark = " *" if r["significant"] else ""
-        typer.echo(f"{m:<12}{r['a']:>9.4f}{r['b']:>9.4f}{r['delta']:>+9.4f}{r['p_value']:>10.4g}{mark:2}"
+        mark = "*" if r["significant"] else " "
+        typer.echo(f"{m:<12}{r['a']:>9.4f}{r['b']:>9.4f}{r['delta']:>+9.4f}{r['p_value']:>10.4g} {mark}   "
                    f"{r['b_wins']}/{r['ties']}/{r['b_losses']}")
+    typer.echo(f"* significant at alpha {alpha}")
 
 
 if __name__ == "__main__":

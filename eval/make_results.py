@@ -15,6 +15,8 @@ import json
 import sys
 from pathlib import Path
 
+from lsr.evaluate import result_key
+
 HERE = Path(__file__).resolve().parent
 
 # (column key as produced by lsr.evaluate.result_key, header)
@@ -32,16 +34,6 @@ DATASETS = ["scifact", "medline", "cacm", "lisa", "npl", "time", "wn-gcide"]
 EMPTY = "—"
 
 
-def column_key(result: dict) -> str:
-    """Same rule as ``lsr.evaluate.result_key`` (kept here so the script runs without the package's deps)."""
-    name = result["retriever"]
-    if name == "sparse":
-        return f"sparse-{result['mode']}"
-    if name == "hybrid":
-        return f"hybrid-{result['fusion']}" + (f"-{result['mode']}" if result.get("mode") not in (None, "exact") else "")
-    return name
-
-
 def load_results(results_dir: Path) -> dict[tuple[str, str], dict]:
     """``{(dataset, column): record}``; a later file for the same cell wins (files are read in name order)."""
     out = {}
@@ -52,7 +44,7 @@ def load_results(results_dir: Path) -> dict[tuple[str, str], dict]:
             sys.exit(f"{path}: not valid JSON ({err})")
         if not isinstance(record, dict) or not {"dataset", "retriever", "ndcg@10"} <= set(record):
             continue  # another tool's JSON (e.g. eval/tune_fusion.py output), not an `lsr eval` record
-        out[(record["dataset"], column_key(record))] = record
+        out[(record["dataset"], result_key(record))] = record
     return out
 
 

@@ -50,6 +50,7 @@ import numba
 import numpy as np
 from numba import njit, prange
 
+from .parallel import numba_threads
 from .storage import IndexFormatError, open_array, read_manifest, write_array
 from .topk import heap_offer, heap_sort
 
@@ -525,15 +526,11 @@ class BmpIndex:
         top_scores = np.empty((nq, k), np.int32)
         top_docs = np.empty((nq, k), np.uint32)
         counts = np.empty(nq, np.int64)
-        previous = numba.get_num_threads()
-        numba.set_num_threads(groups)
-        try:
+        with numba_threads(groups):
             _bmp_many(*self._kernel_args, self.num_docs, self.block_size,
                       qptr, _concat(qterms, np.uint32), _concat(qweights, np.int32),
                       bptr, _concat([b[0] for b in bounds], np.uint32), _concat([b[1] for b in bounds], np.int32),
                       k, _kth_column(k), alpha, ub, cand_ub, cand_blk, bacc, top_scores, top_docs, counts)
-        finally:
-            numba.set_num_threads(previous)
         return [(top_docs[i, :n].copy(), top_scores[i, :n].copy()) for i, n in enumerate(counts)]
 
 

@@ -29,6 +29,7 @@ import numba
 import numpy as np
 from numba import njit, prange
 
+from .parallel import numba_threads
 from .storage import open_array, read_manifest, write_array, write_manifest
 
 METHODS = ("bp", "terms")
@@ -145,9 +146,7 @@ def bp_order(f_off: np.ndarray, f_terms: np.ndarray, vocab_size: int, iterations
     deg2s = np.zeros((groups, vocab_size), np.int32)
     gains = np.empty(num_docs, np.float32)
     parts = [(0, num_docs)]
-    previous = numba.get_num_threads()
-    numba.set_num_threads(groups)
-    try:
+    with numba_threads(groups):
         while parts:
             big = [(lo, hi) for lo, hi in parts if hi - lo >= _SERIAL_BELOW] if len(parts) < groups else []
             for lo, hi in big:  # few large partitions: parallelize inside each
@@ -168,8 +167,6 @@ def bp_order(f_off: np.ndarray, f_terms: np.ndarray, vocab_size: int, iterations
                 mid = lo + (hi - lo) // 2
                 children += [(a, b) for a, b in ((lo, mid), (mid, hi)) if b - a > leaf_size]
             parts = children
-    finally:
-        numba.set_num_threads(previous)
     return order
 
 

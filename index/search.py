@@ -17,6 +17,7 @@ import numba
 import numpy as np
 from numba import njit, prange
 
+from .parallel import numba_threads
 from .storage import IndexFormatError, open_array, read_manifest, verify_index
 from .structures import load_structure, structure_for_mode
 from .topk import heap_offer, heap_sort
@@ -232,13 +233,9 @@ class InvertedIndex:
         top_scores = np.empty((len(quantized), k), np.int32)
         top_docs = np.empty((len(quantized), k), np.uint32)
         counts = np.empty(len(quantized), np.int64)
-        previous = numba.get_num_threads()
-        numba.set_num_threads(groups)
-        try:
+        with numba_threads(groups):
             _search_many(self._offsets, self._docs, self._impacts, qptr, qterms, qweights, k,
                          acc, touched, top_scores, top_docs, counts)
-        finally:
-            numba.set_num_threads(previous)
         return [
             (top_docs[i, :n].copy(), self._dequantize(top_scores[i, :n], qscale))
             for i, (n, (_, _, qscale)) in enumerate(zip(counts, quantized))

@@ -58,6 +58,7 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from .parallel import numba_threads
 from .storage import open_array, read_manifest, write_array
 from .topk import heap_offer, heap_sort
 
@@ -843,11 +844,7 @@ class SeismicIndex:
         top_scores = np.empty((len(quantized), k), np.int32)
         top_docs = np.empty((len(quantized), k), np.uint32)
         counts = np.empty(len(quantized), np.int64)
-        previous = numba.get_num_threads()
-        numba.set_num_threads(groups)
-        try:
+        with numba_threads(groups):
             _search_many(qptr, qterms, qweights, k, query_cut, heap_factor, *self._args(),
                          qdense, visited, acc, top_scores, top_docs, counts)
-        finally:
-            numba.set_num_threads(previous)
         return [(top_docs[i, :n].copy(), top_scores[i, :n].copy()) for i, n in enumerate(counts)]

@@ -12,11 +12,12 @@ import logging
 import os
 import shutil
 import subprocess
-import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
+
+from index.storage import staged_directory
 
 log = logging.getLogger("lsr.bm25")
 
@@ -32,12 +33,6 @@ class BM25Unavailable(RuntimeError):
 
 def _dir_size(path: Path) -> int:
     return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
-
-
-def _publish(staging: Path, target: Path) -> None:
-    if target.exists():
-        shutil.rmtree(target)
-    os.replace(staging, target)
 
 
 # ---------------------------------------------------------------------- bm25s
@@ -74,8 +69,7 @@ class Bm25sIndex:
             ids.append(doc_id)
             texts.append(text)
         stemmer, stemmer_name = _stemmer()
-        staging = Path(tempfile.mkdtemp(prefix=f".{index_dir.name}.building-", dir=index_dir.parent))
-        try:
+        with staged_directory(index_dir) as staging:
             tokens = bm25s.tokenize(texts, stopwords="en", stemmer=stemmer, show_progress=progress)
             model = bm25s.BM25(k1=k1, b=b, method="lucene")
             model.index(tokens, show_progress=progress)
@@ -85,10 +79,6 @@ class Bm25sIndex:
                 "implementation": "bm25s", "k1": k1, "b": b, "method": "lucene", "stopwords": "en",
                 "stemmer": stemmer_name, "documents": len(ids),
             }))
-            _publish(staging, index_dir)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
         return cls(index_dir)
 
     @property
@@ -197,8 +187,7 @@ class PyseriniIndex:
     @classmethod
     def build(cls, docs: Iterable[tuple[str, str]], index_dir: Path, *, k1: float = DEFAULT_K1, b: float = DEFAULT_B,
               progress: bool = True, threads: int = 1) -> "PyseriniIndex":
-        staging = Path(tempfile.mkdtemp(prefix=f".{index_dir.name}.building-", dir=index_dir.parent))
-        try:
+        with staged_directory(index_dir) as staging:
             source = staging / "jsonl"
             source.mkdir()
             count = 0
@@ -219,10 +208,6 @@ class PyseriniIndex:
                 "implementation": "pyserini", "jar": _anserini_jar().name, "k1": k1, "b": b,
                 "analyzer": "lucene-english (porter, stopwords)", "documents": count,
             }))
-            _publish(staging, index_dir)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
         return cls(index_dir)
 
     @property

@@ -13,6 +13,7 @@ manifest) above it. Ranking: higher score first, ties broken by lower doc number
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import threading
@@ -71,14 +72,11 @@ class DenseEncoder:
         self.model = AutoModel.from_pretrained(self.ref.path).to(self.device).eval()
         self.dim = int(self.model.config.hidden_size)
         self._torch = torch
-        self._hash: str | None = None
 
-    @property
+    @functools.cached_property
     def hash(self) -> str:
         """Content hash of the checkpoint files (recorded in the manifest)."""
-        if self._hash is None:
-            self._hash = model_hash(self.ref.path)
-        return self._hash
+        return model_hash(self.ref.path)
 
     def describe(self) -> dict:
         """Settings recorded in the manifest so queries are encoded like the documents were."""

@@ -8,6 +8,7 @@ which dominates CPU time, runs only on real tokens, and documents are batched by
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -84,14 +85,11 @@ class SpladeEncoder:
         self.vocab_size = int(self.model.get_output_embeddings().out_features)
         self._head = getattr(self.model, "cls", None) or getattr(self.model, "lm_head", None)
         self._id_to_token = self.tokenizer.convert_ids_to_tokens(list(range(self.vocab_size)))
-        self._hash: str | None = None
 
-    @property
+    @functools.cached_property
     def hash(self) -> str:
         """Content hash of the checkpoint files (recorded in indexes)."""
-        if self._hash is None:
-            self._hash = model_hash(self.ref.path)
-        return self._hash
+        return model_hash(self.ref.path)
 
     def describe(self) -> dict:
         """Settings recorded in an index manifest so queries are encoded like the documents were."""

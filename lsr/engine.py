@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from index import IndexBuilder, InvertedIndex
 from index.structures import MODES
-from index.storage import read_manifest, sha256_file, write_manifest
+from index.storage import read_manifest, sha256_file, staged_directory, write_manifest
 from lsr import __version__
 from lsr.corpus import CorpusError, CorpusReader, Document
 from lsr.docstore import DocStore, DuplicateIdError
@@ -110,8 +110,7 @@ class Engine:
         )
         reader = CorpusReader(corpus, id_field=id_field, text_field=text_field, title_field=title_field,
                               skip_bad=skip_bad) if not is_vector_file(corpus) else None
-        staging = _staging_dir(index_dir)
-        try:
+        with staged_directory(index_dir) as staging:
             builder = IndexBuilder(staging, encoder.vocab_size, quant_bits=quant_bits)
             store = DocStore(staging / DOCSTORE_FILE)
             if reader is None:
@@ -136,10 +135,6 @@ class Engine:
             _add_structures_in(staging, structures, reorder)
             if dense:
                 _add_dense_in(staging, dense_model, batch_size, dense_dtype, hnsw_threshold, progress)
-            _publish(staging, index_dir)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
         if skipped:
             log.warning("skipped %d bad record(s) in %s", skipped, corpus)
         return cls.open(index_dir, encoder=encoder)
@@ -170,14 +165,9 @@ class Engine:
         if reorder is None:
             _add_structures_in(self.index_dir, names, None, **params)
         else:
-            staging = _staging_dir(self.index_dir)
-            try:
+            with staged_directory(self.index_dir) as staging:
                 shutil.copytree(self.index_dir, staging, dirs_exist_ok=True)
                 _add_structures_in(staging, names, reorder, **params)
-                _publish(staging, self.index_dir)
-            except BaseException:
-                shutil.rmtree(staging, ignore_errors=True)
-                raise
         return Engine.open(self.index_dir, encoder=self._encoder)
 
     def add_dense(self, model: str | None = None, *, batch_size: int = 32, dtype: str = "float16",
@@ -478,44 +468,3 @@ def _add_dense_in(index_dir: Path, model: str | None, batch_size: int, dtype: st
     del store, texts  # read-only connection: nothing to commit
     write_dense(index_dir, vectors, encoder.describe(), dtype=dtype,
                 hnsw_threshold=DEFAULT_HNSW_THRESHOLD if hnsw_threshold is None else hnsw_threshold)
-
-
-def _staging_dir(index_dir: Path) -> Path:
-    """A fresh sibling directory to build into; stale ones from killed builds are removed."""
-    index_dir.parent.mkdir(parents=True, exist_ok=True)
-    for stale in index_dir.parent.glob(f".{index_dir.name}.building-*"):
-        pid = stale.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and not _pid_alive(int(pid)):
-            shutil.rmtree(stale, ignore_errors=True)
-    staging = index_dir.parent / f".{index_dir.name}.building-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
-    return staging
-
-
-def _publish(staging: Path, index_dir: Path) -> None:
-    """Move a complete staging directory into place; the previous index is removed only afterwards."""
-    old = index_dir.parent / f".{index_dir.name}.old-{os.getpid()}"
-    if index_dir.exists():
-        os.replace(index_dir, old)
-    os.replace(staging, index_dir)
-    _fsync_dir(index_dir.parent)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

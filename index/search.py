@@ -41,25 +41,57 @@ def quantize_query(
     w = np.asarray(weights, dtype=np.float64)
     if terms.ndim != 1 or w.shape != terms.shape or (terms.size and terms.dtype.kind not in "iu"):
         raise ValueError("term_ids and weights must be 1-D arrays of equal length (integer term ids)")
-    if not np.all(np.isfinite(w)):
+    status, out_terms, out_weights, qscale = _quantize_kernel(
+        np.ascontiguousarray(terms, np.int64), np.ascontiguousarray(w), _INT32_MAX // max_impact_level)
+    if status == 1:
         raise ValueError("query weights must be finite")
-    if terms.size and terms.min() < 0:
+    if status == 2:
         raise ValueError("query term ids must be >= 0")
-    keep = w > 0
-    terms, w = terms[keep].astype(np.int64), w[keep]
-    if not terms.size:
-        return np.empty(0, np.uint32), np.empty(0, np.int32), 1.0
-    order = np.lexsort((-w, terms))
-    terms, w = terms[order], w[order]
-    first = np.ones(terms.size, dtype=bool)
-    first[1:] = terms[1:] != terms[:-1]
-    terms, w = terms[first], w[first]
-    budget = _INT32_MAX // max_impact_level
-    if terms.size >= budget:
-        raise ValueError(f"query has {terms.size} terms; int32 scoring allows fewer than {budget}")
-    qscale = (budget - terms.size) / w.sum()
-    qweights = np.maximum(1.0, np.floor(w * qscale)).astype(np.int32)
-    return terms.astype(np.uint32), qweights, float(qscale)
+    if status == 3:
+        raise ValueError(f"query has too many terms; int32 scoring allows fewer than {_INT32_MAX // max_impact_level}")
+    return out_terms, out_weights, qscale
+
+
+@njit(cache=True, nogil=True)
+def _quantize_kernel(terms, w, budget):
+    """(status, terms, weights, qscale) for :func:`quantize_query`; status 0 ok, 1 non-finite, 2 negative id, 3 too long."""
+    n = terms.shape[0]
+    keep = np.empty(n, np.int64)
+    m = 0
+    for i in range(n):
+        if not np.isfinite(w[i]):
+            return 1, np.empty(0, np.uint32), np.empty(0, np.int32), 1.0
+        if terms[i] < 0:
+            return 2, np.empty(0, np.uint32), np.empty(0, np.int32), 1.0
+        if w[i] > 0:
+            keep[m] = i
+            m += 1
+    keep = keep[:m]
+    order = keep[np.argsort(terms[keep], kind="mergesort")]
+    out_terms = np.empty(m, np.uint32)
+    out_w = np.empty(m, np.float64)
+    u = 0
+    total = 0.0
+    for j in range(m):
+        t, x = terms[order[j]], w[order[j]]
+        if u and out_terms[u - 1] == t:
+            if x > out_w[u - 1]:
+                total += x - out_w[u - 1]
+                out_w[u - 1] = x
+        else:
+            out_terms[u] = t
+            out_w[u] = x
+            total += x
+            u += 1
+    if u == 0:
+        return 0, np.empty(0, np.uint32), np.empty(0, np.int32), 1.0
+    if u >= budget:
+        return 3, np.empty(0, np.uint32), np.empty(0, np.int32), 1.0
+    qscale = (budget - u) / total
+    out_q = np.empty(u, np.int32)
+    for j in range(u):
+        out_q[j] = max(1.0, np.floor(out_w[j] * qscale))
+    return 0, out_terms[:u].copy(), out_q, qscale
 
 
 @njit(cache=True, nogil=True)

@@ -352,8 +352,9 @@ def _set_threads(threads: Optional[int]) -> None:
         import numba
         import torch
 
-        torch.set_num_threads(threads)
+        # numba first: its OpenMP layer resets the thread count torch's intra-op pool uses
         numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+        torch.set_num_threads(threads)
 
 
 @app.command("eval")

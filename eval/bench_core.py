@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
-import resource
 import tempfile
 import time
 from pathlib import Path
@@ -31,6 +30,8 @@ from index import IndexBuilder, InvertedIndex
 from lsr import Engine
 from lsr.corpus import CorpusReader, read_queries
 from lsr.engine import document_text
+
+from .peers import peak_rss_mb
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -105,7 +106,7 @@ def _build_ours(vectors_path: str, vocab_size: int, out_dir: str, queue) -> None
         builder.add(indptr[lo : hi + 1] - indptr[lo], terms[indptr[lo] : indptr[hi]], weights[indptr[lo] : indptr[hi]])
     builder.finalize()
     queue.put({"seconds": time.perf_counter() - started,
-               "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
+               "peak_rss_mb": peak_rss_mb()})
 
 
 def _build_seismic(vectors_path: str, vocab_size: int, out_dir: str, queue) -> None:

@@ -37,7 +37,7 @@ whatever the summaries).
 Arrays (flat CSR, beside the index's own): ``seismic_list_blocks`` int64[V+1] (block range of a
 term), ``seismic_block_offsets`` int64[B+1] (range in ``seismic_docs`` uint32), ``seismic_block_step``
 int32[B], ``seismic_list_comps`` int64[V+1] (range of a term's summary components),
-``seismic_comp_terms`` uint32[C] (ascending within a list), ``seismic_comp_offsets`` int64[C+1] (range
+``seismic_comp_terms`` uint16/uint32[C] (ascending within a list), ``seismic_comp_offsets`` uint32/int64[C+1] (range
 in ``seismic_sum_blocks`` uint16/uint32 = block number inside the list, and ``seismic_sum_values``
 uint8 codes); when the vocabulary fits 16 bits, ``seismic_forward_terms16`` uint16[P], a copy of the
 forward term ids that the query scores documents from (less memory traffic than uint32).
@@ -758,9 +758,15 @@ class SeismicIndex:
         list_comps = np.zeros(vocab + 1, np.int64)
         if parts:
             np.cumsum(np.concatenate([part[0] for part in parts]), out=list_comps[1:])
+        # one (list, component term) pair per summary row: narrow types, as these rows outnumber the postings
         comp_terms = np.concatenate([np.empty(0, np.uint32)] + [part[1] for part in parts])
-        comp_offsets = np.zeros(comp_terms.shape[0] + 1, np.int64)
-        np.cumsum(np.concatenate([np.empty(0, np.int64)] + [part[2] for part in parts]), out=comp_offsets[1:])
+        if vocab <= 65536:
+            comp_terms = comp_terms.astype(np.uint16)
+        comp_sizes = np.concatenate([np.empty(0, np.int64)] + [part[2] for part in parts])
+        offset_dtype = np.uint32 if comp_sizes.sum() < 2**32 else np.int64
+        comp_offsets = np.zeros(comp_terms.shape[0] + 1, offset_dtype)
+        np.cumsum(comp_sizes, out=comp_offsets[1:])
+        del comp_sizes
         sum_blocks = np.concatenate([np.empty(0, block_dtype)] + [part[3] for part in parts])
         sum_values = np.concatenate([np.empty(0, np.uint8)] + [part[4] for part in parts])
         del parts

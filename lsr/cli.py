@@ -1,4 +1,4 @@
-"""The ``lsr`` command line: index, search, info, encode, export-vectors, verify, demo."""
+"""The ``lsr`` command line: index, search, info, encode, export-vectors, verify, demo, serve, eval, train."""
 
 from __future__ import annotations
 
@@ -18,6 +18,9 @@ from lsr.models import ModelNotFoundError
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Learned sparse retrieval: index, search, serve, evaluate.")
 
 IndexOpt = typer.Option(DEFAULT_INDEX_DIR, "--index", "-i", help="Index directory.")
+QueryEncoderOpt = typer.Option(
+    "model", "--query-encoder", help="How text queries are encoded: model (SPLADE) or inference-free (tokenizer + "
+                                     "the index's IDF table; no model, no torch).")
 _USER_ERRORS = (CorpusError, ModelNotFoundError, ModelMismatchError, FileNotFoundError, ValueError)
 
 
@@ -74,6 +77,9 @@ def index_cmd(
     dense_model: Optional[str] = typer.Option(
         None, "--dense-model", help="Dense model: hub id or local path (default: embedded all-MiniLM-L6-v2)."),
     add_dense: bool = typer.Option(False, "--add-dense", help="Add dense vectors to the existing index at --index; no CORPUS."),
+    add_inference_free: bool = typer.Option(
+        False, "--add-inference-free", help="Add the inference-free query table (IDF + tokenizer) to the existing "
+                                            "index at --index (indexes built before it existed); no CORPUS."),
     hnsw_threshold: Optional[int] = typer.Option(
         None, "--hnsw-threshold", min=1, help="Build an HNSW graph for dense search from this many documents on "
                                               "(default 100000; below it dense search is exact)."),
@@ -89,6 +95,12 @@ def index_cmd(
         names = _split_names(add_structures)
         Engine.open(index).add_structures(names, reorder=reorder)
         typer.echo(f"added {', '.join(names)} to {index} in {time.time() - started:.1f}s")
+        return
+    if add_inference_free:
+        if corpus is not None:
+            raise ValueError("--add-inference-free works on the existing index at --index: give no CORPUS")
+        Engine.open(index).add_inference_free()
+        typer.echo(f"added the inference-free query table to {index} in {time.time() - started:.1f}s")
         return
     if add_dense:
         if corpus is not None:
@@ -130,19 +142,24 @@ def search_cmd(
     as_json: bool = typer.Option(False, "--json", help="JSON output (one line per query with --queries)."),
     run_out: Optional[Path] = typer.Option(None, "--run-out", help="Write a TREC run file."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1),
+    query_encoder: str = QueryEncoderOpt,
 ) -> None:
     """Search the index with one query or a file of queries."""
+    from lsr.query_encoders import check_query_encoder
+
     if (query is None) == (queries is None):
         raise ValueError("give either a QUERY argument or --queries FILE")
-    _set_threads(threads)
+    check_query_encoder(query_encoder)
+    _set_threads(threads, torch_too=query_encoder == "model")
     params = parse_params(param)
     engine = Engine.open(index)
     if queries is not None:
         pairs = list(read_queries(queries))
-        results = engine.search_batch([text for _, text in pairs], k=k, mode=mode, threads=threads, **params)
+        results = engine.search_batch([text for _, text in pairs], k=k, mode=mode, threads=threads,
+                                      query_encoder=query_encoder, **params)
         qids = [qid for qid, _ in pairs]
     else:
-        qids, results = ["1"], [engine.search(query, k=k, mode=mode, **params)]
+        qids, results = ["1"], [engine.search(query, k=k, mode=mode, query_encoder=query_encoder, **params)]
     if run_out is not None:
         write_run(run_out, qids, results)
     for qid, hits in zip(qids, results):
@@ -209,6 +226,9 @@ def info_cmd(index: Path = IndexOpt, as_json: bool = typer.Option(False, "--json
         ("model", f"{model['name']} (sha256 {model['sha256'][:12]}…, doc max {model['doc_max_length']} tokens)"),
         ("built", f"{info['built_at']} in {info['build_seconds']:.1f}s"), ("corpus", info["corpus"]),
     ]
+    free = info.get("inference_free")
+    rows.append(("inference-free", f"yes ({free['nonzero_terms']} weighted terms)" if free else
+                 "no (add with --add-inference-free)"))
     if info.get("dense"):
         dense = info["dense"]
         rows.append(("dense", f"{dense['model']['name']} ({dense['dim']}-d {dense['dtype']}, "
@@ -347,14 +367,17 @@ def serve_cmd(
           log_level="warning")
 
 
-def _set_threads(threads: Optional[int]) -> None:
+def _set_threads(threads: Optional[int], torch_too: bool = True) -> None:
+    """Numba (and torch, unless ``torch_too`` is false: inference-free queries never import it) threads."""
     if threads:
         import numba
-        import torch
 
         # numba first: its OpenMP layer resets the thread count torch's intra-op pool uses
         numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
-        torch.set_num_threads(threads)
+        if torch_too:
+            import torch
+
+            torch.set_num_threads(threads)
 
 
 @app.command("eval")
@@ -378,6 +401,7 @@ def eval_cmd(
     max_queries: Optional[int] = typer.Option(None, "--max-queries", min=1, help="Only the first N judged queries (quick runs)."),
     batch_size: int = typer.Option(32, "--batch-size", min=1, help="Encoding batch size when the index is built."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bars on stderr."),
+    query_encoder: str = QueryEncoderOpt,
 ) -> None:
     """Evaluate a retriever on a BEIR dataset: nDCG@10, Recall@100, MRR@10, MAP@100, latency and index size."""
     from lsr.evaluate import parse_params, run_eval, save_result
@@ -386,14 +410,15 @@ def eval_cmd(
         dataset, retriever=retriever, mode=mode, split=split, model=model, fusion=fusion, k=k,
         params=parse_params(param or []), reorder=None if reorder == "none" else reorder, bm25=bm25,
         cache_dir=cache_dir, progress=progress, max_queries=max_queries, run_out=run_out, adopt=adopt_index,
-        batch_size=batch_size,
+        batch_size=batch_size, query_encoder=query_encoder,
     )
     saved = save_result(result, results_dir) if results_dir is not None else None
     if as_json:
         typer.echo(json.dumps(result, ensure_ascii=False))
         return
     what = result["retriever"] + (f"/{result['mode']}" if result["mode"] else "") + (
-        f" ({result['fusion']})" if result["fusion"] else "")
+        f" ({result['fusion']})" if result["fusion"] else "") + (
+        f" [{result['query_encoder']} queries]" if result.get("query_encoder") else "")
     lat, tot = result["latency_ms"], result["latency_with_encoding_ms"]
     size = result["index_size_bytes"]
     typer.secho(f"{result['dataset']} [{result['split']}: {result['queries']} queries, {result['documents']} docs]  "
@@ -404,6 +429,8 @@ def eval_cmd(
                f"with query encoding mean {tot['mean']:.2f} ms, p50 {tot['p50']:.2f}, p99 {tot['p99']:.2f}")
     if size is not None:
         typer.echo(f"index size: {size / 1e6:.1f} MB")
+    if result.get("nnz"):
+        typer.echo(f"non-zero terms: {result['nnz']['doc']:.1f} per document, {result['nnz']['query']:.1f} per query")
     if run_out is not None:
         typer.echo(f"run written to {run_out}")
     if saved is not None:
@@ -436,6 +463,93 @@ def compare_cmd(
         typer.echo(f"{m:<12}{r['a']:>9.4f}{r['b']:>9.4f}{r['delta']:>+9.4f}{r['p_value']:>10.4g} {mark}   "
                    f"{r['b_wins']}/{r['ties']}/{r['b_losses']}")
     typer.echo(f"* significant at alpha {alpha}")
+
+
+@app.command("train")
+@user_errors
+def train_cmd(
+    dataset: Optional[Path] = typer.Argument(None, help="BEIR dataset directory: qrels/<split>.tsv are the pairs (and "
+                                                       "it resolves ids in --pairs)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output checkpoint directory (`lsr index --model OUT`)."),
+    pairs: Optional[Path] = typer.Option(None, "--pairs", help="JSONL or TSV of (query, positive document) pairs, as "
+                                                               "texts or as ids of DATASET."),
+    split: str = typer.Option("train", "--split", help="Qrels split of DATASET used for training."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Starting masked-LM checkpoint (default: "
+                                                                     "embedded splade-tiny)."),
+    epochs: int = typer.Option(1, "--epochs", min=1),
+    batch_size: int = typer.Option(16, "--batch-size", min=1, help="Pairs per step (in-batch negatives)."),
+    lr: float = typer.Option(2e-5, "--lr"),
+    lambda_q: float = typer.Option(1e-3, "--lambda-q", help="FLOPS regularisation weight of queries."),
+    lambda_d: float = typer.Option(1e-3, "--lambda-d", help="Regularisation weight of documents."),
+    reg_warmup: float = typer.Option(1 / 3, "--reg-warmup", help="Quadratic lambda warm-up, fraction of the steps."),
+    doc_reg: str = typer.Option("flops", "--doc-reg", help="Document regulariser: flops, idf-flops or l0."),
+    query_encoder: str = typer.Option("model", "--query-encoder", help="model, or inference-free: train the "
+                                                                       "document-only variant (IDF queries)."),
+    hard_negatives: str = typer.Option("bm25", "--hard-negatives", help="Mine negatives with bm25, sparse (the "
+                                                                        "starting model's index) or none."),
+    negatives: int = typer.Option(1, "--negatives", min=0, help="Hard negatives per pair."),
+    negatives_depth: int = typer.Option(50, "--negatives-depth", min=1, help="Sample them from this many top hits."),
+    teacher: Optional[Path] = typer.Option(None, "--teacher", help="Teacher scores (query, doc, score) to distil."),
+    distill: str = typer.Option("margin-mse", "--distill", help="Distillation loss: margin-mse or kl."),
+    distill_weight: float = typer.Option(1.0, "--distill-weight"),
+    max_length: int = typer.Option(256, "--max-length", min=8, help="Max document tokens."),
+    query_max_length: int = typer.Option(64, "--query-max-length", min=4),
+    seed: int = typer.Option(13, "--seed"),
+    max_steps: Optional[int] = typer.Option(None, "--max-steps", min=1, help="Stop after this many steps."),
+    checkpoint_every: int = typer.Option(100, "--checkpoint-every", min=1, help="Checkpoint every N steps (and at "
+                                                                                "each epoch end)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run from its last checkpoint."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="Torch threads."),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda (default: cuda when present)."),
+    evaluate: Optional[bool] = typer.Option(None, "--eval/--no-eval", help="Evaluate before/after with `lsr eval` "
+                                                                          "(default: when DATASET has --eval-split)."),
+    eval_split: str = typer.Option("test", "--eval-split"),
+    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", envvar="LSR_CACHE", help="lsr eval's index cache."),
+    progress: bool = typer.Option(True, "--progress/--no-progress"),
+) -> None:
+    """Fine-tune a masked-LM checkpoint as a SPLADE model on (query, positive) pairs (see lsr/train.py)."""
+    from lsr.train import TrainConfig, evaluate_before_after, train
+
+    cfg = TrainConfig(
+        model=model, epochs=epochs, batch_size=batch_size, lr=lr, lambda_q=lambda_q, lambda_d=lambda_d,
+        reg_warmup_ratio=reg_warmup, doc_reg=doc_reg, query_encoder=query_encoder, hard_negatives=hard_negatives,
+        negatives=negatives, negatives_depth=negatives_depth, teacher=str(teacher) if teacher else None,
+        distill=distill, distill_weight=distill_weight, doc_max_length=max_length, query_max_length=query_max_length,
+        seed=seed, max_steps=max_steps, split=split, checkpoint_every=checkpoint_every, threads=threads,
+        device=device, progress=progress,
+    ).check()
+    _set_threads(threads)
+    try:
+        result = train(cfg, out, dataset=dataset, pairs=pairs, resume=resume, cache_dir=cache_dir)
+    except KeyboardInterrupt:
+        _fail(f"interrupted; continue from the last checkpoint with the same command and --resume")
+    report = result.report
+    data = report["data"]
+    typer.echo(f"trained {report['steps']} steps on {data['pairs']} pairs ({data['queries']} queries) in "
+               f"{report['train_seconds']:.0f}s ({report['device']}, {report['threads']} thread(s)); "
+               f"negatives mined in {report['mine_seconds']:.0f}s; model saved to {out}")
+    if report["losses"]:
+        first, last = report["losses"][0], report["losses"][-1]
+        typer.echo(f"loss {first['loss']:.4f} -> {last['loss']:.4f}; non-zero terms per doc "
+                   f"{first['nnz_d']:.0f} -> {last['nnz_d']:.0f}, per query {first['nnz_q']:.0f} -> {last['nnz_q']:.0f}")
+    if evaluate is None:
+        evaluate = dataset is not None and (dataset / "qrels" / f"{eval_split}.tsv").is_file()
+    if evaluate:
+        if dataset is None:
+            raise ValueError("--eval needs the DATASET directory")
+        from lsr.train import REPORT, RUN_DIR
+
+        ev = evaluate_before_after(model, out, dataset, eval_split, cache_dir=cache_dir, progress=progress)
+        report["eval"] = ev
+        (out / RUN_DIR / REPORT).write_text(json.dumps(report, indent=1), encoding="utf-8")
+        typer.secho(f"{dataset.name} [{eval_split}]  before -> after", bold=True)
+        for qe in ("model", "inference-free"):
+            b, a = ev["results"][f"before/{qe}"], ev["results"][f"after/{qe}"]
+            typer.echo(f"  {qe:>14} queries: nDCG@10 {b['ndcg@10']:.4f} -> {a['ndcg@10']:.4f} "
+                       f"({a['ndcg@10'] - b['ndcg@10']:+.4f}), R@100 {b['recall@100']:.4f} -> {a['recall@100']:.4f}, "
+                       f"nnz/doc {b['nnz']['doc']:.0f} -> {a['nnz']['doc']:.0f}, nnz/query {b['nnz']['query']:.1f} -> "
+                       f"{a['nnz']['query']:.1f}, encoding {b['encoding_ms']['mean']:.2f} -> "
+                       f"{a['encoding_ms']['mean']:.2f} ms")
 
 
 if __name__ == "__main__":

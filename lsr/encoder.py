@@ -1,7 +1,8 @@
 """SPLADE encoder: any Hugging Face masked-LM checkpoint turned into weighted vocabulary terms.
 
 A text's vector is ``max over tokens of log(1 + relu(logits))`` over the real (non-padding) tokens.
-Because ``log(1 + relu(x))`` is monotone, the max is taken on the raw logits and the activation is
+Torch is imported only when a model is loaded (inference-free queries, :mod:`lsr.query_encoders`, never
+import it). Because ``log(1 + relu(x))`` is monotone, the max is taken on the raw logits and the activation is
 applied once per document instead of once per (token, vocabulary) cell; the vocabulary projection,
 which dominates CPU time, runs only on real tokens, and documents are batched by length.
 """
@@ -14,7 +15,6 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 from tqdm.auto import tqdm
 
 from lsr.models import DEFAULT_SPLADE, ModelRef, model_hash, resolve_model
@@ -51,6 +51,8 @@ class SparseBatch:
 
 def default_device() -> str:
     """``cuda`` when a GPU is present, else ``cpu``."""
+    import torch
+
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
@@ -67,6 +69,7 @@ class SpladeEncoder:
         device: str | None = None,
         threads: int | None = None,
     ) -> None:
+        import torch
         from transformers import AutoModelForMaskedLM, AutoTokenizer
         from transformers.utils import logging as hf_logging
 
@@ -135,8 +138,15 @@ class SpladeEncoder:
             bar.update(len(buffer))
         bar.close()
 
-    @torch.inference_mode()
     def _encode(
+        self, texts: Sequence[str], max_length: int, batch_size: int, top_k: int | None, progress: bool
+    ) -> SparseBatch:
+        import torch
+
+        with torch.inference_mode():
+            return self._encode_inner(texts, max_length, batch_size, top_k, progress)
+
+    def _encode_inner(
         self, texts: Sequence[str], max_length: int, batch_size: int, top_k: int | None, progress: bool
     ) -> SparseBatch:
         if not texts:
@@ -162,6 +172,8 @@ class SpladeEncoder:
 
     def _forward(self, ids: list[list[int]]) -> torch.Tensor:
         """Max-pooled SPLADE activations [batch, vocab] for token-id lists (padded to the longest)."""
+        import torch
+
         padded = self.tokenizer.pad({"input_ids": ids}, return_tensors="pt")
         input_ids = padded["input_ids"].to(self.device)
         mask = padded["attention_mask"].to(self.device)
@@ -190,14 +202,18 @@ class SpladeEncoder:
         return [vocab.get(t) for t in tokens]
 
 
-def _keep_top_k(reps: torch.Tensor, k: int) -> torch.Tensor:
+def _keep_top_k(reps: "torch.Tensor", k: int) -> "torch.Tensor":
+    import torch
+
     if k >= reps.shape[1]:
         return reps
     values, indices = reps.topk(k, dim=1)
     return torch.zeros_like(reps).scatter_(1, indices, values)
 
 
-def _to_csr(reps: torch.Tensor) -> SparseBatch:
+def _to_csr(reps: "torch.Tensor") -> SparseBatch:
+    import torch
+
     rows, cols = torch.nonzero(reps, as_tuple=True)
     values = reps[rows, cols].float().cpu().numpy()
     counts = torch.bincount(rows, minlength=reps.shape[0]).cpu().numpy()

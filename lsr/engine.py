@@ -21,6 +21,7 @@ from lsr import __version__
 from lsr.corpus import CorpusError, CorpusReader, Document
 from lsr.docstore import DocStore, DuplicateIdError
 from lsr.encoder import SparseBatch, SpladeEncoder
+from lsr.query_encoders import DEFAULT_QUERY_ENCODER, check_query_encoder
 from lsr.vectors import is_vector_file, read_vectors, write_vector
 
 log = logging.getLogger("lsr.engine")
@@ -132,6 +133,7 @@ class Engine:
                 "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 "build_seconds": round(time.time() - started, 3),
             })
+            _add_inference_free_in(staging, encoder)
             _add_structures_in(staging, structures, reorder)
             if dense:
                 _add_dense_in(staging, dense_model, batch_size, dense_dtype, hnsw_threshold, progress)
@@ -168,6 +170,17 @@ class Engine:
             with staged_directory(self.index_dir) as staging:
                 shutil.copytree(self.index_dir, staging, dirs_exist_ok=True)
                 _add_structures_in(staging, names, reorder, **params)
+        return Engine.open(self.index_dir, encoder=self._encoder)
+
+    def add_inference_free(self) -> "Engine":
+        """Add the inference-free query table (IDF from this index's posting lists, the model's tokenizer) to this
+        index; return the reopened engine. Written beside the arrays and recorded by an atomic manifest rewrite."""
+        if self._encoder is not None:
+            _add_inference_free_in(self.index_dir, self._encoder)
+        else:
+            from lsr.query_encoders import add_inference_free
+
+            add_inference_free(self.index_dir)
         return Engine.open(self.index_dir, encoder=self._encoder)
 
     def add_dense(self, model: str | None = None, *, batch_size: int = 32, dtype: str = "float16",
@@ -229,6 +242,19 @@ class Engine:
             self._encoder = encoder
         return self._encoder
 
+    @property
+    def inference_free(self):
+        """The tokenizer-only query encoder (:class:`lsr.query_encoders.InferenceFreeEncoder`) stored in the index."""
+        if self.__dict__.get("_inference_free") is None:
+            from lsr.query_encoders import InferenceFreeEncoder
+
+            self._inference_free = InferenceFreeEncoder.open(self.index_dir, self.manifest)
+        return self._inference_free
+
+    def query_encoder(self, name: str = DEFAULT_QUERY_ENCODER):
+        """The query encoder called ``name``: ``model`` (the SPLADE model) or ``inference-free`` (tokenizer + IDF)."""
+        return self.encoder if check_query_encoder(name) == "model" else self.inference_free
+
     def _check_encoder(self, encoder: SpladeEncoder) -> None:
         recorded = self.manifest["model"]
         if encoder.hash != recorded["sha256"]:
@@ -237,10 +263,12 @@ class Engine:
                 f"but {encoder.name!r} has sha256 {encoder.hash[:12]}…; queries must be encoded by the indexing model"
             )
 
-    def query_vector(self, query: Query) -> tuple[np.ndarray, np.ndarray]:
-        """Term ids and weights of a query given as text, ``{token: weight}`` or ``(term_ids, weights)``."""
+    def query_vector(self, query: Query, query_encoder: str = DEFAULT_QUERY_ENCODER) -> tuple[np.ndarray, np.ndarray]:
+        """Term ids and weights of a query given as text, ``{token: weight}`` or ``(term_ids, weights)``.
+
+        Text is encoded by ``query_encoder``: ``model`` (SPLADE) or ``inference-free`` (tokenizer and IDF table)."""
         if isinstance(query, str):
-            return self.encoder.encode_query(query)
+            return self.query_encoder(query_encoder).encode_query(query)
         if isinstance(query, dict):
             ids = self.encoder.token_ids(query.keys())
             pairs = [(i, w) for i, w in zip(ids, query.values()) if i is not None]
@@ -250,41 +278,54 @@ class Engine:
 
     # ------------------------------------------------------------------ search
     def search(self, query: Query, k: int = 10, mode: str = "exact", *, retriever: str = "sparse",
-               fusion=None, alpha: float | None = None, filter: dict | None = None, **params) -> list[Hit]:
+               fusion=None, alpha: float | None = None, filter: dict | None = None,
+               query_encoder: str = DEFAULT_QUERY_ENCODER, **params) -> list[Hit]:
         """Top-k documents for one query; ``params`` are the mode's knobs (e.g. BMP's alpha/beta).
 
         ``retriever="dense"|"hybrid"`` uses the dense vectors (hybrid: fused with :mod:`lsr.fusion`; ``fusion``
         is ``"convex"``, ``"rrf"`` or a :class:`lsr.fusion.FusionConfig`, ``alpha`` the sparse weight);
-        ``filter`` keeps documents whose metadata equals every ``{field: value}``.
+        ``filter`` keeps documents whose metadata equals every ``{field: value}``. ``query_encoder`` encodes text
+        for the sparse side: ``model`` (SPLADE) or ``inference-free`` (tokenizer + the index's IDF table, no model).
         """
+        check_query_encoder(query_encoder)
         if retriever != "sparse" or fusion is not None or alpha is not None or filter:
             from lsr import fusion as _fusion
 
+            sparse = None
+            if query_encoder != DEFAULT_QUERY_ENCODER and retriever != "dense":
+                sparse = self.query_vector(query, query_encoder)
             return _fusion.search(self, query, k, mode=mode, retriever=retriever, fusion=fusion, alpha=alpha,
-                                  filter=filter, params=params)
+                                  filter=filter, params=params, sparse_vector=sparse)
         _check_search_args(k, mode)
-        ids, scores = self.index.search(*self.query_vector(query), k=k, mode=mode, **params)
+        ids, scores = self.index.search(*self.query_vector(query, query_encoder), k=k, mode=mode, **params)
         return self._hits(ids, scores)
 
     def search_batch(
         self, queries: Sequence[Query], k: int = 10, mode: str = "exact", threads: int | None = None, *,
-        retriever: str = "sparse", fusion=None, alpha: float | None = None, filter: dict | None = None, **params
+        retriever: str = "sparse", fusion=None, alpha: float | None = None, filter: dict | None = None,
+        query_encoder: str = DEFAULT_QUERY_ENCODER, **params
     ) -> list[list[Hit]]:
         """Top-k documents for many queries (text queries encoded in batches, search parallel over queries)."""
+        check_query_encoder(query_encoder)
         if retriever != "sparse" or fusion is not None or alpha is not None or filter:
             from lsr import fusion as _fusion
 
+            sparse = None
+            if query_encoder != DEFAULT_QUERY_ENCODER and retriever != "dense":
+                sparse = self.query_vectors(queries, query_encoder)
             return _fusion.search_many(self, queries, k, mode=mode, retriever=retriever, fusion=fusion, alpha=alpha,
-                                       filter=filter, threads=threads, params=params)
+                                       filter=filter, threads=threads, params=params, sparse_vectors=sparse)
         _check_search_args(k, mode)
-        vectors = self.query_vectors(queries)
+        vectors = self.query_vectors(queries, query_encoder)
         results = self.index.search_batch(vectors, k=k, threads=threads, mode=mode, **params)
         return [self._hits(ids, scores) for ids, scores in results]
 
-    def query_vectors(self, queries: Sequence[Query]) -> list[tuple[np.ndarray, np.ndarray]]:
+    def query_vectors(self, queries: Sequence[Query], query_encoder: str = DEFAULT_QUERY_ENCODER
+                      ) -> list[tuple[np.ndarray, np.ndarray]]:
         """Vectors of many queries; text queries are encoded together in batches."""
         texts = [q for q in queries if isinstance(q, str)]
-        batch = self.encoder.encode_queries(texts, batch_size=64) if texts else SparseBatch.concat([])
+        encoder = self.query_encoder(query_encoder) if texts else None
+        batch = encoder.encode_queries(texts, batch_size=64) if texts else SparseBatch.concat([])
         vectors, t = [], 0
         for q in queries:
             if isinstance(q, str):
@@ -328,6 +369,7 @@ class Engine:
             "build_seconds": m["build_seconds"],
             "corpus": m["corpus"],
             "dense": m.get("dense"),
+            "inference_free": m.get("inference_free"),
         }
 
     def export_vectors(self, path: str | os.PathLike, with_text: bool = False) -> int:
@@ -453,6 +495,18 @@ def _add_structures_in(index_dir: Path, names: Sequence[str], reorder: str | Non
         for name in names:
             add_structure(index, name, **params.get(name, {}))
             index = InvertedIndex.open(index_dir)
+
+
+def _add_inference_free_in(index_dir: Path, encoder: SpladeEncoder) -> None:
+    """Write the inference-free query table of an index directory, taking the tokenizer of its model."""
+    from lsr.query_encoders import write_inference_free
+
+    tokenizer = encoder.tokenizer
+    if getattr(tokenizer, "is_fast", False):
+        write_inference_free(index_dir, tokenizer.backend_tokenizer.to_str())
+    else:
+        log.warning("model %s has no fast tokenizer: index built without the inference-free query table",
+                    encoder.name)
 
 
 def _add_dense_in(index_dir: Path, model: str | None, batch_size: int, dtype: str, hnsw_threshold: int | None,

@@ -278,6 +278,7 @@ class EvalContext:
     bm25: str = "auto"
     batch_size: int = 32
     progress: bool = True
+    query_encoder: str = "model"  # sparse side: "model" (SPLADE) or "inference-free" (tokenizer + IDF table)
     _done: dict = field(default_factory=dict, repr=False)
 
     def retrieve(self, name: str) -> Retrieval:
@@ -496,7 +497,7 @@ def eval_engine(ctx: EvalContext, mode: str = "exact", dense: bool = False):
         Engine.build(ctx.dataset.root, base, model=ctx.model, batch_size=ctx.batch_size,
                      progress=ctx.progress, **settings)
         (base.parent / f"{base.name}.key.json").write_text(json.dumps(key, indent=1))
-    engine = Engine.open(base)
+    engine = _with_query_table(ctx, Engine.open(base))
     want_dense = _dense_settings(ctx) if dense else None
     if dense and not _has_dense(engine.manifest, want_dense):
         engine = engine.add_dense(want_dense["model"], batch_size=ctx.batch_size, dtype=want_dense["dtype"],
@@ -512,7 +513,7 @@ def eval_engine(ctx: EvalContext, mode: str = "exact", dense: bool = False):
                                                                                    want_dense)
         if stale or not (target / "manifest.json").is_file():  # (re)copy the base, dense vectors included
             _copy_dir(base, target)
-    engine = Engine.open(target)
+    engine = _with_query_table(ctx, Engine.open(target))
     if structure not in engine.manifest.get("structures", {}):
         try:
             engine = engine.add_structures([structure], reorder=reorder if target != base else None,
@@ -520,6 +521,16 @@ def eval_engine(ctx: EvalContext, mode: str = "exact", dense: bool = False):
         except ModuleNotFoundError as err:
             raise EvalError(f"mode {mode!r} needs the {structure!r} structure, which cannot be built here "
                             f"({err})") from err
+    return engine
+
+
+def _with_query_table(ctx: EvalContext, engine):
+    """The engine, with the inference-free query table added first when the context needs it and the index
+    (built before the table existed) lacks it. The table is derived from the index alone, so the cache key of
+    the index does not change."""
+    if ctx.query_encoder == "inference-free" and not engine.manifest.get("inference_free"):
+        log.info("adding the inference-free query table to %s", engine.index_dir)
+        engine = engine.add_inference_free()
     return engine
 
 
@@ -558,18 +569,34 @@ def sparse_retriever(ctx: EvalContext) -> Retrieval:
     """This package's learned-sparse index in the context's search mode."""
     engine = eval_engine(ctx, ctx.mode)
     params = ctx.search_params()
-    encoder = engine.encoder
+    encoder = engine.query_encoder(ctx.query_encoder)
+    lengths: list[int] = []
+
+    def encode(text):
+        vector = encoder.encode_query(text)
+        lengths.append(len(vector[0]))
+        return vector
 
     def search(vector, k):
         return [(h.id, h.score) for h in engine.search(vector, k=k, mode=ctx.mode, **params)]
 
     sizes = index_sizes(engine)
-    return timed_queries(
-        ctx.dataset.queries, encoder.encode_query, search, ctx.k, desc=f"searching sparse/{ctx.mode}",
+    r = timed_queries(
+        ctx.dataset.queries, encode, search, ctx.k, desc=f"searching sparse/{ctx.mode}",
         progress=ctx.progress, index_size_bytes=sparse_size(sizes, ctx.mode),
-        info={"implementation": "lsr", "model": encoder.name, "index": str(engine.index_dir), "sizes": sizes,
+        info={"implementation": "lsr", "model": engine.manifest["model"]["name"], "query_encoder": ctx.query_encoder,
+              "index": str(engine.index_dir), "sizes": sizes,
               "structures": sorted(engine.manifest.get("structures", {})), "search_params": params},
     )
+    r.info["nnz"] = nnz_stats(engine, lengths[-len(r.qids):] if r.qids else [])  # the timed pass, not the warm-up
+    return r
+
+
+def nnz_stats(engine, query_lengths: Sequence[int]) -> dict:
+    """Average non-zero terms per indexed document and per encoded query (the efficiency side of a model)."""
+    m = engine.manifest
+    return {"doc": round(m["num_postings"] / max(m["num_docs"], 1), 2),
+            "query": round(float(np.mean(query_lengths)) if len(query_lengths) else 0.0, 2)}
 
 
 @register_retriever("dense")
@@ -615,7 +642,7 @@ def hybrid_retriever(ctx: EvalContext) -> Retrieval:
 
     config = fusion_config(ctx)
     engine = eval_engine(ctx, ctx.mode, dense=True)
-    sparse_encoder, dense_encoder = engine.encoder, engine.dense_encoder
+    sparse_encoder, dense_encoder = engine.query_encoder(ctx.query_encoder), engine.dense_encoder
     params = ctx.search_params()
 
     def encode(text):
@@ -631,7 +658,9 @@ def hybrid_retriever(ctx: EvalContext) -> Retrieval:
     return timed_queries(
         ctx.dataset.queries, encode, search, ctx.k, desc=f"searching hybrid/{config.method}", progress=ctx.progress,
         index_size_bytes=sparse_size(sizes, ctx.mode) + sizes["dense"],
-        info={"implementation": "lsr-fusion", "model": {"sparse": sparse_encoder.name, "dense": dense_encoder.name},
+        info={"implementation": "lsr-fusion", "model": {"sparse": engine.manifest["model"]["name"],
+                                                        "dense": dense_encoder.name},
+              "query_encoder": ctx.query_encoder,
               "fusion": config.to_dict(), "index": str(engine.index_dir), "sizes": sizes, "search_params": params},
     )
 
@@ -781,12 +810,15 @@ def load_qrels_arg(spec: str | os.PathLike, split: str = DEFAULT_SPLIT, cache_di
 
 # ====================================================================== one evaluation
 def result_key(result: dict) -> str:
-    """Column name of a result: ``bm25``, ``sparse-<mode>``, ``dense``, ``hybrid-<fusion>`` (+ ``-<mode>``)."""
+    """Column name of a result: ``bm25``, ``sparse-<mode>``, ``dense``, ``hybrid-<fusion>`` (+ ``-<mode>``);
+    ``-inference-free`` is appended when the sparse side used inference-free queries."""
     name = result["retriever"]
+    free = "-inference-free" if result.get("query_encoder") == "inference-free" else ""
     if name == "sparse":
-        return f"sparse-{result['mode']}"
+        return f"sparse-{result['mode']}{free}"
     if name == "hybrid":
-        return f"hybrid-{result['fusion']}" + (f"-{result['mode']}" if result.get("mode") not in (None, "exact") else "")
+        return (f"hybrid-{result['fusion']}" + (f"-{result['mode']}" if result.get("mode") not in (None, "exact") else "")
+                + free)
     return name
 
 
@@ -795,11 +827,18 @@ def run_eval(
     model: str | None = None, fusion: str | None = None, k: int = DEFAULT_K, params: dict | None = None,
     reorder: str | None = "auto", bm25: str = "auto", cache_dir: str | os.PathLike | None = None,
     progress: bool = True, max_queries: int | None = None, run_out: str | os.PathLike | None = None,
-    adopt: str | os.PathLike | None = None, batch_size: int = 32,
+    adopt: str | os.PathLike | None = None, batch_size: int = 32, query_encoder: str = "model",
 ) -> dict:
-    """Evaluate one retriever on one dataset split; return the result record (what ``--json`` prints)."""
-    from index.structures import MODES
+    """Evaluate one retriever on one dataset split; return the result record (what ``--json`` prints).
 
+    ``query_encoder`` (sparse and hybrid retrievers) is ``model`` or ``inference-free``."""
+    from index.structures import MODES
+    from lsr.query_encoders import QUERY_ENCODERS
+
+    if query_encoder not in QUERY_ENCODERS:
+        raise EvalError(f"unknown query encoder {query_encoder!r}; available: {', '.join(QUERY_ENCODERS)}")
+    if query_encoder != "model" and retriever not in ("sparse", "hybrid"):
+        raise EvalError(f"--query-encoder {query_encoder} applies to the sparse and hybrid retrievers, not {retriever!r}")
     if mode not in MODES:
         raise EvalError(f"unknown mode {mode!r}; available: {', '.join(MODES)}")
     if not 1 <= k <= 10_000:
@@ -809,7 +848,8 @@ def run_eval(
     started = time.time()
     ds = load_dataset(dataset, split, cache).limit(max_queries)
     ctx = EvalContext(ds, cache, k=k, mode=mode, model=model, fusion=fusion, params=dict(params or {}),
-                      reorder=reorder, bm25=bm25, batch_size=batch_size, progress=progress)
+                      reorder=reorder, bm25=bm25, batch_size=batch_size, progress=progress,
+                      query_encoder=query_encoder)
     if retriever == "hybrid":
         fusion = fusion_config(ctx).method  # bad fusion settings fail before any index is built
     if adopt is not None:
@@ -817,11 +857,13 @@ def run_eval(
     r = ctx.retrieve(retriever)
     metrics = evaluate(r.run, ds.qrels)
     if run_out is not None:
-        write_run(run_out, r.run, tag=f"lsr-{retriever}" + (f"-{mode}" if retriever in ("sparse", "hybrid") else ""))
+        write_run(run_out, r.run, tag=f"lsr-{retriever}" + (f"-{mode}" if retriever in ("sparse", "hybrid") else "")
+                  + ("-if" if query_encoder == "inference-free" else ""))
     uses_sparse = retriever in ("sparse", "hybrid")
     result = {
         "dataset": ds.name, "split": split, "retriever": retriever,
         "mode": mode if uses_sparse else None, "fusion": fusion if retriever == "hybrid" else None,
+        "query_encoder": query_encoder if uses_sparse else None,
         "implementation": r.info.get("implementation"), "model": r.info.get("model"),
         "queries": len(ds.queries), "documents": ds.num_docs, "k": k,
         **{m: round(v, 6) for m, v in metrics.items()},
@@ -830,6 +872,7 @@ def run_eval(
         "encoding_ms": latency_summary(r.encode_ms),
         "threads": 1,
         "index_size_bytes": r.index_size_bytes,
+        "nnz": r.info.get("nnz"),
         "params": ctx.params, "details": r.info,
         "dataset_path": str(ds.root), "lsr_version": __version__, "machine": _machine(),
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "wall_seconds": round(time.time() - started, 1),

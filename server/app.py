@@ -132,10 +132,13 @@ class ServerState:
         q = check_query(q)
         self._check_options(opts)
         need_sparse, need_dense = self._needs(opts)
+        free = opts.query_encoder == "inference-free"  # tokenizer + table lookup: microseconds, no batching
         sparse_vec, dense_vec = await asyncio.gather(
-            self.sparse_batcher.submit(q) if need_sparse else _none(),
+            self.sparse_batcher.submit(q) if need_sparse and not free else _none(),
             self.dense_batcher.submit(q) if need_dense else _none(),
         )
+        if need_sparse and free:
+            sparse_vec = self._encode_free([q])[0]
         loop = asyncio.get_running_loop()
         hits = await loop.run_in_executor(self.search_pool, self._search_sync, [q], opts,
                                           None if sparse_vec is None else [sparse_vec],
@@ -151,7 +154,10 @@ class ServerState:
         self._check_options(body)
         need_sparse, need_dense = self._needs(body)
         loop = asyncio.get_running_loop()
-        sparse_vecs = await loop.run_in_executor(self.encode_pool, self._encode_sparse, queries) if need_sparse else None
+        if need_sparse and body.query_encoder == "inference-free":
+            sparse_vecs = self._encode_free(queries)
+        else:
+            sparse_vecs = await loop.run_in_executor(self.encode_pool, self._encode_sparse, queries) if need_sparse else None
         dense_vecs = await loop.run_in_executor(self.encode_pool, self._encode_dense, queries) if need_dense else None
         results = await loop.run_in_executor(self.search_pool, self._search_sync, queries, body, sparse_vecs, dense_vecs)
         took = time.perf_counter() - started
@@ -159,10 +165,18 @@ class ServerState:
         return BatchSearchResponse(took_ms=round(took * 1000, 3), results=[
             self._response(q, body, hits, took) for q, hits in zip(queries, results)])
 
+    def _encode_free(self, texts: list[str]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Inference-free query vectors (tokenizer and the index's IDF table; no model, no batching needed)."""
+        encoder = self.engine.inference_free
+        return [encoder.encode_query(t) for t in texts]
+
     def _check_options(self, opts: SearchOptions) -> None:
         if opts.retriever != "sparse" and self.engine.dense is None:
             raise UserError(422, f"retriever {opts.retriever!r} needs dense vectors, and this index has none "
                                  "(build it with `lsr index --dense`)")
+        if opts.query_encoder == "inference-free" and not self.engine.manifest.get("inference_free"):
+            raise UserError(422, f"query_encoder 'inference-free' needs the index's query table, and this index has "
+                                 f"none (add it with `lsr index --add-inference-free --index {self.index_dir}`)")
 
     def _needs(self, opts: SearchOptions) -> tuple[bool, bool]:
         fields = set(opts.fields or DEFAULT_FIELDS)
@@ -238,7 +252,8 @@ class ServerState:
         if opts.retriever == "hybrid":
             fusion = FusionConfig.make(opts.fusion, alpha=opts.alpha, normalization=opts.normalization,
                                        depth=opts.depth, rrf_k=opts.rrf_k).to_dict()
-        return SearchResponse(query=q, retriever=opts.retriever, mode=opts.mode, k=opts.k, fusion=fusion,
+        return SearchResponse(query=q, retriever=opts.retriever, query_encoder=opts.query_encoder, mode=opts.mode,
+                              k=opts.k, fusion=fusion,
                               took_ms=round(took * 1000, 3), hits=[SearchHit(**h) for h in hits])
 
     # ------------------------------------------------------------------ stats
@@ -253,6 +268,7 @@ class ServerState:
             model=engine.manifest["model"], dense_model=None if dense is None else dense.model,
             dense_search=None if dense is None else ("hnsw" if dense.uses_hnsw else "exact"),
             modes=_available_modes(engine), queries=queries, errors=errors,
+            query_encoders=["model"] + (["inference-free"] if engine.manifest.get("inference_free") else []),
             latency_ms={
                 "p50": None if lat is None else round(float(np.percentile(lat, 50)), 3),
                 "p99": None if lat is None else round(float(np.percentile(lat, 99)), 3),
@@ -382,6 +398,7 @@ def create_app(index_dir: str | os.PathLike = "lsr_index", *, max_batch: int = 3
         k: Annotated[int, Query(ge=1, le=1000)] = 10,
         mode: str = "exact",
         retriever: str = "sparse",
+        query_encoder: str = "model",
         fusion: Optional[str] = None,
         alpha: Annotated[Optional[float], Query(ge=0.0, le=1.0)] = None,
         normalization: Optional[str] = None,
@@ -392,7 +409,8 @@ def create_app(index_dir: str | os.PathLike = "lsr_index", *, max_batch: int = 3
     ):
         """Search with query parameters (see POST /search for the JSON form with filters)."""
         try:
-            opts = SearchOptions(k=k, mode=mode, retriever=retriever, fusion=fusion, alpha=alpha,
+            opts = SearchOptions(k=k, mode=mode, retriever=retriever, query_encoder=query_encoder, fusion=fusion,
+                                 alpha=alpha,
                                  normalization=normalization, depth=depth, rrf_k=rrf_k, explain=explain,
                                  fields=[f.strip() for f in fields.split(",") if f.strip()] if fields else None)
         except ValidationError as err:

@@ -17,6 +17,7 @@ HIT_FIELDS = ("id", "score", "title", "snippet", "highlights", "text", "metadata
 DEFAULT_FIELDS = ("id", "score", "title", "snippet", "highlights", "sparse_score", "dense_score")
 
 Retriever = Literal["sparse", "dense", "hybrid"]
+QueryEncoderName = Literal["model", "inference-free"]
 FusionName = Literal["convex", "rrf"]
 Scalar = Union[str, int, float, bool, None]
 
@@ -29,6 +30,9 @@ class SearchOptions(BaseModel):
     k: int = Field(10, ge=1, le=MAX_K, description="Number of hits (1..1000).")
     mode: str = Field("exact", description=f"Sparse search mode: {', '.join(MODES)}.")
     retriever: Retriever = Field("sparse", description="sparse (SPLADE), dense (embeddings) or hybrid (fused).")
+    query_encoder: QueryEncoderName = Field(
+        "model", description="Sparse query encoding: model (SPLADE) or inference-free (tokenizer + the index's IDF "
+                             "table, no model inference).")
     fusion: Optional[FusionName] = Field(None, description="Hybrid fusion: convex or rrf (default: the tuned one).")
     alpha: Optional[float] = Field(None, ge=0.0, le=1.0, description="Convex fusion: weight of the sparse side.")
     normalization: Optional[Literal["tmm", "minmax", "zscore"]] = Field(
@@ -101,6 +105,7 @@ class SearchHit(BaseModel):
 class SearchResponse(BaseModel):
     query: str
     retriever: str
+    query_encoder: str = "model"
     mode: str
     k: int
     fusion: Optional[dict[str, Any]] = None
@@ -134,6 +139,7 @@ class Stats(BaseModel):
     dense_model: Optional[dict[str, Any]] = None
     dense_search: Optional[str] = None
     modes: list[str]
+    query_encoders: list[str] = ["model"]
     queries: int
     errors: int
     latency_ms: dict[str, Optional[float]]

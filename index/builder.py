@@ -113,6 +113,11 @@ class IndexBuilder:
         """Number of documents added so far."""
         return self._num_docs
 
+    @property
+    def max_weight(self) -> float:
+        """Largest weight added so far (0.0 before any): the default quantization scale is this / levels."""
+        return float(self._max_weight)
+
     def add(self, indptr: np.ndarray, term_ids: np.ndarray, weights: np.ndarray) -> None:
         """Append a batch of documents given in CSR form (indptr int64 len n+1, term_ids int, weights float32 >= 0).
 
@@ -174,8 +179,15 @@ class IndexBuilder:
             keep = impacts > 0
             yield docs[keep], terms[keep], impacts[keep]
 
-    def finalize(self, extra: dict | None = None) -> dict:
-        """Write the final arrays + manifest.json into out_dir; return the manifest."""
+    def finalize(self, extra: dict | None = None, scale: float | None = None) -> dict:
+        """Write the final arrays + manifest.json into out_dir; return the manifest.
+
+        ``scale`` fixes the quantization step instead of ``max_weight / levels`` (the shards of one collection
+        share the collection's scale, so their impacts and scores are comparable); weights above
+        ``scale * levels`` saturate at the top level.
+        """
+        if scale is not None and not (np.isfinite(scale) and scale > 0):
+            raise ValueError(f"scale must be a positive finite number, got {scale!r}")
         if self._finalized:
             raise RuntimeError("IndexBuilder.finalize() called twice")
         base_keys = {"format", "format_version", "num_docs", "vocab_size", "num_postings",
@@ -190,7 +202,8 @@ class IndexBuilder:
 
         dtype = _IMPACT_DTYPES[self.quant_bits]
         levels = np.iinfo(dtype).max
-        scale = self._max_weight / levels if self._max_weight > 0 else 1.0
+        if scale is None:
+            scale = self._max_weight / levels if self._max_weight > 0 else 1.0
         total = int(self._term_counts.sum())
         if self._chunks and np.rint(self._min_weight / scale) < 1:
             term_counts = np.zeros(self.vocab_size, np.int64)

@@ -83,6 +83,13 @@ def index_cmd(
     hnsw_threshold: Optional[int] = typer.Option(
         None, "--hnsw-threshold", min=1, help="Build an HNSW graph for dense search from this many documents on "
                                               "(default 100000; below it dense search is exact)."),
+    shards: Optional[int] = typer.Option(
+        None, "--shards", min=1, help="Build N index shards on Ray (documents routed by a stable hash of their id); "
+                                      "search and serve them like one index."),
+    ray_address: Optional[str] = typer.Option(
+        None, "--ray", help="With --shards: Ray cluster address (auto, ray://host:10001); default: a local runtime."),
+    workers: Optional[int] = typer.Option(
+        None, "--workers", min=1, help="With --shards: encoder workers (default: one per CPU of the Ray cluster)."),
 ) -> None:
     """Index a corpus into an on-disk index (atomically replaces any previous index at --index)."""
     if quant_bits not in (8, 16):
@@ -110,6 +117,13 @@ def index_cmd(
         return
     if corpus is None:
         raise ValueError("give a CORPUS to index (or --add-structures for an existing index)")
+    if shards is not None:
+        _index_sharded(corpus, index, shards, ray_address, workers, model=model, batch_size=batch_size,
+                       doc_max_length=max_length, query_max_length=query_max_length, doc_top_k=doc_top_k,
+                       quant_bits=quant_bits, id_field=id_field, text_field=text_field, title_field=title_field,
+                       skip_bad=skip_bad, structures=_split_names(structures), reorder=reorder, dense=dense,
+                       dense_model=dense_model, hnsw_threshold=hnsw_threshold, encoder_threads=threads or 1)
+        return
     if dense is None:  # on by default when the dense model is at hand (and the corpus has text to embed)
         from lsr.dense import dense_model_available
         from lsr.vectors import is_vector_file
@@ -130,6 +144,29 @@ def index_cmd(
     )
 
 
+def _index_sharded(corpus: Path, index: Path, shards: int, address: Optional[str], workers: Optional[int],
+                   dense: Optional[bool], dense_model: Optional[str], **options) -> None:
+    """``lsr index --shards N``: encode on Ray workers into N shards (lsr.distributed)."""
+    from lsr.distributed import build_sharded
+    from lsr.sharding import index_size_bytes
+
+    if dense is None:
+        from lsr.dense import dense_model_available
+        from lsr.vectors import is_vector_file
+
+        dense = dense_model is not None or (dense_model_available() and not is_vector_file(corpus))
+    started = time.time()
+    manifest = build_sharded(corpus, index, shards, address=address, workers=workers, dense=dense,
+                             dense_model=dense_model, **options)
+    enc = manifest["encoding"]
+    skipped = manifest.get("skipped_records", 0)
+    typer.echo(
+        f"indexed {manifest['num_docs']} documents ({manifest['num_postings']} postings, "
+        f"{index_size_bytes(index) / 1e6:.1f} MB) into {shards} shard(s) at {index} in {time.time() - started:.1f}s "
+        f"({enc['workers']} encoder worker(s), {enc['docs_per_s']} docs/s)"
+        + (f"; skipped {skipped} bad record(s)" if skipped else ""))
+
+
 @app.command("search")
 @user_errors
 def search_cmd(
@@ -143,6 +180,8 @@ def search_cmd(
     run_out: Optional[Path] = typer.Option(None, "--run-out", help="Write a TREC run file."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1),
     query_encoder: str = QueryEncoderOpt,
+    ray_address: Optional[str] = typer.Option(
+        None, "--ray", help="Sharded index: Ray cluster address (auto, ray://host:10001); default: a local runtime."),
 ) -> None:
     """Search the index with one query or a file of queries."""
     from lsr.query_encoders import check_query_encoder
@@ -152,7 +191,7 @@ def search_cmd(
     check_query_encoder(query_encoder)
     _set_threads(threads, torch_too=query_encoder == "model")
     params = parse_params(param)
-    engine = Engine.open(index)
+    engine = _open_engine(index, ray_address)
     if queries is not None:
         pairs = list(read_queries(queries))
         results = engine.search_batch([text for _, text in pairs], k=k, mode=mode, threads=threads,
@@ -169,6 +208,13 @@ def search_cmd(
                        json.dumps({"query": query, "hits": [h.to_dict() for h in hits]}, ensure_ascii=False))
         elif run_out is None or queries is None:
             _print_hits(qid if queries is not None else None, hits)
+
+
+def _open_engine(index: Path, ray_address: Optional[str] = None) -> Engine:
+    """The index at ``index``: a plain one, or a sharded one (lsr.distributed, searched on Ray)."""
+    from lsr.sharding import is_sharded, open_engine
+
+    return open_engine(index, address=ray_address) if is_sharded(index) else Engine.open(index)
 
 
 def parse_params(pairs: list[str]) -> dict[str, float | int]:
@@ -213,7 +259,7 @@ def _print_hits(qid: Optional[str], hits: list[Hit]) -> None:
 @user_errors
 def info_cmd(index: Path = IndexOpt, as_json: bool = typer.Option(False, "--json")) -> None:
     """Show documents, terms, postings, size on disk, model and build time of an index."""
-    info = Engine.open(index).info()
+    info = _open_engine(index).info()
     if as_json:
         typer.echo(json.dumps(info, indent=2))
         return
@@ -233,6 +279,9 @@ def info_cmd(index: Path = IndexOpt, as_json: bool = typer.Option(False, "--json
         dense = info["dense"]
         rows.append(("dense", f"{dense['model']['name']} ({dense['dim']}-d {dense['dtype']}, "
                               f"{'HNSW' if dense.get('hnsw') else 'exact'} search)"))
+    if info.get("num_shards"):
+        rows.append(("shards", f"{info['num_shards']} ({', '.join(str(s['documents']) for s in info['shards'])} "
+                               f"documents; routed by {info['routing']['hash']} of the id)"))
     for key, value in rows:
         typer.echo(f"{key:>14}: {value}")
 
@@ -242,8 +291,12 @@ def info_cmd(index: Path = IndexOpt, as_json: bool = typer.Option(False, "--json
 def verify_cmd(index: Path = IndexOpt) -> None:
     """Check every checksum and the structural invariants of an index."""
     from index import verify_index
+    from lsr.sharding import is_sharded, read_sharded_manifest
 
-    problems = verify_index(index)
+    if is_sharded(index):
+        problems = [p for shard in read_sharded_manifest(index)["shards"] for p in verify_index(index / shard["dir"])]
+    else:
+        problems = verify_index(index)
     for problem in problems:
         typer.secho(problem, fg=typer.colors.RED, err=True)
     if problems:
@@ -356,9 +409,25 @@ def serve_cmd(
     max_batch: int = typer.Option(32, "--max-batch", min=1, help="Micro-batch size for query encoding (1: off)."),
     search_threads: Optional[int] = typer.Option(None, "--search-threads", min=1, help="Search thread pool size."),
     threads: int = typer.Option(1, "--threads", min=1, help="Torch threads of the query encoder thread."),
+    shards: Optional[Path] = typer.Option(
+        None, "--shards", help="Serve this sharded index (built with `lsr index --shards N`) through the Ray "
+                               "coordinator; a sharded --index is detected too."),
+    ray_address: Optional[str] = typer.Option(
+        None, "--ray", help="Sharded index: Ray cluster address (auto, ray://host:10001); default: a local runtime."),
 ) -> None:
     """Serve the index over HTTP: search page at /, JSON API (/search, /documents/ID, /stats), docs at /docs."""
-    if not (index / "manifest.json").is_file():
+    from lsr.sharding import is_sharded, read_sharded_manifest
+
+    index = shards if shards is not None else index
+    if is_sharded(index):
+        from lsr.distributed import init_ray
+
+        read_sharded_manifest(index)  # fail now on a broken directory
+        init_ray(ray_address)  # the server's loader then starts one actor per shard in this runtime
+    elif shards is not None:
+        raise FileNotFoundError(f"no sharded index at {shards} (missing shards.json); build one with "
+                                "`lsr index CORPUS --shards N`")
+    elif not (index / "manifest.json").is_file():
         raise FileNotFoundError(f"no index at {index} (missing manifest.json); build one with `lsr index CORPUS`")
     from server.app import serve
 

@@ -193,6 +193,8 @@ def sparse_scores(engine: "Engine", vector: tuple[np.ndarray, np.ndarray], docno
     from index.search import quantize_query
 
     index = engine.index
+    if hasattr(index, "score_docs"):  # a sharded index (lsr.distributed) scores on the shards that hold the docs
+        return index.score_docs(vector, docnos)
     terms, weights = np.asarray(vector[0]), np.asarray(vector[1])
     keep = terms < index.vocab_size
     max_level = int(np.iinfo(index.array("postings_impacts").dtype).max)

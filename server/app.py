@@ -81,11 +81,12 @@ class ServerState:
     def load(self) -> None:
         """Open the index, load its encoders and warm the kernels up; sets ``ready`` (or ``error``)."""
         from lsr.engine import Engine
+        from lsr.sharding import index_size_bytes, is_sharded, open_engine  # a sharded index: lsr.distributed
 
         try:
             started = time.time()
             _single_threaded_blas()
-            engine = Engine.open(self.index_dir)
+            engine = open_engine(self.index_dir) if is_sharded(self.index_dir) else Engine.open(self.index_dir)
             engine.encoder  # noqa: B018 - load the sparse model now, not on the first request
             if engine.dense is not None:
                 engine.dense_encoder  # noqa: B018
@@ -95,7 +96,7 @@ class ServerState:
                 fusion.search(engine, "warm up", 10)
                 if engine.dense is not None:
                     fusion.search(engine, "warm up", 10, retriever="hybrid")
-            self.size_bytes = sum(f.stat().st_size for f in self.index_dir.iterdir() if f.is_file())
+            self.size_bytes = index_size_bytes(self.index_dir)  # shards included
             self.engine = engine
             self.ready = True
             log.info("index %s ready in %.1fs", self.index_dir, time.time() - started)

@@ -1,0 +1,83 @@
+"""Sharded indexes without Ray: stable routing of document ids to shards and the on-disk layout.
+
+A sharded index is a directory holding ``shards.json`` and ``shard-000/ … shard-<N-1>/``, each a normal index
+directory (``Engine.open`` opens one alone). Documents are routed by a stable hash of their id (the first 8 bytes
+of BLAKE2b over the UTF-8 id, little-endian, mod N — never Python's per-process salted ``hash()``), so the same id
+always lands on the same shard: adds, deletes and look-ups by id go to exactly one shard, and duplicate ids meet
+in one document store. Every shard records, per document, its *ordinal*: its position in the corpus (the order a
+single index would number it). A document's global number is ``ordinal * N + shard``, so global numbers order
+documents like a single index over the same corpus and name their shard (``docno % N``).
+
+The Ray side (building with Ray workers, shard actors, the coordinator) is :mod:`lsr.distributed`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+SHARDS_FILE = "shards.json"
+SHARDED_FORMAT = "lsr-sharded-index"
+SHARDED_FORMAT_VERSION = 1
+ROUTING = {"hash": "blake2b-64", "key": "utf-8 document id", "rule": "int.from_bytes(digest, 'little') % num_shards"}
+ORDINALS_ARRAY = "shard_ordinals"  # per shard: build-time doc number -> ordinal (position in the corpus), int64
+
+
+def shard_of(doc_id: str, num_shards: int) -> int:
+    """The shard of a document id: stable across processes, machines and Python versions."""
+    if num_shards < 1:
+        raise ValueError(f"num_shards must be >= 1, got {num_shards}")
+    digest = hashlib.blake2b(str(doc_id).encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "little") % num_shards
+
+
+def shard_dir_name(shard: int) -> str:
+    return f"shard-{shard:03d}"
+
+
+def is_sharded(index_dir: str | os.PathLike) -> bool:
+    """True if ``index_dir`` is a sharded index (holds ``shards.json``)."""
+    return (Path(index_dir) / SHARDS_FILE).is_file()
+
+
+def read_sharded_manifest(index_dir: str | os.PathLike) -> dict:
+    """Load and check ``shards.json``; FileNotFoundError / ValueError with the path when unusable."""
+    path = Path(index_dir) / SHARDS_FILE
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no sharded index at {index_dir} (missing {SHARDS_FILE})") from None
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not valid JSON ({err})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != SHARDED_FORMAT:
+        raise ValueError(f"{path}: not an {SHARDED_FORMAT!r} manifest")
+    if manifest.get("format_version") != SHARDED_FORMAT_VERSION:
+        raise ValueError(f"{path}: sharded format version {manifest.get('format_version')!r}, this code reads "
+                         f"version {SHARDED_FORMAT_VERSION}")
+    for shard in manifest["shards"]:
+        if not (Path(index_dir) / shard["dir"] / "manifest.json").is_file():
+            raise FileNotFoundError(f"{Path(index_dir) / shard['dir']}: shard index missing (no manifest.json)")
+    return manifest
+
+
+def index_size_bytes(index_dir: str | os.PathLike) -> int:
+    """Bytes on disk of an index directory, shards included."""
+    root = Path(index_dir)
+    dirs = [root] + ([root / s["dir"] for s in read_sharded_manifest(root)["shards"]] if is_sharded(root) else [])
+    return sum(f.stat().st_size for d in dirs for f in d.iterdir() if f.is_file())
+
+
+def open_engine(index_dir: str | os.PathLike, **kwargs):
+    """``Engine.open`` for a plain index, :class:`lsr.distributed.ShardedEngine` for a sharded one.
+
+    ``kwargs`` go to ``ShardedEngine.open`` (e.g. ``address`` of a Ray cluster); a plain index takes none.
+    """
+    if is_sharded(index_dir):
+        from lsr.distributed import ShardedEngine
+
+        return ShardedEngine.open(index_dir, **kwargs)
+    from lsr.engine import Engine
+
+    return Engine.open(index_dir)

@@ -1,0 +1,251 @@
+"""Sharded indexes on Ray (lsr.distributed): a local runtime with 2 CPUs and 2 shards, shared by the module.
+
+Exactness is tested on indexes built from the same precomputed vectors (a single index and 2 shards), so
+the document vectors are identical bit for bit; the text path (encoder actors, through the CLI) is compared
+with the session's single index by ranking, since a model's floats depend slightly on how documents are batched.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from typer.testing import CliRunner
+
+pytest.importorskip("ray")
+
+from lsr import Engine  # noqa: E402
+from lsr.cli import app  # noqa: E402
+from lsr.corpus import CorpusError  # noqa: E402
+from lsr.distributed import ShardedEngine, build_sharded, init_ray  # noqa: E402
+from lsr.sharding import is_sharded, read_sharded_manifest, shard_of  # noqa: E402
+from tests.conftest import write_jsonl  # noqa: E402
+
+QUERIES = ["parse command line arguments", "compress files with gzip", "regular expression matching",
+           "send email over smtp", "threads and locks", "hash functions", "json encoder and decoder",
+           "random numbers", "sqlite database", "tie breaking twin document"]
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def ray_runtime():
+    ray = init_ray(num_cpus=2)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def vectors_file(tmp_path_factory, engine, encoder):
+    """The session index's documents as precomputed vectors, plus six identical 'twins' (tied scores) whose ids
+    hash to both shards."""
+    path = tmp_path_factory.mktemp("vectors") / "vectors.jsonl"
+    records = []
+    for docno in range(engine.index.num_docs):
+        doc = engine.docs.get(docno)
+        vector = encoder.decode(*engine.index.doc_vector(docno))
+        records.append({"id": doc.id, "title": doc.title, "contents": doc.text, "vector": vector})
+    twin = encoder.decode(*encoder.encode_documents(["tie breaking twin document about twins"]).row(0))
+    for i in range(6):
+        records.insert(10 * i + 3, {"id": f"twin-{i}", "contents": "tie breaking twin document", "vector": twin})
+    assert {shard_of(f"twin-{i}", 2) for i in range(6)} == {0, 1}
+    return write_jsonl(path, records)
+
+
+@pytest.fixture(scope="module")
+def single(tmp_path_factory, vectors_file, encoder):
+    return Engine.build(vectors_file, tmp_path_factory.mktemp("single") / "index", encoder=encoder,
+                        structures=["bmp", "seismic"], dense=True, progress=False)
+
+
+@pytest.fixture(scope="module")
+def sharded(tmp_path_factory, vectors_file, encoder):
+    out = tmp_path_factory.mktemp("sharded") / "index"
+    build_sharded(vectors_file, out, 2, structures=["bmp", "seismic"], dense=True, progress=False, encoder=encoder)
+    engine = ShardedEngine.open(out, encoder=encoder)
+    yield engine
+    engine.close()
+
+
+TEXT_MODULES = {"re", "statistics", "argparse", "getopt", "optparse", "json", "random", "secrets", "smtplib",
+                "sqlite3"}
+
+
+@pytest.fixture(scope="module")
+def text_corpus(tmp_path_factory, module_docs):
+    root = tmp_path_factory.mktemp("text-corpus")
+    write_jsonl(root / "corpus.jsonl", [d for d in module_docs if d["metadata"]["module"] in TEXT_MODULES])
+    return root
+
+
+@pytest.fixture(scope="module")
+def text_sharded(tmp_path_factory, text_corpus):
+    """A small text corpus through `lsr index --shards 2`: two encoder actors."""
+    out = tmp_path_factory.mktemp("text-sharded") / "index"
+    result = runner.invoke(app, ["index", str(text_corpus), "--index", str(out), "--shards", "2", "--workers", "2",
+                                 "--no-dense"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "into 2 shard(s)" in result.output and "2 encoder worker(s)" in result.output
+    return out
+
+
+def _ranked(hits):
+    return [(h.id, h.score) for h in hits]
+
+
+# ---------------------------------------------------------------------- routing and layout
+def test_routing_is_stable_across_processes():
+    ids = ["a", "b", "doc-1", "module:json#1", "é"]
+    assert [shard_of(x, 2) for x in ids] == [0, 0, 0, 1, 1]  # fixed forever: indexes on disk depend on it
+    assert [shard_of(x, 7) for x in ids] == [4, 0, 4, 1, 5]
+    code = "from lsr.sharding import shard_of; print([shard_of(x, 7) for x in %r])" % ids
+    for seed in ("1", "2"):  # Python's own hash() would differ between these
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                             env={**os.environ, "PYTHONHASHSEED": seed}).stdout
+        assert out.strip() == "[4, 0, 4, 1, 5]"
+
+
+def test_layout_and_shared_scale(sharded, single):
+    root = sharded.index_dir
+    manifest = read_sharded_manifest(root)
+    assert is_sharded(root) and manifest["num_shards"] == 2 and len(manifest["shards"]) == 2
+    assert manifest["num_docs"] == single.index.num_docs and manifest["num_postings"] == single.index.num_postings
+    scales = {Engine.open(root / s["dir"]).manifest["quantization"]["scale"] for s in manifest["shards"]}
+    assert scales == {single.manifest["quantization"]["scale"]} == {manifest["quantization"]["scale"]}
+    for s in manifest["shards"]:  # every shard is a normal index holding only its own ids
+        shard = Engine.open(root / s["dir"])
+        assert {shard_of(i, 2) for i in shard.docs.ids()} == {int(s["dir"][-3:])}
+    assert not [p for p in root.parent.iterdir() if ".building-" in p.name]
+
+
+# ---------------------------------------------------------------------- sharded == single
+@pytest.mark.parametrize("mode", ["exact", "bmp"])
+@pytest.mark.parametrize("k", [1, 10, 60])
+def test_sharded_equals_single_index(sharded, single, mode, k):
+    for q in QUERIES:
+        expected, got = single.search(q, k=k, mode=mode), sharded.search(q, k=k, mode=mode)
+        assert _ranked(got) == _ranked(expected), (q, mode, k)  # same ids, same float scores, same order
+    batch = sharded.search_batch(QUERIES, k=k, mode=mode)  # queries encoded together: compare with a batch
+    assert [_ranked(h) for h in batch] == [_ranked(h) for h in single.search_batch(QUERIES, k=k, mode=mode)]
+
+
+def test_ties_break_like_a_single_index(sharded, single):
+    hits = sharded.search("tie breaking twin document", k=6)
+    assert [h.id for h in hits] == [f"twin-{i}" for i in range(6)]  # corpus order across both shards
+    assert len({h.score for h in hits}) == 1
+    assert [h.docno for h in hits] == sorted(h.docno for h in hits)
+    assert {h.docno % 2 for h in hits} == {0, 1}  # the global number names the shard
+
+
+def test_inference_free_queries_use_collection_idf(sharded, single):
+    for q in QUERIES:
+        assert _ranked(sharded.search(q, k=10, query_encoder="inference-free")) == \
+               _ranked(single.search(q, k=10, query_encoder="inference-free"))
+
+
+def test_seismic_recall_against_exact(sharded, single):
+    recalls = []
+    for q in QUERIES:
+        truth = {h.id for h in single.search(q, k=10)}
+        recalls.append(len(truth & {h.id for h in sharded.search(q, k=10, mode="seismic")}) / len(truth))
+    assert np.mean(recalls) >= 0.9, recalls
+
+
+def test_documents_vectors_and_errors(sharded, single):
+    doc_id = "module:json#1"
+    assert sharded.document(doc_id).text == single.document(doc_id).text
+    assert sharded.document_vector(doc_id, top=8) == single.document_vector(doc_id, top=8)
+    terms, weights = sharded.query_vector("sqlite database")
+    assert _ranked(sharded.search((terms, weights), k=5)) == _ranked(single.search((terms, weights), k=5))
+    with pytest.raises(KeyError):
+        sharded.document("no-such-id")
+    with pytest.raises(ValueError, match="takes no parameters"):
+        sharded.search("x", mode="exact", beta=0.5)
+    with pytest.raises(ValueError, match="unknown mode"):
+        sharded.search("x", mode="fast")
+    info = sharded.info()
+    assert info["documents"] == single.info()["documents"] and info["num_shards"] == 2
+    assert info["terms"] == single.info()["terms"]
+
+
+def test_failed_build_keeps_previous_index(tmp_path, encoder):
+    bad = write_jsonl(tmp_path / "dup.jsonl", [{"id": "a", "vector": {"cat": 1.0}},
+                                               {"id": "é", "vector": {"dog": 1.0}},  # the other shard
+                                               {"id": "a", "vector": {"mat": 1.0}}])
+    out = tmp_path / "idx"
+    build_sharded(bad, out, 2, skip_bad=True, progress=False, encoder=encoder)  # 'a' twice: skipped, counted
+    before = (out / "shards.json").read_text()
+    assert json.loads(before)["skipped_records"] == 1 and json.loads(before)["num_docs"] == 2
+    with pytest.raises(CorpusError, match=r"dup\.jsonl:3: field 'id': duplicate id 'a'"):
+        build_sharded(bad, out, 2, progress=False, encoder=encoder)
+    assert (out / "shards.json").read_text() == before
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".idx")] == []
+
+
+@pytest.mark.parametrize("retriever", ["dense", "hybrid"])
+def test_dense_and_hybrid_through_shards(sharded, single, retriever):
+    for q in QUERIES[:6]:
+        got, expected = sharded.search(q, k=5, retriever=retriever), single.search(q, k=5, retriever=retriever)
+        assert [h.id for h in got] == [h.id for h in expected], (q, retriever)
+        assert [h.score for h in got] == pytest.approx([h.score for h in expected], rel=1e-4, abs=1e-5)
+        if retriever == "hybrid":
+            assert [h.sparse_score for h in got] == pytest.approx([h.sparse_score for h in expected], rel=1e-4)
+
+
+# ---------------------------------------------------------------------- text path: CLI, filters, server
+def test_cli_index_search_info_verify_and_filter(text_sharded, text_corpus, encoder, tmp_path):
+    result = runner.invoke(app, ["search", "parse command line arguments", "--index", str(text_sharded), "-k", "5",
+                                 "--json"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    hits = json.loads(result.stdout.strip().splitlines()[-1])["hits"]
+    expected = Engine.build(text_corpus, tmp_path / "single", encoder=encoder, progress=False).search(
+        "parse command line arguments", k=5)
+    assert [h["id"] for h in hits][:3] == [h.id for h in expected][:3]  # encoded in other batches: floats differ
+    assert [h["score"] for h in hits] == pytest.approx([h.score for h in expected], rel=1e-2)
+    assert hits[0]["id"].split("#")[0] in {"module:argparse", "module:getopt", "module:optparse"}
+    info = runner.invoke(app, ["info", "--index", str(text_sharded)], catch_exceptions=False).output
+    assert "shards" in info and "blake2b" in info
+    assert runner.invoke(app, ["verify", "--index", str(text_sharded)]).exit_code == 0
+    sharded = ShardedEngine.open(text_sharded, encoder=encoder)  # metadata filters: ranked, then filtered
+    try:
+        everything = sharded.search("regular expression matching", k=50)
+        filtered = sharded.search("regular expression matching", k=3, filter={"module": "re"})
+        assert [h.id for h in filtered] == [h.id for h in everything if h.id.startswith("module:re#")][:3]
+        assert all(sharded.document(h.id).metadata["module"] == "re" for h in filtered)
+    finally:
+        sharded.close()
+
+
+def test_server_searches_through_the_coordinator(sharded, single):
+    from server.app import create_app
+
+    with TestClient(create_app(sharded.index_dir, load="now")) as client:
+        r = client.get("/search", params={"q": "parse command line arguments", "k": 5})
+        assert r.status_code == 200, r.text
+        assert isinstance(client.app.state.lsr.engine, ShardedEngine)
+        expected = single.search("parse command line arguments", k=5)
+        hits = r.json()["hits"]
+        assert [h["id"] for h in hits] == [h.id for h in expected]  # the server encodes on its own torch thread
+        assert [h["score"] for h in hits] == pytest.approx([h.score for h in expected], rel=1e-5)
+        assert hits[0]["snippet"] and hits[0]["highlights"]
+        r = client.post("/search", json={"q": "random numbers", "k": 3, "retriever": "hybrid", "explain": True,
+                                         "fields": ["title", "sparse_score", "dense_score"]})
+        assert r.status_code == 200, r.text
+        assert [h["id"] for h in r.json()["hits"]] == [h.id for h in single.search("random numbers", k=3,
+                                                                                   retriever="hybrid")]
+        assert all(h["explain"] and h["dense_score"] is not None for h in r.json()["hits"])
+        r = client.post("/search/batch", json={"queries": ["send email", "random numbers"], "k": 3})
+        assert r.status_code == 200 and len(r.json()["results"]) == 2
+        doc = client.get("/documents/module:argparse%231", params={"terms": 5}).json()
+        assert doc["text"].startswith("Command-line parsing") and len(doc["terms"]) == 5
+        assert client.get("/documents/no-such-doc").status_code == 404
+        r = client.get("/search", params={"q": "x", "mode": "seismic", "k": 3})
+        assert r.status_code == 200 and r.json()["mode"] == "seismic"
+        assert client.post("/search", json={"q": "x", "params": {"beta": 0.5}}).status_code == 422
+        stats = client.get("/stats").json()
+        assert stats["documents"] == single.index.num_docs and stats["index_size_bytes"] > 0
+        assert set(stats["modes"]) == {"exact", "bmp", "bmp-approx", "seismic"}

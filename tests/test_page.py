@@ -90,6 +90,14 @@ def test_search_page(page, server_url):
     assert "random" in [m.lower() for m in marks.all_inner_texts()]
     assert page.locator("li.hit .term").count() > 0, "explain terms are shown"
 
+    # inference-free queries (tokenizer + IDF table), then back to the model
+    expect(page.locator("#query-encoder-label")).to_be_visible()
+    page.select_option("#query_encoder", "inference-free")
+    expect(status).to_contain_text("inference-free")
+    expect(hits.first).to_be_visible()
+    page.select_option("#query_encoder", "model")
+    expect(status).not_to_contain_text("inference-free")
+
     # switch retriever: dense, then hybrid (fusion controls appear, per-retriever scores shown)
     page.click("#retriever button[data-value=dense]")
     expect(status).to_contain_text("dense")

@@ -65,6 +65,7 @@ async function search() {
   const q = $("q").value.trim();
   if (!q) { $("results").replaceChildren(); setStatus(""); return; }
   const body = { q, k: Number($("k").value), mode: $("mode").value, retriever: state.retriever, explain: true };
+  if ($("query_encoder").value !== "model") body.query_encoder = $("query_encoder").value;
   if (state.retriever === "hybrid") {
     if ($("fusion").value) body.fusion = $("fusion").value;
     if ($("alpha").dataset.touched) body.alpha = Number($("alpha").value);
@@ -93,7 +94,7 @@ async function search() {
   }
   const list = $("results");
   list.replaceChildren(...data.hits.map((hit, i) => renderHit(hit, i + 1)));
-  const what = data.retriever + (data.fusion ? ` (${data.fusion.method}${data.fusion.method === "convex"
+  const what = data.retriever + (data.query_encoder && data.query_encoder !== "model" ? ` [${data.query_encoder} queries]` : "") + (data.fusion ? ` (${data.fusion.method}${data.fusion.method === "convex"
     ? ` α=${data.fusion.alpha}, ${data.fusion.normalization}` : ""})` : "") + `, ${data.mode}`;
   setStatus(`${data.hits.length} results · ${what} · server ${data.took_ms.toFixed(1)} ms · round trip ${roundTrip.toFixed(1)} ms`);
   $("status").dataset.latency = String(data.took_ms);
@@ -117,7 +118,7 @@ async function init() {
     setRetriever(button.dataset.value);
     search();
   });
-  for (const id of ["mode", "fusion", "k"]) $(id).addEventListener("change", search);
+  for (const id of ["mode", "query_encoder", "fusion", "k"]) $(id).addEventListener("change", search);
   $("alpha").addEventListener("input", () => {
     $("alpha").dataset.touched = "1";
     $("alpha-out").textContent = Number($("alpha").value).toFixed(2);
@@ -136,6 +137,9 @@ async function init() {
         const stats = await response.json();
         $("mode").replaceChildren(...stats.modes.map((m) => el("option", { value: m }, m)));
         if (params.get("mode") && stats.modes.includes(params.get("mode"))) $("mode").value = params.get("mode");
+        const encoders = stats.query_encoders || ["model"];
+        $("query_encoder").replaceChildren(...encoders.map((e) => el("option", { value: e }, e)));
+        $("query-encoder-label").hidden = encoders.length < 2;
         state.dense = !!stats.dense_model;
         for (const button of $("retriever").querySelectorAll("button")) {
           if (button.dataset.value !== "sparse" && !state.dense) {

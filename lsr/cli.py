@@ -591,7 +591,7 @@ def train_cmd(
     try:
         result = train(cfg, out, dataset=dataset, pairs=pairs, resume=resume, cache_dir=cache_dir)
     except KeyboardInterrupt:
-        _fail(f"interrupted; continue from the last checkpoint with the same command and --resume")
+        _fail("interrupted; continue from the last checkpoint with the same command and --resume")
     report = result.report
     data = report["data"]
     typer.echo(f"trained {report['steps']} steps on {data['pairs']} pairs ({data['queries']} queries) in "

@@ -13,9 +13,13 @@ import functools
 import logging
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from tqdm.auto import tqdm
+
+if TYPE_CHECKING:  # torch is imported lazily: inference-free queries never load it
+    import torch
 
 from lsr.models import DEFAULT_SPLADE, ModelRef, model_hash, resolve_model
 

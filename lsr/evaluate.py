@@ -689,6 +689,9 @@ def bm25_retriever(ctx: EvalContext) -> Retrieval:
 
 
 # ====================================================================== metrics
+Ranked = list[tuple[str, float]]  # one query's ranking: (doc id, score), best first
+
+
 def _as_ranking(run: dict[str, Ranked], qids) -> dict[str, dict[str, float]]:
     """Scores replaced by strictly decreasing values, so ties are evaluated in the order returned."""
     out = {}

@@ -107,6 +107,17 @@ def _coerce_id(value: Any, path: Path, line: int, label: str) -> str:
     return doc_id
 
 
+def parse_json_object(line: str, path: Path, lineno: int) -> dict:
+    """One JSONL line as a dict; a :class:`CorpusError` naming file and line if it is not a JSON object."""
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise CorpusError(path, lineno, None, f"malformed JSON: {e}") from e
+    if not isinstance(record, dict):
+        raise CorpusError(path, lineno, None, f"expected a JSON object, got {type(record).__name__}")
+    return record
+
+
 class CorpusReader:
     """Iterate Documents from a corpus path, streaming (never loads the whole corpus)."""
 
@@ -227,12 +238,7 @@ class CorpusReader:
             if not line.strip():
                 continue
             try:
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise CorpusError(path, lineno, None, f"malformed JSON: {e}") from e
-                if not isinstance(record, dict):
-                    raise CorpusError(path, lineno, None, f"expected a JSON object, got {type(record).__name__}")
+                record = parse_json_object(line, path, lineno)
                 meta = record.get("metadata")
                 yield self._make_document(record, path, lineno, meta if isinstance(meta, dict) else None)
             except CorpusError as err:
@@ -354,12 +360,7 @@ def read_queries(path: str | os.PathLike) -> Iterator[tuple[str, str]]:
             continue
         maybe_header, first = first, False
         if _strip_gz(path) in _JSONL_SUFFIXES:
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise CorpusError(path, lineno, None, f"malformed JSON: {e}") from e
-            if not isinstance(record, dict):
-                raise CorpusError(path, lineno, None, f"expected a JSON object, got {type(record).__name__}")
+            record = parse_json_object(line, path, lineno)
             id_hit = _pick(record, None, QUERY_ID_FIELDS)
             if id_hit is None:
                 raise CorpusError(path, lineno, "/".join(QUERY_ID_FIELDS), "missing query id")

@@ -192,6 +192,16 @@ def _build_hnsw(path: Path, vectors: np.ndarray, m: int, ef_construction: int) -
     tmp.replace(path)
 
 
+def check_dense_queries(queries: np.ndarray, dim: int, k: int, num_docs: int) -> tuple[np.ndarray, int]:
+    """Validate a dense query matrix [n, dim] and k >= 1; return (contiguous float32 queries, k capped at num_docs)."""
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    if queries.ndim != 2 or queries.shape[1] != dim:
+        raise ValueError(f"dense queries must be [n, {dim}], got {queries.shape}")
+    if k < 1:
+        raise ValueError("k must be >= 1")
+    return queries, min(int(k), num_docs)
+
+
 class DenseIndex:
     """Document vectors of an index: exact inner-product top-k, or HNSW when the index holds a graph."""
 
@@ -255,12 +265,7 @@ class DenseIndex:
     def search_batch(self, queries: np.ndarray, k: int = 10, exact: bool | None = None,
                      ef_search: int | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
         """Top-k of each row of ``queries`` [n, dim]; HNSW if the index has a graph (unless ``exact``)."""
-        queries = np.ascontiguousarray(queries, dtype=np.float32)
-        if queries.ndim != 2 or queries.shape[1] != self.dim:
-            raise ValueError(f"dense queries must be [n, {self.dim}], got {queries.shape}")
-        if k < 1:
-            raise ValueError("k must be >= 1")
-        k = min(int(k), self.num_docs)
+        queries, k = check_dense_queries(queries, self.dim, k, self.num_docs)
         if not len(queries):
             return []
         if self.uses_hnsw and not exact:

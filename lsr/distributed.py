@@ -75,6 +75,16 @@ def _ray():
     return ray
 
 
+def _kill(actors) -> None:
+    """Kill Ray actors, ignoring those already gone."""
+    ray = _ray()
+    for a in actors:
+        try:
+            ray.kill(a)
+        except Exception:  # noqa: BLE001 - already gone
+            pass
+
+
 def init_ray(address: str | None = None, num_cpus: int | None = None):
     """Join the Ray cluster at ``address`` (``auto``, ``ray://host:port``), or start a local runtime with
     ``num_cpus`` CPUs (default: all of this machine's); a runtime already started in this process is reused."""
@@ -388,11 +398,7 @@ def _stopped_on_error(actors):
     except BaseException:
         ray = _ray()
         live = actors()
-        for a in live:
-            try:
-                ray.kill(a)
-            except Exception:  # noqa: BLE001 - already gone
-                pass
+        _kill(live)
         if live:
             ray.wait([a.__ray_ready__.remote() for a in live], num_returns=len(live), timeout=30)
         raise
@@ -789,12 +795,9 @@ class ShardedDense:
 
     def search_batch(self, queries: np.ndarray, k: int = 10, exact: bool | None = None,
                      ef_search: int | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
-        queries = np.ascontiguousarray(queries, dtype=np.float32)
-        if queries.ndim != 2 or queries.shape[1] != self.dim:
-            raise ValueError(f"dense queries must be [n, {self.dim}], got {queries.shape}")
-        if k < 1:
-            raise ValueError("k must be >= 1")
-        k = min(int(k), self.num_docs)
+        from lsr.dense import check_dense_queries
+
+        queries, k = check_dense_queries(queries, self.dim, k, self.num_docs)
         if not len(queries):
             return []
         answers = _get([a.dense_search.remote(queries, k) for a in self._engine.actors])
@@ -949,12 +952,7 @@ class ShardedEngine(Engine):
         """Stop the shard actors."""
         actors, self._actors = self._actors, None
         if actors:
-            ray = _ray()
-            for a in actors:
-                try:
-                    ray.kill(a)
-                except Exception:  # noqa: BLE001 - already gone
-                    pass
+            _kill(actors)
 
     def shard_of(self, doc_id: str) -> int:
         """The shard holding (or that would hold) a document id."""

@@ -51,7 +51,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lsr.corpus import CorpusError
+from lsr.corpus import CorpusError, parse_json_object
 
 log = logging.getLogger("lsr.train")
 
@@ -269,12 +269,7 @@ def read_pairs_jsonl(path: Path) -> Iterator[_Row]:
     """(query, positive) rows of a JSONL: a query (``query`` text or ``query_id``) and a document (``doc`` /
     ``positive`` text or ``doc_id`` / ``corpus-id``) per line; an optional ``score`` <= 0 drops the line."""
     for lineno, line in _lines(path):
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise CorpusError(path, lineno, None, f"malformed JSON: {err}") from None
-        if not isinstance(record, dict):
-            raise CorpusError(path, lineno, None, f"expected a JSON object, got {type(record).__name__}")
+        record = parse_json_object(line, path, lineno)
         row = {}
         for kind, keys in (("qtext", QUERY_TEXT_KEYS), ("qid", QUERY_ID_KEYS), ("dtext", DOC_TEXT_KEYS),
                            ("did", DOC_ID_KEYS), ("score", SCORE_KEYS)):
@@ -385,12 +380,7 @@ def read_teacher(path: Path, data: TrainingData) -> dict[str, dict[str, float]]:
     lines = _lines(path, "teacher scores")
     for lineno, line in lines:
         if suffix in ("jsonl", "json", "ndjson"):
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise CorpusError(path, lineno, None, f"malformed JSON: {err}") from None
-            if not isinstance(record, dict):
-                raise CorpusError(path, lineno, None, f"expected a JSON object, got {type(record).__name__}")
+            record = parse_json_object(line, path, lineno)
             q = next((record[k] for k in QUERY_ID_KEYS + QUERY_TEXT_KEYS if k in record), None)
             d = next((record[k] for k in DOC_ID_KEYS + DOC_TEXT_KEYS if k in record), None)
             s = next((record[k] for k in SCORE_KEYS if k in record), None)

@@ -44,11 +44,12 @@ def free_port() -> int:
 class LocalServer:
     """``lsr serve`` in a subprocess on 127.0.0.1."""
 
-    def __init__(self, index: Path, max_batch: int, search_threads: int | None, log: Path | None) -> None:
+    def __init__(self, index: Path, max_batch: int, search_threads: int | None, log: Path | None,
+                 extra_args: tuple[str, ...] = ()) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         cmd = [sys.executable, "-m", "lsr.cli", "serve", "--index", str(index), "--host", "127.0.0.1",
-               "--port", str(self.port), "--max-batch", str(max_batch)]
+               "--port", str(self.port), "--max-batch", str(max_batch), *extra_args]
         if search_threads:
             cmd += ["--search-threads", str(search_threads)]
         self.log = open(log, "w") if log else subprocess.DEVNULL

@@ -404,6 +404,11 @@ class BmpIndex:
 
     # -------------------------------------------------------------- build / load
     @classmethod
+    def rebuild_params(cls, params: dict, num_docs: int) -> dict:
+        """The build arguments that rebuild this structure (recorded ``params``) for another set of documents."""
+        return {key: params[key] for key in ("block_size", "layout") if key in params}
+
+    @classmethod
     def build(cls, index, block_size: int = DEFAULT_BLOCK_SIZE, layout: str = DEFAULT_LAYOUT) -> dict:
         """Compute the block maxima (and the layout's block postings) and write them into the index directory."""
         if isinstance(block_size, bool) or not isinstance(block_size, (int, np.integer)) \

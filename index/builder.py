@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -83,9 +85,15 @@ class IndexBuilder:
     ``chunk_postings`` postings. :meth:`finalize` quantizes weights to ``quant_bits``-bit
     impacts with one global scale (``max_weight / (2**quant_bits - 1)``), dropping postings
     that round to 0, and streams the chunks into memory-mapped output arrays.
+
+    Checkpoints: :meth:`checkpoint` spills whatever is buffered as a chunk of its own (written to a
+    temporary name, fsynced, renamed) and returns the chunk files so far; a new builder constructed with
+    ``resume=(those chunk files, num_docs)`` continues from that state (other files under ``_chunks`` are
+    removed), and its :meth:`finalize` writes exactly what the uninterrupted builder would have.
     """
 
-    def __init__(self, out_dir: Path, vocab_size: int, quant_bits: int = 8, chunk_postings: int = 20_000_000):
+    def __init__(self, out_dir: Path, vocab_size: int, quant_bits: int = 8, chunk_postings: int = 20_000_000,
+                 *, resume: tuple[Sequence[str | os.PathLike], int] | None = None):
         if quant_bits not in _IMPACT_DTYPES:
             raise ValueError(f"quant_bits must be one of {sorted(_IMPACT_DTYPES)}")
         if not 0 < vocab_size <= _MAX_IDS:
@@ -106,7 +114,40 @@ class IndexBuilder:
         self._min_weight = np.inf
         self._finalized = False
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(self._chunk_dir, ignore_errors=True)
+        if resume is None:
+            shutil.rmtree(self._chunk_dir, ignore_errors=True)
+        else:
+            self._restore(*resume)
+
+    def _restore(self, chunks: Sequence[str | os.PathLike], num_docs: int) -> None:
+        """State of a checkpointed build: its chunk files (in order) and document count; drop other chunk files."""
+        paths = [Path(c) if Path(c).is_absolute() else self._chunk_dir / c for c in chunks]
+        if any(p.parent != self._chunk_dir for p in paths):
+            raise ValueError(f"checkpoint chunks must be files in {self._chunk_dir}")
+        if not 0 <= num_docs <= _MAX_IDS:
+            raise ValueError(f"num_docs must be in [0, {_MAX_IDS}], got {num_docs}")
+        listed = {p.name for p in paths}
+        if self._chunk_dir.is_dir():
+            for extra in self._chunk_dir.iterdir():  # written after the checkpoint, or a torn temporary file
+                if extra.name not in listed:
+                    extra.unlink()
+        next_doc = 0
+        for path in paths:
+            try:
+                with np.load(path, allow_pickle=False) as chunk:
+                    docs, terms, weights = chunk["docs"], chunk["terms"], chunk["weights"]
+            except (OSError, ValueError, KeyError) as exc:
+                raise ValueError(f"checkpoint chunk {path} is unreadable ({exc})") from None
+            if not (docs.shape == terms.shape == weights.shape and docs.ndim == 1 and docs.size) \
+                    or docs[0] < next_doc or np.any(np.diff(docs.astype(np.int64)) < 0) or docs[-1] >= num_docs \
+                    or terms.max() >= self.vocab_size or not np.all(weights > 0) or not np.all(np.isfinite(weights)):
+                raise ValueError(f"checkpoint chunk {path} does not fit the checkpoint ({num_docs} documents)")
+            next_doc = int(docs[-1])
+            self._term_counts += np.bincount(terms, minlength=self.vocab_size)
+            self._max_weight = max(self._max_weight, float(weights.max()))
+            self._min_weight = min(self._min_weight, float(weights.min()))
+            self._chunks.append(path)
+        self._num_docs = int(num_docs)
 
     @property
     def num_docs(self) -> int:
@@ -166,8 +207,31 @@ class IndexBuilder:
     def _spill(self, docs: np.ndarray, terms: np.ndarray, weights: np.ndarray) -> None:
         self._chunk_dir.mkdir(exist_ok=True)
         path = self._chunk_dir / f"chunk_{len(self._chunks):05d}.npz"
-        np.savez(path, docs=docs, terms=terms, weights=weights)
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "wb") as fh:  # a chunk file is complete whenever it exists under its name
+            np.savez(fh, docs=docs, terms=terms, weights=weights)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
         self._chunks.append(path)
+
+    def checkpoint(self) -> list[Path]:
+        """Spill the buffered postings as a chunk of their own (if any); return every chunk file so far, in order.
+
+        Once this returns, ``IndexBuilder(out_dir, ..., resume=(chunks, num_docs))`` can continue the build.
+        """
+        if self._finalized:
+            raise RuntimeError("IndexBuilder.checkpoint() called after finalize()")
+        if self._buffer:
+            self._spill(*(np.concatenate(parts) for parts in zip(*self._buffer)))
+            self._buffer, self._buffered = [], 0
+        if self._chunks:
+            fd = os.open(self._chunk_dir, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        return list(self._chunks)
 
     def _read_chunks(self, scale: float, dtype: type):
         """Yield (docs, terms, impacts) of each chunk, quantized, without dropped postings."""
@@ -179,12 +243,13 @@ class IndexBuilder:
             keep = impacts > 0
             yield docs[keep], terms[keep], impacts[keep]
 
-    def finalize(self, extra: dict | None = None, scale: float | None = None) -> dict:
+    def finalize(self, extra: dict | None = None, scale: float | None = None, keep_chunks: bool = False) -> dict:
         """Write the final arrays + manifest.json into out_dir; return the manifest.
 
         ``scale`` fixes the quantization step instead of ``max_weight / levels`` (the shards of one collection
         share the collection's scale, so their impacts and scores are comparable); weights above
-        ``scale * levels`` saturate at the top level.
+        ``scale * levels`` saturate at the top level. ``keep_chunks`` leaves the chunk files in ``_chunks``
+        (a resumable build removes them itself once the index is published).
         """
         if scale is not None and not (np.isfinite(scale) and scale > 0):
             raise ValueError(f"scale must be a positive finite number, got {scale!r}")
@@ -217,7 +282,10 @@ class IndexBuilder:
 
         def create(name: str, dt: type, length: int) -> np.ndarray:
             path = self.out_dir / f"{name}.npy"
-            return np.lib.format.open_memmap(path, mode="w+", dtype=dt, shape=(length,))
+            arr = np.lib.format.open_memmap(path, mode="w+", dtype=dt, shape=(length,))
+            with open(path, "r+b") as fh:  # reserve the blocks: a full disk is an OSError now, not SIGBUS later
+                os.posix_fallocate(fh.fileno(), 0, os.fstat(fh.fileno()).st_size)
+            return arr
 
         out = {
             "postings_docs": create("postings_docs", np.uint32, num_postings),
@@ -237,8 +305,9 @@ class IndexBuilder:
             out["forward_impacts"][pos:pos + docs.size] = impacts
             pos += docs.size
         np.cumsum(out["forward_offsets"], out=out["forward_offsets"])
-        shutil.rmtree(self._chunk_dir, ignore_errors=True)
-        self._chunks = []
+        if not keep_chunks:
+            shutil.rmtree(self._chunk_dir, ignore_errors=True)
+            self._chunks = []
 
         arrays = {
             "postings_offsets": write_array(self.out_dir, "postings_offsets", postings_offsets),

@@ -18,7 +18,7 @@ import numpy as np
 from numba import njit, prange
 
 from .parallel import numba_threads
-from .storage import IndexFormatError, open_array, read_manifest, verify_index
+from .storage import IndexFormatError, check_checksums, open_array, read_manifest, verify_index
 from .structures import load_structure, structure_for_mode
 from .topk import heap_offer, heap_sort
 
@@ -145,6 +145,27 @@ def _search_many(offsets, docs, impacts, qptr, qterms, qweights, k, acc, touched
                                     acc[g], touched[g], top_scores[q], top_docs[q])
 
 
+@njit(cache=True, nogil=True)
+def _score_docs(offsets, fterms, fimpacts, qterms, qweights, docs, out):
+    """Integer score of each document in ``docs`` against a quantized query (sorted unique ``qterms``)."""
+    n = qterms.shape[0]
+    for i in range(docs.shape[0]):
+        d = docs[i]
+        total = 0
+        for p in range(offsets[d], offsets[d + 1]):
+            t = fterms[p]
+            lo, hi = 0, n
+            while lo < hi:
+                mid = (lo + hi) // 2
+                if qterms[mid] < t:
+                    lo = mid + 1
+                else:
+                    hi = mid
+            if lo < n and qterms[lo] == t:
+                total += np.int64(qweights[lo]) * np.int64(fimpacts[p])
+        out[i] = total
+
+
 class InvertedIndex:
     """Memory-mapped inverted index answering exact top-k queries.
 
@@ -168,14 +189,17 @@ class InvertedIndex:
         self._structures: dict[str, object] = {}
 
     @classmethod
-    def open(cls, index_dir: Path, verify: bool = False) -> "InvertedIndex":
-        """Open an index directory (memory-mapped); with ``verify`` run :func:`verify_index` first."""
+    def open(cls, index_dir: Path, verify: bool = False, checksums: bool = False) -> "InvertedIndex":
+        """Open an index directory (memory-mapped); with ``verify`` run :func:`verify_index` first, with
+        ``checksums`` check the sha256 of every file the manifest lists."""
         index_dir = Path(index_dir)
         if verify:
             problems = verify_index(index_dir)
             if problems:
                 raise IndexFormatError(f"{index_dir}: index failed verification:\n  " + "\n  ".join(problems))
         manifest = read_manifest(index_dir)
+        if checksums:
+            check_checksums(index_dir, manifest)
         arrays = {name: open_array(index_dir, manifest, name) for name in manifest["arrays"]}
         _check_shapes(index_dir, manifest, arrays)
         return cls(index_dir, manifest, arrays)
@@ -275,6 +299,19 @@ class InvertedIndex:
 
     def _dequantize(self, int_scores: np.ndarray, qscale: float) -> np.ndarray:
         return (int_scores * (self.scale / qscale)).astype(np.float32)
+
+    def score_docs(self, vector: tuple[np.ndarray, np.ndarray], docnos) -> np.ndarray:
+        """Exact scores (float64 of the float32 search scores) of given documents for a (term ids, weights) query,
+        computed exactly as search computes them: the same quantized query, the same integer products."""
+        qterms, qweights, qscale = self._quantize(*vector)
+        docnos = np.ascontiguousarray(docnos, np.int64)
+        if docnos.size and (docnos.min() < 0 or docnos.max() >= self.num_docs):
+            raise IndexError(f"doc ids must be in [0, {self.num_docs})")
+        out = np.zeros(len(docnos), np.int64)
+        if len(qterms):
+            _score_docs(self._arrays["forward_offsets"], self._arrays["forward_terms"],
+                        self._arrays["forward_impacts"], qterms, qweights, docnos, out)
+        return (out * (self.scale / qscale)).astype(np.float32).astype(np.float64)
 
     def doc_vector(self, doc_id: int) -> tuple[np.ndarray, np.ndarray]:
         """Stored (term ids uint32 ascending, dequantized float32 weights) of one document."""

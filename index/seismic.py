@@ -673,6 +673,15 @@ class SeismicIndex:
 
     # ------------------------------------------------------------------ build
     @classmethod
+    def rebuild_params(cls, params: dict, num_docs: int) -> dict:
+        """The build arguments that rebuild this structure (recorded ``params``, built over ``num_docs``
+        documents) for another set of documents: an automatic λ is chosen again for the new size."""
+        out = {key: params[key] for key in BUILD_DEFAULTS if key in params}
+        if out.get("n_postings") == _auto_n_postings(num_docs):
+            out["n_postings"] = None
+        return out
+
+    @classmethod
     def build(cls, index, **params) -> dict:
         """Build the structure into ``index.index_dir``; return {"params", "arrays"} for the manifest."""
         p = _check_params(params, BUILD_DEFAULTS, "build")

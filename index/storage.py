@@ -6,10 +6,16 @@ opened memory-mapped; :func:`verify_index` checks checksums and structural invar
 
 from __future__ import annotations
 
+import ctypes
+import errno
+import fcntl
+import functools
 import hashlib
 import json
 import os
 import shutil
+import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -50,7 +56,11 @@ def array_entry(index_dir: Path, name: str, arr: np.ndarray) -> dict:
 def write_array(index_dir: Path, name: str, arr: np.ndarray) -> dict:
     """Save ``arr`` as ``index_dir/name.npy`` and return its manifest entry."""
     arr = np.ascontiguousarray(arr)
-    np.save(Path(index_dir) / f"{name}.npy", arr)
+    path = Path(index_dir) / f"{name}.npy"
+    try:
+        np.save(path, arr)
+    except OSError as err:  # numpy reports a short write without errno or file name
+        raise OSError(err.errno or errno.ENOSPC, f"{path}: {err.strerror or err}") from err
     return array_entry(index_dir, name, arr)
 
 
@@ -63,12 +73,17 @@ def _fsync_dir(path: Path) -> None:
 
 
 @contextmanager
-def staged_directory(target: Path) -> Iterator[Path]:
+def staged_directory(
+    target: Path, *, staging: Path | None = None, keep_on: tuple[type[BaseException], ...] = ()
+) -> Iterator[Path]:
     """Build a directory in a fresh sibling and move it into place only when the block completes.
 
-    On any exception the staging directory is removed and ``target`` is untouched; the previous
-    ``target`` is removed only after the new one is in place. Staging directories left by killed
-    processes are cleaned up first.
+    On any exception the staging directory is removed and ``target`` is untouched; a previous ``target``
+    is swapped out atomically (``renameat2(RENAME_EXCHANGE)`` where the filesystem has it, so ``target``
+    names a complete index at every instant) and removed only after the new one is in place. Staging
+    directories left by killed processes are cleaned up first. ``staging``: use this existing directory
+    (a resumable build's, owned by the caller) instead of a fresh one; ``keep_on``: exception types that
+    leave it in place (e.g. ``KeyboardInterrupt``, so the build can be resumed).
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -76,20 +91,119 @@ def staged_directory(target: Path) -> Iterator[Path]:
         pid = stale.name.rsplit("-", 1)[-1]
         if pid.isdigit() and not _pid_alive(int(pid)):
             shutil.rmtree(stale, ignore_errors=True)
-    staging = target.parent / f".{target.name}.building-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
+    if staging is None:
+        staging = target.parent / f".{target.name}.building-{os.getpid()}"
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir()
+    staging = Path(staging)
     try:
         yield staging
-        old = target.parent / f".{target.name}.old-{os.getpid()}"
-        if target.exists():
-            os.replace(target, old)
-        os.replace(staging, target)
-        _fsync_dir(target.parent)
-        shutil.rmtree(old, ignore_errors=True)
+    except BaseException as exc:
+        if not isinstance(exc, keep_on):
+            shutil.rmtree(staging, ignore_errors=True)
+        raise
+    try:
+        _publish(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def _publish(staging: Path, target: Path) -> None:
+    """Move ``staging`` to ``target``; a previous ``target`` is swapped out atomically, then removed."""
+    if not target.exists():
+        os.replace(staging, target)
+        _fsync_dir(target.parent)
+        return
+    if _exchange(staging, target):  # staging now holds the previous index
+        _fsync_dir(target.parent)
+        shutil.rmtree(staging, ignore_errors=True)
+        return
+    old = target.parent / f".{target.name}.old-{os.getpid()}"
+    os.replace(target, old)
+    try:
+        os.replace(staging, target)
+    except BaseException:
+        os.replace(old, target)
+        raise
+    _fsync_dir(target.parent)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+@functools.lru_cache(maxsize=1)
+def _renameat2():
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        func = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):  # no such libc symbol (glibc < 2.28, ...)
+        return None
+    func.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    func.restype = ctypes.c_int
+    return func
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two existing paths (Linux ``renameat2(RENAME_EXCHANGE)``); False where unsupported."""
+    func = _renameat2()
+    if func is None:
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if func(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
+class WriterLockedError(RuntimeError):
+    """Another process holds the index's writer lock."""
+
+
+def lock_path(index_dir: Path) -> Path:
+    """The writer lock file of an index directory: a sibling, so it survives the directory being swapped."""
+    index_dir = Path(index_dir)
+    return index_dir.parent / f".{index_dir.name}.lock"
+
+
+@contextmanager
+def writer_lock(index_dir: Path, what: str) -> Iterator[None]:
+    """Hold the single-writer lock of ``index_dir`` (non-blocking ``flock``); the holder's pid, ``what`` and start
+    time are written into the lock file. Raise :class:`WriterLockedError` naming the holder if it is taken.
+    The kernel drops the lock when the holder dies, so a killed writer never leaves the index locked; the lock
+    file is removed on release."""
+    path = lock_path(index_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip() or "another process"
+            os.close(fd)
+            raise WriterLockedError(f"{index_dir} is locked by {holder}; a single writer at a time") from None
+        except BaseException:
+            os.close(fd)
+            raise
+        try:  # the previous holder removes the file on release: make sure we locked the one at ``path``
+            current = os.path.samestat(os.fstat(fd), os.stat(path))
+        except FileNotFoundError:
+            current = False
+        if current:
+            break
+        os.close(fd)
+    try:
+        started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} ({what}, since {started})".encode(), 0)
+        yield
+    finally:
+        try:
+            os.unlink(path)  # while still locked, so nobody else holds the lock of a file that disappears
+        except FileNotFoundError:
+            pass
+        os.close(fd)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -104,15 +218,36 @@ def _pid_alive(pid: int) -> bool:
 
 def write_manifest(index_dir: Path, manifest: dict) -> None:
     """Atomically write ``manifest.json`` (temp file, fsync, rename, fsync directory)."""
-    index_dir = Path(index_dir)
-    tmp = index_dir / f"{MANIFEST}.tmp"
+    write_json_atomic(Path(index_dir) / MANIFEST, manifest)
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    """Write a JSON file atomically: temp file, fsync, rename over ``path``, fsync its directory."""
+    path = Path(path)
+    tmp = path.with_name(f"{path.name}.tmp")
     with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(manifest, fh, indent=2, sort_keys=True)
+        json.dump(data, fh, indent=2, sort_keys=True)
         fh.write("\n")
         fh.flush()
         os.fsync(fh.fileno())
-    os.replace(tmp, index_dir / MANIFEST)
-    _fsync_dir(index_dir)
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def fsync_tree(path: Path, files: bool = True) -> None:
+    """fsync a file, or a directory (and with ``files`` every file below it), so a later rename commits it."""
+    path = Path(path)
+    if path.is_file():
+        with open(path, "rb") as fh:
+            os.fsync(fh.fileno())
+        return
+    if files:
+        for child in path.rglob("*"):
+            if child.is_file():
+                with open(child, "rb") as fh:
+                    os.fsync(fh.fileno())
+    for directory in [path, *(p for p in path.rglob("*") if p.is_dir())]:
+        _fsync_dir(directory)
 
 
 def read_manifest(index_dir: Path) -> dict:
@@ -136,6 +271,39 @@ def read_manifest(index_dir: Path) -> dict:
     if not isinstance(manifest.get("arrays"), dict):
         raise IndexFormatError(f"{path}: manifest has no 'arrays' table")
     return manifest
+
+
+_CHECKED: dict[tuple, str] = {}  # (path, inode, size, mtime) -> sha256 already confirmed in this process
+
+
+def check_checksum(path: Path, expected: str) -> None:
+    """Raise :class:`IndexFormatError` naming ``path`` unless its sha256 is ``expected`` (a file already
+    confirmed in this process and unchanged since is not hashed again)."""
+    path = Path(path)
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise IndexFormatError(f"{path}: file missing") from None
+    key = (str(path.resolve()), st.st_ino, st.st_size, st.st_mtime_ns)
+    if _CHECKED.get(key) == expected:
+        return
+    if sha256_file(path) != expected:
+        raise IndexFormatError(f"{path}: sha256 mismatch (file corrupt or modified); run `lsr verify` "
+                               "and rebuild or restore the index")
+    _CHECKED[key] = expected
+
+
+def check_checksums(index_dir: Path, manifest: dict) -> None:
+    """Check the sha256 of every file an index manifest lists (arrays, document store, dense graph)."""
+    index_dir = Path(index_dir)
+    for entry in manifest["arrays"].values():
+        check_checksum(index_dir / entry["file"], entry["sha256"])
+    for part in ("documents", "dense"):
+        entry = manifest.get(part) or {}
+        if part == "dense":
+            entry = entry.get("hnsw") or {}
+        if entry.get("sha256"):
+            check_checksum(index_dir / entry["file"], entry["sha256"])
 
 
 def open_array(index_dir: Path, manifest: dict, name: str, verify: bool = False) -> np.ndarray:

@@ -8,6 +8,8 @@ A structure is a class with this contract (see ``index/bmp.py`` and ``index/seis
         # write its arrays into index.index_dir with storage.write_array and return
         # {"params": {...}, "arrays": {array name: manifest entry}}
     @classmethod load(cls, index, info: dict) -> instance   # info = manifest["structures"][NAME]
+    @classmethod rebuild_params(cls, params: dict, num_docs: int) -> dict
+        # build arguments that rebuild it (recorded params, built over num_docs docs) for other documents
     search(qterms uint32, qweights int32, k, mode, **params) -> (doc ids uint32, int scores)
     search_batch(quantized: list[(qterms, qweights, qscale)], k, mode, threads, **params)
         -> list[(doc ids uint32, int scores)]

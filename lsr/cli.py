@@ -1,4 +1,5 @@
-"""The ``lsr`` command line: index, search, info, encode, export-vectors, verify, demo, serve, eval, train."""
+"""The ``lsr`` command line: index, add, delete, compact, search, info, encode, export-vectors, verify, demo, serve,
+eval, train."""
 
 from __future__ import annotations
 
@@ -38,8 +39,10 @@ def user_errors(func):
             return func(*args, **kwargs)
         except _USER_ERRORS as err:
             _fail(str(err))
+        except OSError as err:  # e.g. a full disk: the previous index is intact, say so in one line
+            _fail(str(err))
         except RuntimeError as err:  # IndexFormatError and other clear failures
-            if type(err).__name__ == "IndexFormatError":
+            if type(err).__name__ in ("IndexFormatError", "WriterLockedError"):
                 _fail(str(err))
             raise
 
@@ -90,10 +93,21 @@ def index_cmd(
         None, "--ray", help="With --shards: Ray cluster address (auto, ray://host:10001); default: a local runtime."),
     workers: Optional[int] = typer.Option(
         None, "--workers", min=1, help="With --shards: encoder workers (default: one per CPU of the Ray cluster)."),
+    window: int = typer.Option(
+        2048, "--window", min=1, help="Documents encoded and committed per checkpoint (a resume repeats it)."),
+    resume: bool = typer.Option(
+        False, "--resume", help="Continue an interrupted build of --index (same CORPUS and settings) from its last "
+                                "checkpoint instead of starting over."),
 ) -> None:
-    """Index a corpus into an on-disk index (atomically replaces any previous index at --index)."""
+    """Index a corpus into an on-disk index (atomically replaces any previous index at --index).
+
+    Progress is committed every --window documents; a killed build leaves the previous index untouched and
+    `lsr index ... --resume` finishes it."""
     if quant_bits not in (8, 16):
         raise ValueError("--quant-bits must be 8 or 16")
+    if resume and (corpus is None or shards is not None):
+        raise ValueError("--resume continues an interrupted `lsr index CORPUS --index DIR` (not --shards or --add-*): "
+                         "repeat that command with --resume")
     _set_threads(threads)
     started = time.time()
     if add_structures is not None:
@@ -134,7 +148,7 @@ def index_cmd(
         query_max_length=query_max_length, doc_top_k=doc_top_k, quant_bits=quant_bits, id_field=id_field,
         text_field=text_field, title_field=title_field, skip_bad=skip_bad,
         structures=_split_names(structures), reorder=reorder,
-        dense=dense, dense_model=dense_model, hnsw_threshold=hnsw_threshold,
+        dense=dense, dense_model=dense_model, hnsw_threshold=hnsw_threshold, window=window, resume=resume,
     )
     info = engine.info()
     skipped = engine.manifest.get("skipped_records", 0)
@@ -296,7 +310,9 @@ def verify_cmd(index: Path = IndexOpt) -> None:
     if is_sharded(index):
         problems = [p for shard in read_sharded_manifest(index)["shards"] for p in verify_index(index / shard["dir"])]
     else:
-        problems = verify_index(index)
+        from lsr.live import verify_live
+
+        problems = verify_live(index)
     for problem in problems:
         typer.secho(problem, fg=typer.colors.RED, err=True)
     if problems:
@@ -414,8 +430,26 @@ def serve_cmd(
                                "coordinator; a sharded --index is detected too."),
     ray_address: Optional[str] = typer.Option(
         None, "--ray", help="Sharded index: Ray cluster address (auto, ray://host:10001); default: a local runtime."),
+    api_key: Optional[str] = typer.Option(
+        None, "--api-key", envvar="LSR_API_KEY", show_envvar=True,
+        help="Key that enables the write endpoints (POST/DELETE /documents); without one the server is read-only."),
+    read_api_key: Optional[str] = typer.Option(
+        None, "--read-api-key", envvar="LSR_READ_API_KEY", show_envvar=True,
+        help="Also require a key for searches, documents and stats: this one or the write key."),
+    timeout: float = typer.Option(30.0, "--timeout", min=0.0, help="Per-request timeout of searches and document "
+                                                                   "fetches in seconds (504; 0: none)."),
+    max_body_bytes: int = typer.Option(10 * 1024 * 1024, "--max-body-bytes", min=1, help="Request body limit (413)."),
+    max_query_chars: int = typer.Option(1000, "--max-query-chars", min=1, max=1000, help="Query length limit (400)."),
+    max_batch_queries: int = typer.Option(256, "--max-batch-queries", min=1, max=256,
+                                          help="Queries per POST /search/batch (422 above)."),
+    max_documents: int = typer.Option(1000, "--max-documents", min=1, max=1000,
+                                      help="Documents per POST /documents (422 above)."),
 ) -> None:
-    """Serve the index over HTTP: search page at /, JSON API (/search, /documents/ID, /stats), docs at /docs."""
+    """Serve the index over HTTP: search page at /, JSON API (/search, /documents/ID, /stats), docs at /docs.
+
+    Writes (POST /documents, DELETE /documents/ID) need --api-key (or LSR_API_KEY), sent by clients as
+    `Authorization: Bearer KEY` or `X-API-Key: KEY`; without a key the server is read-only.
+    """
     from lsr.sharding import is_sharded, read_sharded_manifest
 
     index = shards if shards is not None else index
@@ -432,8 +466,14 @@ def serve_cmd(
     from server.app import serve
 
     typer.echo(f"serving {index} on http://{host}:{port}/  (API docs: http://{host}:{port}/docs)")
+    typer.echo("writes enabled with the API key" if api_key else
+               "read-only: no API key (--api-key or LSR_API_KEY enables POST/DELETE /documents)")
+    if read_api_key:
+        typer.echo("reads need an API key too (--read-api-key)")
     serve(index, host=host, port=port, max_batch=max_batch, search_threads=search_threads, encode_threads=threads,
-          log_level="warning")
+          log_level="warning", api_key=api_key or None, read_api_key=read_api_key or None,
+          timeout_s=timeout or None, max_body_bytes=max_body_bytes, max_query_chars=max_query_chars,
+          max_batch_queries=max_batch_queries, max_documents=max_documents)
 
 
 def _set_threads(threads: Optional[int], torch_too: bool = True) -> None:
@@ -620,6 +660,71 @@ def train_cmd(
                        f"{a['nnz']['query']:.1f}, encoding {b['encoding_ms']['mean']:.2f} -> "
                        f"{a['encoding_ms']['mean']:.2f} ms")
 
+
+
+@app.command("add")
+@user_errors
+def add_cmd(
+    corpus: Path = typer.Argument(..., help="Documents to add: BEIR dir, JSONL(.gz), CSV/TSV or folder of .txt/.md."),
+    index: Path = IndexOpt,
+    update: bool = typer.Option(False, "--update", help="Replace live documents that have the same ids "
+                                                        "(otherwise such ids are an error)."),
+    batch_size: int = typer.Option(32, "--batch-size", min=1),
+    id_field: Optional[str] = typer.Option(None, "--id-field"),
+    text_field: Optional[str] = typer.Option(None, "--text-field"),
+    title_field: Optional[str] = typer.Option(None, "--title-field"),
+    skip_bad: bool = typer.Option(False, "--skip-bad", help="Log and skip bad records instead of stopping."),
+    progress: bool = typer.Option(True, "--progress/--no-progress"),
+) -> None:
+    """Add documents to an index as a new segment (one atomic commit; searches see all of them or none)."""
+    from lsr.corpus import CorpusReader
+    from lsr.live import add_documents
+
+    reader = CorpusReader(corpus, id_field=id_field, text_field=text_field, title_field=title_field,
+                          skip_bad=skip_bad)
+    started = time.time()
+    report = add_documents(index, iter(reader), update=update, batch_size=batch_size, progress=progress,
+                           total=reader.count())
+    if reader.skipped:
+        typer.echo(f"skipped {reader.skipped} bad record(s)")
+    if report["truncated"]:
+        typer.echo(f"{report['truncated']} document(s) reached the model's length limit: only their start is indexed")
+    typer.echo(f"added {report['added']} document(s), replaced {report['replaced']} as segment {report['segment']} "
+               f"(generation {report['generation']}) in {time.time() - started:.1f}s")
+
+
+@app.command("delete")
+@user_errors
+def delete_cmd(
+    ids: List[str] = typer.Argument(..., help="External ids of the documents to delete."),
+    index: Path = IndexOpt,
+    missing_ok: bool = typer.Option(False, "--missing-ok", help="Ignore ids that are not in the index."),
+) -> None:
+    """Delete documents by id (tombstones, one atomic commit; `lsr compact` reclaims the space)."""
+    from lsr.live import DocumentNotFoundError, delete_documents
+
+    try:
+        report = delete_documents(index, ids, missing_ok=missing_ok)
+    except DocumentNotFoundError as err:
+        _fail(f"{err}; nothing deleted (use --missing-ok to delete the others)")
+    typer.echo(f"deleted {report['deleted']} document(s) (generation {report['generation']})"
+               + (f"; not found: {', '.join(report['missing'])}" if report["missing"] else ""))
+
+
+@app.command("compact")
+@user_errors
+def compact_cmd(index: Path = IndexOpt, progress: bool = typer.Option(True, "--progress/--no-progress")) -> None:
+    """Merge all segments into one and drop deleted documents; searches keep working meanwhile."""
+    from lsr.live import compact
+
+    started = time.time()
+    report = compact(index, progress=progress)
+    b, a = report["before"], report["after"]
+    if not report["compacted"]:
+        typer.echo(f"{index}: already one segment without deletions ({b['documents']} documents)")
+        return
+    typer.echo(f"compacted {b['segments']} segment(s), {b['deleted']} deleted -> 1 segment, {a['documents']} "
+               f"documents in {time.time() - started:.1f}s")
 
 if __name__ == "__main__":
     app(prog_name="lsr")

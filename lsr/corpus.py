@@ -240,6 +240,9 @@ class CorpusReader:
             try:
                 record = parse_json_object(line, path, lineno)
                 meta = record.get("metadata")
+                if meta is not None and not isinstance(meta, dict):
+                    raise CorpusError(path, lineno, "metadata",
+                                      f"metadata must be a JSON object, got {type(meta).__name__}")
                 yield self._make_document(record, path, lineno, meta if isinstance(meta, dict) else None)
             except CorpusError as err:
                 self.skip_error(err)

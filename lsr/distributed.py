@@ -621,8 +621,8 @@ class _ShardServer:
         return out, self._headers(local)
 
     def sparse_totals(self, qterms: np.ndarray, qweights: np.ndarray, keys) -> np.ndarray:
-        """Integer scores of the given documents for a quantized query (as :func:`lsr.fusion.sparse_scores`)."""
-        from lsr.fusion import _score_docs
+        """Integer scores of the given documents for a quantized query (as :meth:`index.search.InvertedIndex.score_docs`)."""
+        from index.search import _score_docs
 
         local = self._local(keys)
         out = np.zeros(len(local), np.int64)

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import errno
+import functools
 import json
+import os
+import shutil
 import sqlite3
 from pathlib import Path
 
@@ -23,9 +27,30 @@ class DuplicateIdError(KeyError):
     """A document id that is already in the store."""
 
 
+_LOW_SPACE = 1 << 20  # an SQLite I/O error with less free space than this is a full disk
+
+
+def _disk_errors(method):
+    """Report SQLite's disk failures ('database or disk is full', 'disk I/O error') as an OSError naming the file."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except sqlite3.OperationalError as err:
+            if "disk" not in str(err):
+                raise
+            full = "full" in str(err) or shutil.disk_usage(self.path.parent).free < _LOW_SPACE
+            code = errno.ENOSPC if full else errno.EIO
+            raise OSError(code, f"{self.path}: {os.strerror(code)} (SQLite: {err})") from err
+
+    return wrapper
+
+
 class DocStore:
     """SQLite table of documents keyed by internal doc number (the index's doc id)."""
 
+    @_disk_errors
     def __init__(self, path: Path, readonly: bool = False) -> None:
         self.path = Path(path)
         if readonly:
@@ -38,6 +63,7 @@ class DocStore:
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute(_SCHEMA)
 
+    @_disk_errors
     def add(self, docno: int, doc: Document) -> None:
         """Insert one document; raise DuplicateIdError if its id is already stored."""
         try:
@@ -48,10 +74,12 @@ class DocStore:
         except sqlite3.IntegrityError as err:
             raise DuplicateIdError(doc.id) from err
 
+    @_disk_errors
     def commit(self) -> None:
         """Commit pending inserts."""
         self._db.commit()
 
+    @_disk_errors
     def close(self) -> None:
         """Commit and close; checkpoint the WAL into the main file."""
         self._db.commit()
@@ -59,6 +87,17 @@ class DocStore:
         self._db.execute("PRAGMA journal_mode=DELETE")
         self._db.close()
 
+    @_disk_errors
+    def truncate(self, num_docs: int) -> None:
+        """Delete (and commit) every document numbered ``num_docs`` or above."""
+        with self._db:
+            self._db.execute("DELETE FROM docs WHERE docno >= ?", (int(num_docs),))
+
+    def abandon(self) -> None:
+        """Close without committing: pending inserts roll back."""
+        self._db.close()
+
+    @_disk_errors
     def renumber(self, new_to_old) -> None:
         """Give every document a new number: document ``new_to_old[n]`` becomes number ``n``."""
         mapping = [(int(new), int(old)) for new, old in enumerate(new_to_old)]

@@ -33,6 +33,7 @@ class SparseBatch:
     indptr: np.ndarray  # int64 [n + 1]
     indices: np.ndarray  # uint32 term ids, sorted within each row
     values: np.ndarray  # float32 weights > 0
+    truncated: int = 0  # texts that reached the encoder's max length (any further tokens were not encoded)
 
     def __len__(self) -> int:
         return len(self.indptr) - 1
@@ -47,10 +48,12 @@ class SparseBatch:
         """Stack batches row-wise."""
         if not batches:
             return cls(np.zeros(1, np.int64), np.zeros(0, np.uint32), np.zeros(0, np.float32))
+        truncated = sum(b.truncated for b in batches)
         sizes = [b.indptr[1:] - b.indptr[0] for b in batches]
         offsets = np.cumsum([0] + [len(b.indices) for b in batches[:-1]])
         indptr = np.concatenate([[0]] + [s + o for s, o in zip(sizes, offsets)]).astype(np.int64)
-        return cls(indptr, np.concatenate([b.indices for b in batches]), np.concatenate([b.values for b in batches]))
+        return cls(indptr, np.concatenate([b.indices for b in batches]), np.concatenate([b.values for b in batches]),
+                   truncated)
 
 
 def default_device() -> str:
@@ -159,6 +162,7 @@ class SpladeEncoder:
             list(texts), truncation=True, max_length=max_length, padding=False, return_attention_mask=False,
             return_token_type_ids=False,
         )["input_ids"]
+        truncated = sum(len(ids) >= max_length for ids in encoded)
         empty = SparseBatch(np.zeros(2, np.int64), np.zeros(0, np.uint32), np.zeros(0, np.float32))
         rows: list[SparseBatch] = [empty] * len(texts)  # blank texts stay empty vectors
         order = np.array([i for i in np.argsort([len(ids) for ids in encoded], kind="stable") if texts[i].strip()],
@@ -172,7 +176,9 @@ class SpladeEncoder:
             batch = _to_csr(reps)
             for j, i in enumerate(chosen):
                 rows[i] = SparseBatch(batch.indptr[j : j + 2] - batch.indptr[j], *batch.row(j))
-        return SparseBatch.concat(rows)
+        out = SparseBatch.concat(rows)
+        out.truncated = truncated
+        return out
 
     def _forward(self, ids: list[list[int]]) -> torch.Tensor:
         """Max-pooled SPLADE activations [batch, vocab] for token-id lists (padded to the longest)."""

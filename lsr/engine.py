@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
+import sys
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
@@ -16,7 +18,8 @@ from tqdm.auto import tqdm
 
 from index import IndexBuilder, InvertedIndex
 from index.structures import MODES
-from index.storage import read_manifest, sha256_file, staged_directory, write_manifest
+from index.storage import (IndexFormatError, read_manifest, sha256_file, staged_directory, write_json_atomic,
+                           write_manifest, writer_lock)
 from lsr import __version__
 from lsr.corpus import CorpusError, CorpusReader, Document
 from lsr.docstore import DocStore, DuplicateIdError
@@ -28,8 +31,13 @@ log = logging.getLogger("lsr.engine")
 
 DEFAULT_INDEX_DIR = Path("lsr_index")
 DOCSTORE_FILE = "docs.sqlite"
+PROGRESS_FILE = "progress.json"  # the checkpoint of a resumable build, in its staging directory
 
 Query = Union[str, dict[str, float], tuple[Sequence[int], Sequence[float]]]
+
+
+class ResumeError(ValueError):
+    """An interrupted build cannot be resumed as asked (other settings, damaged checkpoint)."""
 
 
 class ModelMismatchError(RuntimeError):
@@ -67,7 +75,9 @@ class Engine:
         self.index = index
         self.docs = docs
         self.manifest = index.manifest
+        self.commit: dict | None = None  # the live-index commit (lsr.live), None for a never-changed index
         self._encoder = encoder
+        self._stamp = None
 
     # ------------------------------------------------------------------ build / open
     @classmethod
@@ -95,6 +105,8 @@ class Engine:
         dense_model: str | None = None,
         dense_dtype: str = "float16",
         hnsw_threshold: int | None = None,
+        scale: float | None = None,
+        resume: bool = False,
     ) -> "Engine":
         """Index a corpus (BEIR dir, JSONL, CSV/TSV, text tree, or a vectors JSONL) into ``index_dir``.
 
@@ -103,60 +115,162 @@ class Engine:
         ``structures`` (``bmp``, ``seismic``) are built too; ``reorder`` (e.g. ``bp``) renumbers documents first
         so that similar documents share BMP blocks. ``dense`` also stores dense document vectors (``dense_model``,
         default: the embedded all-MiniLM-L6-v2) for ``retriever="dense"|"hybrid"`` search (see :meth:`add_dense`).
+        ``scale`` fixes the quantization step (default: the largest weight / the top impact level).
+
+        Progress is committed every ``window`` documents into a checkpoint (``progress.json`` in the staging
+        directory ``.{name}.building`` beside ``index_dir``); a build killed at any point leaves the previous index
+        as it was, and ``resume=True`` continues an interrupted build with the same settings, ending with the same
+        index as an uninterrupted build. Without ``resume`` an interrupted build is discarded (with a warning).
+        One builder or writer per index at a time (``index.storage.writer_lock``).
         """
         started = time.time()
         corpus, index_dir = Path(corpus), Path(index_dir)
-        encoder = encoder or SpladeEncoder(
-            model, doc_max_length=doc_max_length, query_max_length=query_max_length, doc_top_k=doc_top_k
-        )
-        reader = CorpusReader(corpus, id_field=id_field, text_field=text_field, title_field=title_field,
-                              skip_bad=skip_bad) if not is_vector_file(corpus) else None
-        with staged_directory(index_dir) as staging:
-            builder = IndexBuilder(staging, encoder.vocab_size, quant_bits=quant_bits)
-            store = DocStore(staging / DOCSTORE_FILE)
-            if reader is None:
-                skipped = _add_vectors(corpus, encoder, builder, store, skip_bad, window, progress)
-            else:
-                _add_corpus(reader, encoder, builder, store, batch_size, window, progress)
-                skipped = reader.skipped
-            num_docs = builder.num_docs
-            store.close()
-            if num_docs == 0:
-                raise CorpusError(corpus, 0, None, "no documents to index")
-            builder.finalize({
-                "lsr_version": __version__,
-                "model": encoder.describe(),
-                "documents": {"file": DOCSTORE_FILE, "count": num_docs,
-                              "sha256": sha256_file(staging / DOCSTORE_FILE)},
-                "corpus": str(corpus.resolve()),
-                "skipped_records": skipped,
-                "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                "build_seconds": round(time.time() - started, 3),
-            })
-            _add_inference_free_in(staging, encoder)
-            _add_structures_in(staging, structures, reorder)
-            if dense:
-                _add_dense_in(staging, dense_model, batch_size, dense_dtype, hnsw_threshold, progress)
+        with writer_lock(index_dir, "lsr index"):  # first: a second builder is told at once, not after loading
+            encoder = encoder or SpladeEncoder(
+                model, doc_max_length=doc_max_length, query_max_length=query_max_length, doc_top_k=doc_top_k
+            )
+            reader = CorpusReader(corpus, id_field=id_field, text_field=text_field, title_field=title_field,
+                                  skip_bad=skip_bad) if not is_vector_file(corpus) else None
+            settings = {
+                "corpus": str(corpus.resolve()), "corpus_file": _corpus_fingerprint(corpus, reader),
+                "model": encoder.name, "model_sha256": encoder.hash, "vocab_size": encoder.vocab_size,
+                "doc_max_length": encoder.doc_max_length, "query_max_length": encoder.query_max_length,
+                "doc_top_k": encoder.doc_top_k, "batch_size": batch_size, "window": window, "quant_bits": quant_bits,
+                "scale": scale, "id_field": id_field, "text_field": text_field, "title_field": title_field,
+                "skip_bad": skip_bad, "structures": list(structures), "reorder": reorder, "dense": bool(dense),
+                "dense_model": dense_model, "dense_dtype": dense_dtype, "hnsw_threshold": hnsw_threshold,
+            }
+            ckpt = _Checkpoint.prepare(index_dir, settings, resume)
+            try:
+                with staged_directory(index_dir, staging=ckpt.staging, keep_on=(KeyboardInterrupt,)) as staging:
+                    builder = IndexBuilder(staging, encoder.vocab_size, quant_bits=quant_bits,
+                                           resume=ckpt.builder_state())
+                    store = DocStore(staging / DOCSTORE_FILE)
+                    try:
+                        ckpt.truncate_store(store)
+                        if reader is None:
+                            skipped = _add_vectors(corpus, encoder, builder, store, skip_bad, window, progress, ckpt)
+                        else:
+                            _add_corpus(reader, encoder, builder, store, batch_size, window, progress, ckpt)
+                            skipped = reader.skipped
+                    except BaseException:
+                        store.abandon()  # uncommitted documents roll back; a resume in this process reopens it
+                        raise
+                    num_docs = builder.num_docs
+                    store.close()
+                    if num_docs == 0:
+                        raise CorpusError(corpus, 0, None, "no documents to index")
+                    builder.finalize({
+                        "lsr_version": __version__,
+                        "model": encoder.describe(),
+                        "documents": {"file": DOCSTORE_FILE, "count": num_docs,
+                                      "sha256": sha256_file(staging / DOCSTORE_FILE)},
+                        "corpus": str(corpus.resolve()),
+                        "skipped_records": skipped,
+                        "truncated_documents": ckpt.truncated,
+                        "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                        "build_seconds": round(ckpt.elapsed + time.time() - started, 3),
+                    }, scale=scale, keep_chunks=True)  # the chunks stay until the end: a resume re-finalizes them
+                    _add_inference_free_in(staging, encoder)
+                    if reorder is not None:
+                        ckpt.discard()  # the document store gets renumbered: an interruption from here starts over
+                    _add_structures_in(staging, structures, reorder)
+                    if dense:
+                        _add_dense_in(staging, dense_model, batch_size, dense_dtype, hnsw_threshold, progress)
+                    ckpt.discard()
+            except KeyboardInterrupt:
+                if ckpt.path.is_file():
+                    log.warning("interrupted: %d documents of %s are committed; `lsr index ... --resume` (the same "
+                                "command with --resume) continues the build", ckpt.num_docs, index_dir)
+                raise
         if skipped:
             log.warning("skipped %d bad record(s) in %s", skipped, corpus)
+        if ckpt.truncated:
+            log.warning("%d document(s) reached the model's length limit (%d tokens): only their start is indexed",
+                        ckpt.truncated, encoder.doc_max_length)
         return cls.open(index_dir, encoder=encoder)
 
     @classmethod
     def open(
-        cls, index_dir: str | os.PathLike = DEFAULT_INDEX_DIR, *, verify: bool = False,
+        cls, index_dir: str | os.PathLike = DEFAULT_INDEX_DIR, *, verify: bool = False, checksums: bool = True,
         encoder: SpladeEncoder | None = None,
     ) -> "Engine":
-        """Open an index directory (memory-mapped); the query encoder is loaded on first text query."""
+        """Open an index directory at its latest commit (memory-mapped); the query encoder loads on first text query.
+
+        A live index (documents added or deleted since the build, see :mod:`lsr.live`) opens as all its segments
+        minus deleted documents. ``checksums`` (default) checks the sha256 of every file first, so a corrupt
+        index fails with the file's name instead of answering wrongly (each file is hashed once per process);
+        ``verify`` also checks the structural invariants (as ``lsr verify``).
+        """
+        from lsr.live import commit_stamp
+
         index_dir = Path(index_dir)
-        if not (index_dir / "manifest.json").is_file():
-            raise FileNotFoundError(f"no index at {index_dir} (missing manifest.json); build one with `lsr index CORPUS`")
-        index = InvertedIndex.open(index_dir, verify=verify)
-        docs = DocStore(index_dir / index.manifest["documents"]["file"], readonly=True)
-        engine = cls(index_dir, index, docs)
+        for attempt in range(5):
+            stamp = commit_stamp(index_dir)
+            if stamp is None:
+                raise FileNotFoundError(f"no index at {index_dir} (missing manifest.json); "
+                                        "build one with `lsr index CORPUS`")
+            try:
+                engine = cls._open_commit(index_dir, verify, checksums)
+            except (FileNotFoundError, IndexFormatError):
+                if attempt < 4 and commit_stamp(index_dir) != stamp:
+                    continue  # a writer committed while we were opening: open the new commit
+                raise
+            if commit_stamp(index_dir) == stamp:
+                break
+        engine._stamp = stamp
         if encoder is not None:
             engine._check_encoder(encoder)
             engine._encoder = encoder
         return engine
+
+    @classmethod
+    def _open_commit(cls, index_dir: Path, verify: bool, checksums: bool) -> "Engine":
+        from lsr.live import open_segments, read_commit
+
+        commit = read_commit(index_dir)
+        if commit is None:
+            index = InvertedIndex.open(index_dir, verify=verify, checksums=checksums)
+            return cls(index_dir, index, DocStore(index_dir / index.manifest["documents"]["file"], readonly=True))
+        index, docs, dense = open_segments(index_dir, commit, verify, checksums)
+        engine = cls(index_dir, index, docs)
+        engine._dense_index = dense
+        engine.commit = commit
+        return engine
+
+    def refresh(self) -> "Engine":
+        """The engine of the index's latest commit: ``self`` if nothing was committed since this one opened (or if
+        the new commit cannot be opened yet: the previous snapshot stays usable)."""
+        from lsr.live import commit_stamp
+
+        if commit_stamp(self.index_dir) == self._stamp:
+            return self
+        try:
+            engine = Engine.open(self.index_dir, encoder=self._encoder)
+        except (FileNotFoundError, IndexFormatError) as err:  # e.g. caught between the two renames of a compaction
+            log.warning("%s changed but cannot be opened now (%s); keeping the previous snapshot", self.index_dir, err)
+            return self
+        if self.__dict__.get("_dense_encoder") is not None and engine.dense is not None \
+                and engine.dense.model.get("sha256") == self._dense_encoder.hash:
+            engine._dense_encoder = self._dense_encoder
+        return engine
+
+    # ------------------------------------------------------------------ live changes (lsr.live)
+    def add_documents(self, docs: Sequence[Document], *, update: bool = False, batch_size: int = 32,
+                      progress: bool = False) -> dict:
+        """Add documents as a new segment (``update``: replace live documents with the same ids); one commit.
+        Returns the counts; call :meth:`refresh` to search the new commit."""
+        from lsr.live import add_documents
+
+        return add_documents(self.index_dir, docs, update=update, encoder=self._encoder,
+                             dense_encoder=self.__dict__.get("_dense_encoder"), batch_size=batch_size,
+                             progress=progress)
+
+    def delete_documents(self, ids: Sequence[str], *, missing_ok: bool = False) -> dict:
+        """Delete documents by id (tombstones, one commit); call :meth:`refresh` to search the new commit."""
+        from lsr.live import delete_documents
+
+        return delete_documents(self.index_dir, ids, missing_ok=missing_ok)
 
     def add_structures(self, names: Sequence[str], reorder: str | None = None, **params) -> "Engine":
         """Add pruning structures (and optionally reorder documents) to this index; return the reopened engine.
@@ -350,19 +464,24 @@ class Engine:
         return self.encoder.decode(terms, weights, top)
 
     def info(self) -> dict:
-        """Counts, sizes, model and build details."""
+        """Counts, sizes, model and build details (for a live index: segments, deleted documents, generation)."""
         m = self.manifest
-        offsets = self.index.array("postings_offsets")
-        size = sum(f.stat().st_size for f in self.index_dir.iterdir() if f.is_file())
+        segments = getattr(self.index, "segments", [self.index])
+        df = np.add.reduce([np.diff(seg.array("postings_offsets")) for seg in segments])
+        size = sum(f.stat().st_size for f in self.index_dir.rglob("*") if f.is_file())
+        postings = sum(seg.num_postings for seg in segments)
         return {
             "index": str(self.index_dir.resolve()),
             "format_version": m["format_version"],
-            "documents": m["num_docs"],
-            "terms": int(np.count_nonzero(np.diff(offsets))),
+            "documents": self.index.num_docs,
+            "terms": int(np.count_nonzero(df)),
             "vocab_size": m["vocab_size"],
-            "postings": m["num_postings"],
-            "avg_terms_per_doc": round(m["num_postings"] / max(m["num_docs"], 1), 1),
+            "postings": postings,
+            "avg_terms_per_doc": round(postings / max(sum(seg.num_docs for seg in segments), 1), 1),
             "size_bytes": size,
+            "segments": len(segments),
+            "deleted": int(len(getattr(self.index, "deleted", ()))),
+            "generation": (self.commit or {}).get("generation", 0),
             "quantization": m["quantization"],
             "model": m["model"],
             "built_at": m["built_at"],
@@ -421,30 +540,52 @@ def _store_window(window: list[Document], store: DocStore, first_docno: int, on_
 
 
 def _add_corpus(reader: CorpusReader, encoder: SpladeEncoder, builder: IndexBuilder, store: DocStore,
-                batch_size: int, window: int, progress: bool) -> None:
-    bar = tqdm(total=reader.count(), unit="doc", desc="indexing", disable=not progress, dynamic_ncols=True)
-    for docs in _windows(iter(reader), window):
-        accepted = _store_window(docs, store, builder.num_docs, reader.skip_error)
-        batch = encoder.encode_documents([document_text(d) for d in accepted], batch_size)
-        builder.add(batch.indptr, batch.indices, batch.values)
-        store.commit()
-        bar.update(len(docs))
-    bar.close()
+                batch_size: int, window: int, progress: bool, ckpt: "_Checkpoint") -> None:
+    records = ckpt.records
+    docs = iter(reader)
+    if records:  # resume: the committed windows' records are read again (cheap) and passed over, not encoded
+        previous = logging.getLogger("lsr.corpus").disabled
+        logging.getLogger("lsr.corpus").disabled = True  # their skips were reported the first time
+        try:
+            _fast_forward(docs, records, reader.path)
+        finally:
+            logging.getLogger("lsr.corpus").disabled = previous
+        reader.skipped = ckpt.skipped
+    with tqdm(total=reader.count(), initial=records, unit="doc", desc="indexing", disable=not progress,
+              dynamic_ncols=True) as bar:  # closed on errors too, so a message never runs into the bar
+        for docs_window in _windows(docs, window):
+            accepted = _store_window(docs_window, store, builder.num_docs, reader.skip_error)
+            batch = encoder.encode_documents([document_text(d) for d in accepted], batch_size)
+            builder.add(batch.indptr, batch.indices, batch.values)
+            ckpt.truncated += batch.truncated
+            records += len(docs_window)
+            ckpt.commit(builder, store, records, reader.skipped)
+            bar.update(len(docs_window))
 
 
 def _add_vectors(path: Path, encoder: SpladeEncoder, builder: IndexBuilder, store: DocStore, skip_bad: bool,
-                 window: int, progress: bool) -> int:
+                 window: int, progress: bool, ckpt: "_Checkpoint") -> int:
     skipped = 0
+    passing_over = False
 
     def on_error(err: CorpusError) -> None:
         nonlocal skipped
+        if passing_over:  # a committed window's skip, counted in the checkpoint
+            return
         if not skip_bad:
             raise err
         log.warning("skipping bad record: %s", err)
         skipped += 1
 
     vocab = encoder.tokenizer.get_vocab()
-    bar = tqdm(unit="doc", desc="indexing vectors", disable=not progress, dynamic_ncols=True)
+    records = ckpt.records
+    vectors = iter(read_vectors(path, on_error))
+    if records:  # resume: pass over the committed windows' records
+        passing_over = True
+        _fast_forward(vectors, records, path)
+        passing_over = False
+        skipped = ckpt.skipped
+    bar = tqdm(initial=records, unit="doc", desc="indexing vectors", disable=not progress, dynamic_ncols=True)
     pending: list[tuple[Document, dict[str, float]]] = []
 
     def flush() -> None:
@@ -455,11 +596,12 @@ def _add_vectors(path: Path, encoder: SpladeEncoder, builder: IndexBuilder, stor
         terms = np.fromiter((vocab[t] for r in rows for t in r), np.uint32, count=int(indptr[-1]))
         weights = np.fromiter((w for r in rows for w in r.values()), np.float32, count=int(indptr[-1]))
         builder.add(indptr, terms, weights)
-        store.commit()
+        ckpt.commit(builder, store, records, skipped)
         bar.update(len(pending))
         pending.clear()
 
-    for doc, vector in read_vectors(path, on_error):
+    for doc, vector in vectors:
+        records += 1
         unknown = next((t for t in vector if t not in vocab), None)
         if unknown is not None:
             on_error(CorpusError(path, doc.line, f"vector.{unknown}", f"token not in the vocabulary of model {encoder.name!r}"))
@@ -471,6 +613,137 @@ def _add_vectors(path: Path, encoder: SpladeEncoder, builder: IndexBuilder, stor
         flush()
     bar.close()
     return skipped
+
+
+def _fast_forward(records: Iterator, count: int, path: Path) -> None:
+    """Pass over the first ``count`` records of an iterator (a resumed build's committed windows)."""
+    for done in range(count):
+        if next(records, None) is None:
+            raise ResumeError(f"{path} has only {done} records, the interrupted build had read {count}; "
+                              "run without --resume to start over")
+
+
+def _corpus_fingerprint(corpus: Path, reader: CorpusReader | None) -> dict | None:
+    """Size and modification time of a single-file corpus (a resumed build must read the same records)."""
+    file = corpus if reader is None else getattr(reader, "_file", None)
+    if file is None or not Path(file).is_file():
+        return None  # a folder of text files: not fingerprinted
+    stat = Path(file).stat()
+    return {"file": str(Path(file).resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+class _Checkpoint:
+    """The committed progress of a resumable build: ``progress.json`` in its staging directory ``.{name}.building``.
+
+    After each window the builder's postings are spilled as a chunk of their own (fsynced, renamed into place),
+    the document store is committed, then ``progress.json`` is replaced atomically: it names the chunks that count,
+    the number of documents and of corpus records read, and the settings a resume must repeat. Chunks not listed
+    and documents numbered from ``num_docs`` on (a kill between those steps) are dropped on resume.
+    """
+
+    def __init__(self, staging: Path, settings: dict, state: dict | None):
+        self.staging = staging
+        self.path = staging / PROGRESS_FILE
+        self.settings = settings
+        state = state or {}
+        self.records = int(state.get("records", 0))
+        self.num_docs = int(state.get("num_docs", 0))
+        self.skipped = int(state.get("skipped", 0))
+        self.truncated = int(state.get("truncated", 0))
+        self.windows = int(state.get("windows", 0))
+        self.elapsed = float(state.get("elapsed_seconds", 0.0))
+        self.chunks: list[dict] = list(state.get("chunks", []))
+        self._resumed = bool(state)
+        self._started = time.time()
+
+    @classmethod
+    def prepare(cls, index_dir: Path, settings: dict, resume: bool) -> "_Checkpoint":
+        """The checkpoint to continue (``resume`` and one to resume), else a fresh, empty staging directory."""
+        staging = index_dir.parent / f".{index_dir.name}.building"
+        state = _read_progress(staging / PROGRESS_FILE)
+        if state is not None and resume:
+            _check_resumable(index_dir, staging, state, settings)
+            log.warning("resuming the interrupted build of %s: %d documents (%d windows) were done",
+                        index_dir, state["num_docs"], state["windows"])
+            return cls(staging, settings, state)
+        if state is not None:
+            log.warning("found an interrupted build of %s (%d documents done); starting over — use --resume to "
+                        "continue it", index_dir, state["num_docs"])
+        elif resume:
+            log.warning("nothing to resume for %s: building it from the start", index_dir)
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        return cls(staging, settings, None)
+
+    def builder_state(self) -> tuple[list[str], int] | None:
+        """``IndexBuilder(resume=...)`` of this checkpoint (None for a fresh build)."""
+        return ([c["file"] for c in self.chunks], self.num_docs) if self._resumed else None
+
+    def truncate_store(self, store: DocStore) -> None:
+        """Drop documents committed to the store after the checkpoint (killed before progress.json was written)."""
+        if self._resumed:
+            store.truncate(self.num_docs)
+
+    def commit(self, builder: IndexBuilder, store: DocStore, records: int, skipped: int) -> None:
+        """Commit a window: its postings as a chunk, the document store, then progress.json (atomically)."""
+        known = {c["file"]: c for c in self.chunks}
+        chunks = [known.get(p.name) or {"file": p.name, "sha256": sha256_file(p)} for p in builder.checkpoint()]
+        store.commit()
+        torch = sys.modules.get("torch")
+        write_json_atomic(self.path, {
+            "format": "lsr-build-progress", "version": 1, "settings": self.settings,
+            "records": records, "num_docs": builder.num_docs, "skipped": skipped, "windows": self.windows + 1,
+            "truncated": self.truncated,
+            "chunks": chunks, "elapsed_seconds": round(self.elapsed + time.time() - self._started, 3),
+            "torch_threads": torch.get_num_threads() if torch is not None else None,
+            "updated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        })
+        self.records, self.num_docs, self.skipped = records, builder.num_docs, skipped
+        self.windows += 1
+        self.chunks = chunks
+
+    def discard(self) -> None:
+        """The build can no longer be resumed from here (finished, or about to change what was committed)."""
+        self.path.unlink(missing_ok=True)  # first: without it the chunks below are never trusted again
+        shutil.rmtree(self.staging / "_chunks", ignore_errors=True)
+
+
+def _read_progress(path: Path) -> dict | None:
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        log.warning("ignoring unreadable build checkpoint %s (%s)", path, exc)
+        return None
+    if not isinstance(state, dict) or state.get("format") != "lsr-build-progress" or state.get("version") != 1:
+        log.warning("ignoring build checkpoint %s: not a version-1 lsr build checkpoint", path)
+        return None
+    return state
+
+
+def _check_resumable(index_dir: Path, staging: Path, state: dict, settings: dict) -> None:
+    """Raise :class:`ResumeError` unless ``state`` was made by the same job with intact chunk files."""
+    before = state.get("settings", {})
+    differ = [key for key in sorted(before.keys() | settings.keys()) if before.get(key) != settings.get(key)]
+    if "corpus_file" in differ and before.get("corpus") == settings.get("corpus"):
+        differ.remove("corpus_file")
+        raise ResumeError(f"cannot resume the interrupted build of {index_dir}: the corpus {settings['corpus']} "
+                          "changed since (size or modification time); run without --resume to start over")
+    if differ:
+        changes = "; ".join(f"{key} was {before.get(key)!r}, now {settings.get(key)!r}" for key in differ)
+        raise ResumeError(f"cannot resume the interrupted build of {index_dir} with other settings: {changes} "
+                          "(repeat the interrupted command with --resume, or run without --resume to start over)")
+    for chunk in state.get("chunks", []):
+        path = staging / "_chunks" / chunk["file"]
+        if not path.is_file() or sha256_file(path) != chunk["sha256"]:
+            raise ResumeError(f"cannot resume the interrupted build of {index_dir}: its checkpoint file {path} is "
+                              "missing or damaged; run without --resume to start over")
+    torch = sys.modules.get("torch")
+    threads = torch.get_num_threads() if torch is not None else None
+    if state.get("torch_threads") not in (None, threads):
+        log.warning("the interrupted build encoded with %s torch threads, this run with %s: vectors may differ in "
+                    "the last float bits from an uninterrupted build", state["torch_threads"], threads)
 
 
 def _add_structures_in(index_dir: Path, names: Sequence[str], reorder: str | None, **params) -> None:

@@ -18,7 +18,7 @@ retriever="hybrid")``), the HTTP server and evaluation:
     ``max`` the best score retrieved for the query.
 
 Ties are broken by lower internal document number, as everywhere else in the index.
-The defaults (:data:`DEFAULT_FUSION` …) were chosen on scifact's train split with ``eval/tune_fusion.py``.
+The defaults (:data:`DEFAULT_FUSION` …): convex, ``tmm``, ``alpha = 0.25``, ``depth = 20`` (see the note at them).
 """
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from numba import njit
 
 from lsr.engine import Hit, _check_search_args
 
@@ -40,12 +39,16 @@ FUSIONS = ("convex", "rrf")
 NORMALIZATIONS = ("tmm", "minmax", "zscore")
 THEORETICAL_MIN = {"sparse": 0.0, "dense": -1.0}
 
-# Chosen on scifact's train split by eval/tune_fusion.py (best mean nDCG@10 over method x normalisation x
-# alpha x depth; results in eval/results/fusion-scifact.json): train nDCG@10 0.721 vs sparse 0.650 / dense 0.660.
+# Convex combination with theoretical-min-max normalisation (the normalisation Bruch et al. recommend: its lower
+# bounds are fixed, so a weak retriever's scores stay compressed instead of being stretched to the same spread as
+# a strong one's), with alpha and k' the best of that normalisation on scifact's train split by eval/tune_fusion.py
+# (``best_per_method["convex-tmm"]`` in eval/results/fusion-scifact.json: train nDCG@10 0.719, vs 0.721 for the
+# overall best, z-score alpha 0.45). The overall best lost to sparse alone on wn-gcide (0.208 vs 0.212, where dense
+# is far weaker: 0.128); this one beats sparse and dense on every shared collection (eval/RESULTS.md).
 DEFAULT_FUSION = "convex"
-DEFAULT_ALPHA = 0.45
-DEFAULT_NORMALIZATION = "zscore"
-DEFAULT_DEPTH = 500
+DEFAULT_ALPHA = 0.25
+DEFAULT_NORMALIZATION = "tmm"
+DEFAULT_DEPTH = 20
 DEFAULT_RRF_K = 60
 MAX_DEPTH = 10_000
 
@@ -190,41 +193,7 @@ def check_retriever(retriever: str) -> None:
 
 def sparse_scores(engine: "Engine", vector: tuple[np.ndarray, np.ndarray], docnos: np.ndarray) -> np.ndarray:
     """Exact sparse scores of given documents, computed exactly like the index scores them (quantized query)."""
-    from index.search import quantize_query
-
-    index = engine.index
-    if hasattr(index, "score_docs"):  # a sharded index (lsr.distributed) scores on the shards that hold the docs
-        return index.score_docs(vector, docnos)
-    terms, weights = np.asarray(vector[0]), np.asarray(vector[1])
-    keep = terms < index.vocab_size
-    max_level = int(np.iinfo(index.array("postings_impacts").dtype).max)
-    qterms, qweights, qscale = quantize_query(terms[keep], weights[keep], max_level)
-    out = np.zeros(len(docnos), np.int64)
-    if len(qterms):
-        _score_docs(index.array("forward_offsets"), index.array("forward_terms"), index.array("forward_impacts"),
-                    qterms, qweights, np.ascontiguousarray(docnos, np.int64), out)
-    return (out * (index.scale / qscale)).astype(np.float32).astype(np.float64)
-
-
-@njit(cache=True, nogil=True)
-def _score_docs(offsets, fterms, fimpacts, qterms, qweights, docs, out):
-    """Integer score of each document in ``docs`` against a quantized query (sorted unique ``qterms``)."""
-    n = qterms.shape[0]
-    for i in range(docs.shape[0]):
-        d = docs[i]
-        total = 0
-        for p in range(offsets[d], offsets[d + 1]):
-            t = fterms[p]
-            lo, hi = 0, n
-            while lo < hi:
-                mid = (lo + hi) // 2
-                if qterms[mid] < t:
-                    lo = mid + 1
-                else:
-                    hi = mid
-            if lo < n and qterms[lo] == t:
-                total += np.int64(qweights[lo]) * np.int64(fimpacts[p])
-        out[i] = total
+    return engine.index.score_docs(vector, docnos)
 
 
 def search_many(

@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, field_validator
 
 from index.structures import MODES
 from lsr.fusion import NORMALIZATIONS, MAX_DEPTH
 
 MAX_K = 1000
 MAX_QUERY_CHARS = 1000
-MAX_BATCH_QUERIES = 256
+MAX_BATCH_QUERIES = 256          # default and ceiling of the server's --max-batch-queries
+MAX_BODY_BYTES = 10 * 1024 * 1024  # default request body limit (--max-body-bytes)
+MAX_DOCUMENTS_PER_REQUEST = 1000  # POST /documents
+MAX_DOCUMENT_CHARS = 100_000      # text of one document
+MAX_TITLE_CHARS = 2_000
+MAX_ID_CHARS = 512
+MAX_METADATA_DEPTH = 8
+DEFAULT_TIMEOUT_S = 30.0          # per-request timeout of searches and document fetches (--timeout)
 HIT_FIELDS = ("id", "score", "title", "snippet", "highlights", "text", "metadata", "sparse_score", "dense_score",
               "explain")
 DEFAULT_FIELDS = ("id", "score", "title", "snippet", "highlights", "sparse_score", "dense_score")
@@ -19,7 +27,16 @@ DEFAULT_FIELDS = ("id", "score", "title", "snippet", "highlights", "sparse_score
 Retriever = Literal["sparse", "dense", "hybrid"]
 QueryEncoderName = Literal["model", "inference-free"]
 FusionName = Literal["convex", "rrf"]
+Normalization = Literal["tmm", "minmax", "zscore"]
 Scalar = Union[str, int, float, bool, None]
+
+
+def _json_integer(value: Any) -> Any:
+    """JSON Schema's integer: 10 and 10.0, not "10" or true (pydantic's lax mode would take both)."""
+    if isinstance(value, (str, bytes, bool)):
+        raise ValueError("Input should be a valid integer")
+    return value
+
 
 
 class SearchOptions(BaseModel):
@@ -34,16 +51,18 @@ class SearchOptions(BaseModel):
         "model", description="Sparse query encoding: model (SPLADE) or inference-free (tokenizer + the index's IDF "
                              "table, no model inference).")
     fusion: Optional[FusionName] = Field(None, description="Hybrid fusion: convex or rrf (default: the tuned one).")
-    alpha: Optional[float] = Field(None, ge=0.0, le=1.0, description="Convex fusion: weight of the sparse side.")
-    normalization: Optional[Literal["tmm", "minmax", "zscore"]] = Field(
+    alpha: Optional[StrictFloat] = Field(None, ge=0.0, le=1.0, description="Convex fusion: weight of the sparse side.")
+    normalization: Optional[Normalization] = Field(
         None, description=f"Convex fusion score normalisation: {', '.join(NORMALIZATIONS)}.")
     depth: Optional[int] = Field(None, ge=1, le=MAX_DEPTH, description="Hybrid: candidates k' per retriever.")
     rrf_k: Optional[int] = Field(None, ge=0, le=100_000, description="RRF constant (default 60).")
-    explain: bool = Field(False, description="Add the top contributing terms of each hit.")
+    explain: StrictBool = Field(False, description="Add the top contributing terms of each hit.")
     fields: Optional[list[str]] = Field(None, description=f"Hit fields to return, from: {', '.join(HIT_FIELDS)}.")
     filter: Optional[dict[str, Union[Scalar, list[Scalar]]]] = Field(
         None, description="Metadata equality filter {field: value} (a list value means any of).")
     params: Optional[dict[str, Union[int, float, str, bool]]] = Field(None, description="Sparse mode knobs.")
+
+    _integers = field_validator("k", "depth", "rrf_k", mode="before")(_json_integer)
 
     @field_validator("mode")
     @classmethod
@@ -145,7 +164,98 @@ class Stats(BaseModel):
     latency_ms: dict[str, Optional[float]]
     batching: dict[str, Any]
     uptime_s: float
+    read_only: bool = True
+    writes: int = 0
+    limits: Optional[dict[str, Any]] = None
 
 
 class ErrorBody(BaseModel):
     detail: Any
+
+
+def _check_json_value(value: Any, depth: int = 0) -> None:
+    """Metadata must survive a JSON round trip: finite numbers, string keys, bounded nesting."""
+    if depth > MAX_METADATA_DEPTH:
+        raise ValueError(f"metadata nested deeper than {MAX_METADATA_DEPTH} levels")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError("metadata numbers must be finite")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise ValueError("metadata keys must be strings")
+            _check_json_value(item, depth + 1)
+    elif isinstance(value, list):
+        for item in value:
+            _check_json_value(item, depth + 1)
+
+
+class DocumentIn(BaseModel):
+    """One document to add (POST /documents)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(..., min_length=1, max_length=MAX_ID_CHARS,
+                    description=f"Document id (1..{MAX_ID_CHARS} characters, not only whitespace, no NUL).",
+                    json_schema_extra={"pattern": "^[^\\u0000]*[^\\u0000\\s][^\\u0000]*$"})  # checked by _real_id
+    text: str = Field(..., max_length=MAX_DOCUMENT_CHARS,
+                      description=f"Text (at most {MAX_DOCUMENT_CHARS:,} characters).")
+    title: str = Field("", max_length=MAX_TITLE_CHARS)
+    metadata: dict[str, Any] = Field(default_factory=dict, description="JSON object stored with the document "
+                                     "(filterable by equality).")
+
+    @field_validator("id")
+    @classmethod
+    def _real_id(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("id must not be blank")
+        if "\x00" in value:
+            raise ValueError("id must not contain NUL characters")
+        return value
+
+    @field_validator("metadata")
+    @classmethod
+    def _json_metadata(cls, value: dict[str, Any]) -> dict[str, Any]:
+        _check_json_value(value)
+        return value
+
+
+class AddDocumentsRequest(BaseModel):
+    """POST /documents body: documents to add (``update``: replace documents whose id is already indexed)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    documents: list[DocumentIn] = Field(..., min_length=1, max_length=MAX_DOCUMENTS_PER_REQUEST,
+                                        description="Distinct ids (a repeated id is 409, like one already indexed).")
+    update: StrictBool = Field(False, description="Replace documents whose id is already in the index (else 409).")
+
+    def duplicate_ids(self) -> list[str]:
+        seen: set[str] = set()
+        return sorted({d.id for d in self.documents if d.id in seen or seen.add(d.id)})
+
+
+class AddDocumentsResponse(BaseModel):
+    added: int
+    replaced: int = 0
+    generation: Optional[int] = None
+    segment: Optional[str] = None
+
+
+class DeleteDocumentResponse(BaseModel):
+    deleted: int
+    missing: list[str] = []
+    generation: Optional[int] = None
+
+
+class Limits(BaseModel):
+    """What this server accepts (GET /limits)."""
+
+    read_only: bool = Field(description="No write key configured: POST/DELETE /documents answer 403.")
+    read_key_required: bool = Field(description="Searches, documents and stats need an API key.")
+    max_body_bytes: int
+    max_query_chars: int
+    max_k: int = MAX_K
+    max_batch_queries: int
+    max_documents_per_request: int
+    max_document_chars: int = MAX_DOCUMENT_CHARS
+    max_id_chars: int = MAX_ID_CHARS
+    timeout_s: Optional[float] = Field(description="Per-request timeout of searches and document fetches (504).")

@@ -61,6 +61,19 @@ function setStatus(text, isError) {
   status.classList.toggle("error", !!isError);
 }
 
+// A server started with a read key (--read-api-key) answers 401: ask for the key once, keep it for this tab.
+async function apiFetch(url, options = {}) {
+  for (let attempt = 0; ; attempt++) {
+    const key = sessionStorage.getItem("lsr-api-key");
+    const headers = Object.assign({}, options.headers || {}, key ? { "X-API-Key": key } : {});
+    const response = await fetch(url, Object.assign({}, options, { headers }));
+    if (response.status !== 401 || attempt > 0) return response;
+    const entered = window.prompt("This server needs an API key for searches:");
+    if (!entered) return response;
+    sessionStorage.setItem("lsr-api-key", entered);
+  }
+}
+
 async function search() {
   const q = $("q").value.trim();
   if (!q) { $("results").replaceChildren(); setStatus(""); return; }
@@ -77,7 +90,7 @@ async function search() {
   setStatus("Searching…");
   let response, data;
   try {
-    response = await fetch("/search", { method: "POST", headers: { "Content-Type": "application/json" },
+    response = await apiFetch("/search", { method: "POST", headers: { "Content-Type": "application/json" },
                                         body: JSON.stringify(body) });
     data = await response.json();
   } catch (err) {
@@ -132,7 +145,7 @@ async function init() {
   // Wait for the index (503 while loading), then fill in modes, the dense switch and the footer.
   for (;;) {
     try {
-      const response = await fetch("/stats");
+      const response = await apiFetch("/stats");
       if (response.ok) {
         const stats = await response.json();
         $("mode").replaceChildren(...stats.modes.map((m) => el("option", { value: m }, m)));
@@ -152,6 +165,7 @@ async function init() {
           " · highlights: yellow = query term, blue = expansion term added by the model";
         break;
       }
+      if (response.status === 401) { setStatus("This server needs an API key: reload the page to enter it.", true); return; }
       setStatus("Index is loading…");
     } catch (err) {
       setStatus("Server unreachable, retrying…", true);

@@ -1,0 +1,567 @@
+"""A live index: add and delete documents without rebuilding, committed atomically, compacted online.
+
+Layout. The index directory itself is the first segment (a normal index: ``manifest.json``, arrays, document
+store). ``lsr add`` / :func:`add_documents` writes each batch of new documents as another immutable index
+directory under ``segments/`` (its own postings, pruning structures and dense vectors, quantized with the first
+segment's scale so scores compare across segments); ``lsr delete`` / :func:`delete_documents` records tombstones
+(global document numbers) in ``deletes-<generation>.npy``. ``live.json`` is the commit: generation, segments with
+their global number offsets, and the tombstone file. A commit writes and fsyncs the new files first and then
+renames ``live.json`` into place, so a reader sees the old or the new commit, never a mix, and a process killed
+at any point leaves the last commit intact. One writer at a time (``index.storage.writer_lock``).
+
+:func:`compact` merges every segment's live documents into a fresh single-segment index (no re-encoding: the
+stored impacts are reused) built beside the old one and swapped in atomically; searches keep using the old
+snapshot until they reopen (``Engine.refresh``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from index import IndexBuilder, InvertedIndex
+from index.segments import SegmentedIndex, merge_top_k
+from index.storage import (IndexFormatError, WriterLockedError, fsync_tree, read_manifest, sha256_file,
+                           staged_directory, write_array, write_json_atomic, writer_lock)
+from lsr.corpus import CorpusError, Document
+from lsr.docstore import DocStore
+
+log = logging.getLogger("lsr.live")
+
+LIVE_FILE = "live.json"
+LIVE_FORMAT = "lsr-live"
+LIVE_FORMAT_VERSION = 1
+SEGMENTS_DIR = "segments"
+ADD_WINDOW = 2048
+
+__all__ = ["DocumentNotFoundError", "DuplicateDocumentError", "WriterLockedError", "add_documents", "compact",
+           "delete_documents", "read_commit"]
+
+
+class DuplicateDocumentError(ValueError):
+    """Documents to add whose ids are already live in the index (and ``update`` was not asked for)."""
+
+    def __init__(self, message: str, ids: Sequence[str]):
+        super().__init__(message)
+        self.ids = list(ids)
+
+
+class DocumentNotFoundError(KeyError):
+    """Ids to delete that are not live in the index."""
+
+    def __init__(self, ids: Sequence[str]):
+        super().__init__(ids)
+        self.ids = list(ids)
+
+    def __str__(self) -> str:
+        shown = ", ".join(repr(i) for i in self.ids[:10]) + (" …" if len(self.ids) > 10 else "")
+        return f"{len(self.ids)} id(s) not in the index: {shown}"
+
+
+# ---------------------------------------------------------------------- the commit file
+def read_commit(index_dir: str | os.PathLike) -> dict | None:
+    """The index's ``live.json`` commit, or None for a single-segment index that never changed."""
+    path = Path(index_dir) / LIVE_FILE
+    try:
+        commit = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except json.JSONDecodeError as err:
+        raise IndexFormatError(f"{path}: not valid JSON ({err})") from None
+    if not isinstance(commit, dict) or commit.get("format") != LIVE_FORMAT:
+        raise IndexFormatError(f"{path}: not an {LIVE_FORMAT!r} commit")
+    if commit.get("format_version") != LIVE_FORMAT_VERSION:
+        raise IndexFormatError(f"{path}: live-index format version {commit.get('format_version')!r}, this code "
+                               f"reads version {LIVE_FORMAT_VERSION}")
+    return commit
+
+
+def commit_stamp(index_dir: str | os.PathLike) -> tuple | None:
+    """What changes whenever anything is committed to the index (the first segment's manifest or ``live.json``
+    replaced); None if there is no index."""
+    stamp = []
+    for name in ("manifest.json", LIVE_FILE):
+        try:
+            st = os.stat(Path(index_dir) / name)
+        except FileNotFoundError:
+            if name == "manifest.json":
+                return None
+            stamp.append(None)
+            continue
+        stamp.append((st.st_ino, st.st_mtime_ns, st.st_size))
+    return tuple(stamp)
+
+
+def _new_commit(index_dir: Path) -> dict:
+    manifest = read_manifest(index_dir)
+    return {"format": LIVE_FORMAT, "format_version": LIVE_FORMAT_VERSION, "generation": 0,
+            "base": {"num_docs": manifest["num_docs"], "manifest_sha256": sha256_file(index_dir / "manifest.json")},
+            "segments": [], "deletes": None, "next_docno": manifest["num_docs"]}
+
+
+def load_deletes(index_dir: Path, commit: dict) -> np.ndarray:
+    """The commit's tombstones (sorted global document numbers, int64), checked against their checksum."""
+    info = commit.get("deletes")
+    if not info:
+        return np.empty(0, np.int64)
+    path = index_dir / info["file"]
+    if sha256_file(path) != info["sha256"]:
+        raise IndexFormatError(f"{path}: sha256 mismatch (file corrupt or modified); run `lsr verify` and rebuild or "
+                               "restore the index")
+    deleted = np.load(path, allow_pickle=False).astype(np.int64)
+    if deleted.shape != (info["count"],) or np.any(np.diff(deleted) <= 0) or \
+            (deleted.size and (deleted[0] < 0 or deleted[-1] >= commit["next_docno"])):
+        raise IndexFormatError(f"{path}: tombstones must be {info['count']} sorted unique numbers below "
+                               f"{commit['next_docno']}")
+    return deleted
+
+
+def segment_dirs(index_dir: Path, commit: dict | None) -> list[tuple[Path, int]]:
+    """(directory, first global number) of every segment of a commit, the index directory itself first."""
+    return [(index_dir, 0)] + [(index_dir / s["dir"], int(s["base"])) for s in (commit or {}).get("segments", [])]
+
+
+def _commit(index_dir: Path, commit: dict, segment: dict | None, deleted: np.ndarray | None) -> dict:
+    """Write the next generation: tombstones (if changed) and ``live.json``, fsynced and renamed into place."""
+    commit = json.loads(json.dumps(commit))
+    commit["generation"] += 1
+    gen = commit["generation"]
+    if segment is not None:
+        commit["segments"].append(segment)
+        commit["next_docno"] = segment["base"] + segment["num_docs"]
+    if deleted is not None:
+        name = f"deletes-{gen:06d}"
+        entry = write_array(index_dir, name, np.asarray(deleted, np.int64))
+        fsync_tree(index_dir / entry["file"])
+        commit["deletes"] = {"file": entry["file"], "count": int(len(deleted)), "sha256": entry["sha256"]}
+    commit["committed_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    write_json_atomic(index_dir / LIVE_FILE, commit)
+    _collect_garbage(index_dir, commit)
+    return commit
+
+
+def _collect_garbage(index_dir: Path, commit: dict) -> None:
+    """Remove tombstone files and segment directories no commit refers to (left by earlier commits or kills).
+    Only the writer (holding the lock) calls this."""
+    keep = {(commit.get("deletes") or {}).get("file")}
+    for path in index_dir.glob("deletes-*.npy"):
+        if path.name not in keep:
+            path.unlink(missing_ok=True)
+    live = {Path(s["dir"]).name for s in commit["segments"]}
+    root = index_dir / SEGMENTS_DIR
+    if root.is_dir():
+        for path in root.iterdir():
+            if path.name not in live:
+                shutil.rmtree(path, ignore_errors=True)
+
+
+def _discard_uncommitted(index_dir: Path) -> None:
+    """After a failed commit (the writer still holding the lock): remove what the commit on disk does not refer to
+    (whichever commit that is: the failure may have come before or after ``live.json`` was renamed into place)."""
+    try:
+        commit = read_commit(index_dir) or {"segments": [], "deletes": None}
+        _collect_garbage(index_dir, commit)
+        (index_dir / f"{LIVE_FILE}.tmp").unlink(missing_ok=True)
+    except Exception as err:  # never hide the original error
+        log.warning("could not clean up after a failed commit of %s: %s", index_dir, err)
+
+
+# ---------------------------------------------------------------------- reading a snapshot
+class SegmentedDocStore:
+    """The document stores of every segment as one store over global document numbers (deleted ids hidden)."""
+
+    def __init__(self, stores: Sequence[DocStore], index: SegmentedIndex):
+        self.stores = list(stores)
+        self.index = index
+
+    def _split(self, docnos: Iterable[int]) -> dict[int, list[tuple[int, int]]]:
+        groups: dict[int, list[tuple[int, int]]] = {}
+        for docno in docnos:
+            s, local = self.index.locate(int(docno))
+            groups.setdefault(s, []).append((int(docno), local))
+        return groups
+
+    def get(self, docno: int) -> Document:
+        """The document with this global number (KeyError if none)."""
+        try:
+            s, local = self.index.locate(docno)
+        except IndexError:
+            raise KeyError(docno) from None
+        return self.stores[s].get(local)
+
+    def headers(self, docnos: list[int]) -> dict[int, tuple[str, str]]:
+        """(external id, title) of several documents."""
+        out = {}
+        for s, pairs in self._split(docnos).items():
+            found = self.stores[s].headers([local for _, local in pairs])
+            out.update({docno: found[local] for docno, local in pairs})
+        return out
+
+    def docno(self, doc_id: str) -> int:
+        """Global number of the live document with this external id (KeyError if none)."""
+        for s in range(len(self.stores) - 1, -1, -1):
+            try:
+                docno = self.stores[s].docno(doc_id) + self.index.bases[s]
+            except KeyError:
+                continue
+            if self.index.is_live(docno):
+                return docno
+        raise KeyError(doc_id)
+
+    def ids(self) -> list[str]:
+        """External ids of the live documents in global-number order."""
+        out = []
+        for s, store in enumerate(self.stores):
+            dead = self.index._dead[s]
+            out += [doc_id for local, doc_id in enumerate(store.ids()) if not dead[local]]
+        return out
+
+    def __len__(self) -> int:
+        return self.index.num_docs
+
+
+class SegmentedDense:
+    """The dense vectors of every segment searched as one (what :mod:`lsr.fusion` calls on ``engine.dense``)."""
+
+    def __init__(self, parts: Sequence, index: SegmentedIndex):
+        self.parts = list(parts)
+        self.index = index
+        self.info = parts[0].info
+        self.dim = parts[0].dim
+        self.num_docs = index.num_docs
+
+    @property
+    def model(self) -> dict:
+        return self.info["model"]
+
+    @property
+    def uses_hnsw(self) -> bool:
+        return any(p.uses_hnsw for p in self.parts)
+
+    def search_batch(self, queries: np.ndarray, k: int = 10, exact: bool | None = None,
+                     ef_search: int | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Top-k of each query over the live documents of every segment."""
+        index = self.index
+        per_part = []
+        for s, part in enumerate(self.parts):
+            kk = min(k + index.deleted_per_segment[s], part.num_docs)
+            per_part.append((s, part.search_batch(queries, kk, exact=exact, ef_search=ef_search)))
+        return [merge_top_k([index._live(s, *res[q]) for s, res in per_part], k) for q in range(len(queries))]
+
+    def search(self, query: np.ndarray, k: int = 10, exact: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
+        return self.search_batch(np.asarray(query, np.float32)[None, :], k, exact)[0]
+
+    def score(self, query: np.ndarray, docnos: Sequence[int]) -> np.ndarray:
+        """Exact inner products of one query with the given global document numbers."""
+        docnos = np.asarray(docnos, np.int64)
+        out = np.zeros(len(docnos), np.float32)
+        seg_of = np.searchsorted(np.asarray(self.index.bases), docnos, side="right") - 1
+        for s in np.unique(seg_of):
+            rows = np.flatnonzero(seg_of == s)
+            out[rows] = self.parts[s].score(query, docnos[rows] - self.index.bases[s])
+        return out
+
+    def vector(self, docno: int) -> np.ndarray:
+        s, local = self.index.locate(docno)
+        return self.parts[s].vector(local)
+
+
+def open_segments(index_dir: Path, commit: dict, verify: bool = False, checksums: bool = True
+                  ) -> tuple[SegmentedIndex, SegmentedDocStore, object]:
+    """The (index, document store, dense side or None) of a commit."""
+    from lsr.dense import DenseIndex
+
+    read_manifest(index_dir)  # first: a manifest this code cannot read (e.g. a newer format version) says so
+    if sha256_file(index_dir / "manifest.json") != commit["base"]["manifest_sha256"]:
+        raise IndexFormatError(f"{index_dir / LIVE_FILE}: commit does not belong to this index's first segment "
+                               "(manifest.json changed)")
+    parts = segment_dirs(index_dir, commit)
+    indexes = [InvertedIndex.open(path, verify=verify, checksums=checksums) for path, _ in parts]
+    index = SegmentedIndex(indexes, [base for _, base in parts], load_deletes(index_dir, commit))
+    stores = []
+    for (path, _), seg in zip(parts, indexes):
+        stores.append(DocStore(path / seg.manifest["documents"]["file"], readonly=True))
+    dense_parts = [DenseIndex.open(path, seg.manifest, verify=verify) for (path, _), seg in zip(parts, indexes)]
+    if any(d is None for d in dense_parts) and any(d is not None for d in dense_parts):
+        raise IndexFormatError(f"{index_dir}: some segments have dense vectors and others not")
+    dense = SegmentedDense(dense_parts, index) if dense_parts[0] is not None else None
+    return index, SegmentedDocStore(stores, index), dense
+
+
+def verify_live(index_dir: str | os.PathLike) -> list[str]:
+    """Check an index at its latest commit: every segment's checksums and invariants (:func:`verify_index`), its
+    document store's checksum and count, the commit's segment ranges and tombstones. Problems in order found."""
+    from index.storage import verify_index
+
+    index_dir = Path(index_dir)
+    problems = verify_index(index_dir)
+    try:
+        commit = read_commit(index_dir)
+    except IndexFormatError as err:
+        return problems + [str(err)]
+    if commit is not None and (index_dir / "manifest.json").is_file() and \
+            sha256_file(index_dir / "manifest.json") != commit["base"]["manifest_sha256"]:
+        problems.append(f"{index_dir / LIVE_FILE}: commit does not belong to this index's manifest.json")
+    end = 0
+    for n, (path, base) in enumerate(segment_dirs(index_dir, commit)):
+        if n:
+            problems += verify_index(path)
+        try:
+            manifest = read_manifest(path)
+        except IndexFormatError:
+            continue  # reported by verify_index
+        if base < end:
+            problems.append(f"{index_dir / LIVE_FILE}: segment {path.name} starts at {base}, inside the previous one")
+        end = base + manifest["num_docs"]
+        docs = manifest.get("documents") or {}
+        store_path = path / docs.get("file", "docs.sqlite")
+        if not store_path.is_file():
+            problems.append(f"{store_path}: document store missing")
+            continue
+        if docs.get("sha256") and sha256_file(store_path) != docs["sha256"]:
+            problems.append(f"{store_path}: sha256 mismatch (file corrupt or modified)")
+            continue
+        count = len(DocStore(store_path, readonly=True))
+        if count != manifest["num_docs"]:
+            problems.append(f"{store_path}: {count} documents, the segment indexes {manifest['num_docs']}")
+        hnsw = (manifest.get("dense") or {}).get("hnsw") or {}
+        if hnsw and sha256_file(path / hnsw["file"]) != hnsw["sha256"]:
+            problems.append(f"{path / hnsw['file']}: sha256 mismatch (file corrupt or modified)")
+    if commit is not None:
+        if commit["next_docno"] < end:
+            problems.append(f"{index_dir / LIVE_FILE}: next_docno {commit['next_docno']} is below the last "
+                            f"segment's end {end}")
+        try:
+            load_deletes(index_dir, commit)
+        except (IndexFormatError, FileNotFoundError, ValueError) as err:
+            problems.append(str(err))
+    return problems
+
+
+# ---------------------------------------------------------------------- writing
+def add_documents(index_dir: str | os.PathLike, docs: Iterable[Document], *, update: bool = False, encoder=None,
+                  dense_encoder=None, batch_size: int = 32, progress: bool = False, total: int | None = None) -> dict:
+    """Add documents as a new segment (one commit); return ``{"added", "replaced", "truncated", "generation",
+    "segment"}`` (``truncated``: documents longer than the model's document length, indexed from their start).
+
+    Ids already live in the index raise :class:`DuplicateDocumentError` unless ``update`` (then the old versions
+    are deleted in the same commit: an update is delete + add). Duplicate ids within ``docs`` raise
+    :class:`lsr.corpus.CorpusError`. Nothing is committed unless every document was indexed.
+    """
+    from lsr.engine import Engine
+
+    index_dir = Path(index_dir)
+    with writer_lock(index_dir, "add documents"):
+        engine = Engine.open(index_dir, encoder=encoder)
+        commit = read_commit(index_dir) or _new_commit(index_dir)
+        segment_name = f"{commit['generation'] + 1:06d}"
+        root = index_dir / SEGMENTS_DIR
+        root.mkdir(exist_ok=True)
+        staging = root / f".building-{segment_name}"
+        shutil.rmtree(staging, ignore_errors=True)
+        try:
+            count, replaced, truncated = _build_segment(engine, docs, staging, update=update,
+                                                        dense_encoder=dense_encoder, batch_size=batch_size,
+                                                        progress=progress, total=total)
+            fsync_tree(staging)
+            os.replace(staging, root / segment_name)
+            fsync_tree(root, files=False)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        deleted = None
+        if replaced:
+            deleted = np.union1d(load_deletes(index_dir, commit), np.asarray(replaced, np.int64))
+        segment = {"dir": f"{SEGMENTS_DIR}/{segment_name}", "base": int(commit["next_docno"]), "num_docs": count}
+        try:
+            commit = _commit(index_dir, commit, segment, deleted)
+        except BaseException:  # e.g. disk full: drop the segment and tombstones no commit refers to
+            _discard_uncommitted(index_dir)
+            raise
+    return {"added": count, "replaced": len(replaced), "truncated": truncated, "generation": commit["generation"],
+            "segment": segment["dir"]}
+
+
+def _build_segment(engine, docs: Iterable[Document], staging: Path, *, update: bool, dense_encoder,
+                   batch_size: int, progress: bool, total: int | None) -> tuple[int, list[int], int]:
+    """Index ``docs`` into a new segment directory like the engine's first segment;
+    (count, replaced docnos, truncated documents)."""
+    from lsr.engine import DOCSTORE_FILE, _store_window, _windows, document_text
+
+    manifest = engine.manifest
+    builder = IndexBuilder(staging, manifest["vocab_size"], quant_bits=manifest["quantization"]["bits"])
+    store = DocStore(staging / DOCSTORE_FILE)
+    dense_vectors = []
+    if engine.dense is not None and dense_encoder is None:
+        dense_encoder = engine.dense_encoder
+    replaced: list[int] = []
+    truncated = 0
+    def raise_error(err: CorpusError) -> None:
+        raise err
+
+    with tqdm(total=total, unit="doc", desc="adding", disable=not progress, dynamic_ncols=True) as bar:
+        for window in _windows(iter(docs), ADD_WINDOW):
+            existing = []
+            for doc in window:
+                try:
+                    existing.append((doc, engine.docs.docno(doc.id)))
+                except KeyError:
+                    pass
+            if existing and not update:
+                first = existing[0][0]
+                where = f"{first.source}:{first.line}: field 'id': " if first.source else ""
+                raise DuplicateDocumentError(
+                    f"{where}{len(existing)} id(s) already in the index ({', '.join(repr(d.id) for d, _ in existing[:5])}"
+                    f"{' …' if len(existing) > 5 else ''}); use --update (\"update\": true) to replace them",
+                    [d.id for d, _ in existing])
+            replaced += [docno for _, docno in existing]
+            accepted = _store_window(window, store, builder.num_docs, raise_error)
+            texts = [document_text(d) for d in accepted]
+            batch = engine.encoder.encode_documents(texts, batch_size)
+            builder.add(batch.indptr, batch.indices, batch.values)
+            truncated += batch.truncated
+            if dense_encoder is not None:
+                dense_vectors.append(dense_encoder.encode_documents(texts, batch_size))
+            store.commit()
+            bar.update(len(window))
+    count = builder.num_docs
+    store.close()
+    if count == 0:
+        raise ValueError("no documents to add")
+    builder.finalize({
+        "model": manifest["model"],
+        "documents": {"file": DOCSTORE_FILE, "count": count, "sha256": sha256_file(staging / DOCSTORE_FILE)},
+        "segment_of": str(engine.index_dir.resolve()),
+        "truncated_documents": truncated,
+        "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }, scale=float(manifest["quantization"]["scale"]))
+    _copy_structures(manifest, staging)
+    if dense_encoder is not None:
+        _write_dense_like(engine.dense.info, staging, np.concatenate(dense_vectors))
+    return count, replaced, truncated
+
+
+def _copy_structures(manifest: dict, target: Path) -> None:
+    """Build the structures of ``manifest`` (same build parameters) into the index at ``target``."""
+    from index.structures import add_structure, structure_class
+
+    for name, info in manifest.get("structures", {}).items():
+        params = structure_class(name).rebuild_params(info.get("params", {}), manifest["num_docs"])
+        add_structure(InvertedIndex.open(target), name, **params)
+
+
+def _write_dense_like(info: dict, target: Path, vectors: np.ndarray) -> None:
+    from lsr.dense import write_dense
+
+    write_dense(target, vectors, info["model"], dtype=info["dtype"], hnsw_threshold=info["hnsw_threshold"],
+                **({k: info["hnsw"][k] for k in ("ef_search",)} if info.get("hnsw") else {}))
+
+
+def delete_documents(index_dir: str | os.PathLike, ids: Sequence[str], *, missing_ok: bool = False) -> dict:
+    """Delete documents by id (one commit of tombstones); return ``{"deleted", "missing", "generation"}``.
+
+    Ids that are not live raise :class:`DocumentNotFoundError` (and nothing is deleted) unless ``missing_ok``.
+    """
+    from lsr.engine import Engine
+
+    index_dir = Path(index_dir)
+    with writer_lock(index_dir, "delete documents"):
+        engine = Engine.open(index_dir)
+        found, missing = [], []
+        for doc_id in dict.fromkeys(ids):
+            try:
+                found.append(engine.docs.docno(doc_id))
+            except KeyError:
+                missing.append(doc_id)
+        if missing and not missing_ok:
+            raise DocumentNotFoundError(missing)
+        commit = read_commit(index_dir) or _new_commit(index_dir)
+        if not found:
+            return {"deleted": 0, "missing": missing, "generation": commit["generation"]}
+        deleted = np.union1d(load_deletes(index_dir, commit), np.asarray(found, np.int64))
+        try:
+            commit = _commit(index_dir, commit, None, deleted)
+        except BaseException:  # e.g. disk full: drop tombstones no commit refers to
+            _discard_uncommitted(index_dir)
+            raise
+    return {"deleted": len(found), "missing": missing, "generation": commit["generation"]}
+
+
+def compact(index_dir: str | os.PathLike, *, progress: bool = True) -> dict:
+    """Merge every segment's live documents into one segment and drop deleted documents.
+
+    The merged index is built beside the current one from the stored impacts (no encoding) and swapped in
+    atomically; readers keep their snapshot until they reopen. Returns counts before and after.
+    """
+    from lsr.engine import DOCSTORE_FILE, Engine
+    from lsr.query_encoders import add_inference_free
+
+    index_dir = Path(index_dir)
+    with writer_lock(index_dir, "compact"):
+        engine = Engine.open(index_dir)
+        commit = read_commit(index_dir)
+        before = {"segments": 1 + len(commit["segments"]) if commit else 1,
+                  "deleted": int(len(engine.index.deleted)) if commit else 0, "documents": engine.index.num_docs}
+        if commit is None or (not commit["segments"] and not commit.get("deletes")):
+            return {"compacted": False, "before": before, "after": before}
+        index: SegmentedIndex = engine.index
+        if index.num_docs == 0:
+            raise ValueError(f"{index_dir}: every document is deleted; nothing to compact into (rebuild instead)")
+        base = engine.manifest
+        with staged_directory(index_dir) as staging:
+            builder = IndexBuilder(staging, base["vocab_size"], quant_bits=base["quantization"]["bits"])
+            store = DocStore(staging / DOCSTORE_FILE)
+            vectors = []
+            bar = tqdm(total=index.num_docs, unit="doc", desc="compacting", disable=not progress, dynamic_ncols=True)
+            for s, seg in enumerate(index.segments):
+                live = np.flatnonzero(~index._dead[s])
+                for chunk in np.array_split(live, max(1, len(live) // ADD_WINDOW)):
+                    if not len(chunk):
+                        continue
+                    indptr, terms, weights = _forward_rows(seg, chunk)
+                    docs = [engine.docs.stores[s].get(int(local)) for local in chunk]
+                    for j, doc in enumerate(docs):
+                        store.add(builder.num_docs + j, doc)
+                    builder.add(indptr, terms, weights)
+                    store.commit()
+                    if engine.dense is not None:
+                        vectors.append(np.asarray(engine.dense.parts[s].vectors[chunk], np.float32))
+                    bar.update(len(chunk))
+            bar.close()
+            store.close()
+            extra = {key: value for key, value in base.items() if key in ("lsr_version", "model", "corpus")}
+            builder.finalize({
+                **extra,
+                "documents": {"file": DOCSTORE_FILE, "count": builder.num_docs,
+                              "sha256": sha256_file(staging / DOCSTORE_FILE)},
+                "skipped_records": 0,
+                "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "build_seconds": 0.0,
+                "compacted_from": {"generation": commit["generation"], **before},
+            }, scale=index.scale)
+            if base.get("inference_free"):
+                add_inference_free(staging)
+            _copy_structures(base, staging)
+            if engine.dense is not None:
+                _write_dense_like(engine.dense.info, staging, np.concatenate(vectors))
+            fsync_tree(staging)
+        after = {"segments": 1, "deleted": 0, "documents": index.num_docs}
+    return {"compacted": True, "before": before, "after": after}
+
+
+def _forward_rows(seg: InvertedIndex, locals_: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """CSR (indptr, term ids, float weights = impact * scale) of some documents of a segment."""
+    offsets = seg.array("forward_offsets")
+    starts, ends = offsets[locals_], offsets[locals_ + 1]
+    indptr = np.zeros(len(locals_) + 1, np.int64)
+    np.cumsum(ends - starts, out=indptr[1:])
+    terms = np.concatenate([seg.array("forward_terms")[a:b] for a, b in zip(starts, ends)])
+    impacts = np.concatenate([seg.array("forward_impacts")[a:b] for a, b in zip(starts, ends)])
+    return indptr, terms, impacts.astype(np.float64) * seg.scale

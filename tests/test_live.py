@@ -1,0 +1,217 @@
+"""Live index (lsr.live): segments, deletions, updates and compaction equal a from-scratch index of the live documents."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+
+import numpy as np
+import pytest
+
+from index.storage import WriterLockedError, verify_index, writer_lock
+from lsr import Engine
+from lsr.corpus import Document
+from lsr.live import DocumentNotFoundError, DuplicateDocumentError, compact, read_commit
+from tests.conftest import write_jsonl
+
+QUERIES = ["parse command line arguments", "compress files with gzip", "regular expression matching",
+           "date and time", "random numbers", "json encoding", "threads and locks", "sockets network"]
+MODES = [("exact", {}), ("bmp", {})]
+
+
+def _docs(records: list[dict]) -> list[Document]:
+    return [Document(id=r["_id"], text=r["text"], title=r.get("title", "")) for r in records]
+
+
+def _reference(tmp_path, records: list[dict], scale: float, encoder, name: str, **kwargs) -> Engine:
+    """A from-scratch index of exactly these records, quantized with ``scale``."""
+    root = tmp_path / f"{name}-corpus"
+    root.mkdir()
+    write_jsonl(root / "corpus.jsonl", records)
+    return Engine.build(root, tmp_path / name, encoder=encoder, progress=False, scale=scale, **kwargs)
+
+
+def _results(engine: Engine, mode: str, params: dict, k: int = 10, **kwargs):
+    out = []
+    for q in QUERIES:
+        hits = engine.search(q, k=k, mode=mode, **params, **kwargs)
+        out.append([(h.id, round(h.score, 5)) for h in hits])
+    return out
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory, module_docs, encoder):
+    """An index of the first 60 module passages (with BMP), then 30 added, 8 deleted and 3 updated."""
+    tmp = tmp_path_factory.mktemp("live")
+    first, second = module_docs[:60], module_docs[60:90]
+    root = tmp / "c1"
+    root.mkdir()
+    write_jsonl(root / "corpus.jsonl", first)
+    engine = Engine.build(root, tmp / "index", encoder=encoder, progress=False, structures=["bmp"])
+    engine.add_documents(_docs(second))
+    deleted = [d["_id"] for d in first[5:10]] + [d["_id"] for d in second[:3]]
+    engine.delete_documents(deleted)
+    updated = [dict(d, text=d["text"] + " Updated: also handles gzip compression.") for d in first[20:23]]
+    engine.add_documents(_docs(updated), update=True)
+    engine = engine.refresh()
+    gone = set(deleted) | {d["_id"] for d in updated}
+    expected = [d for d in first + second if d["_id"] not in gone] + updated
+    return tmp, engine, expected
+
+
+def test_segments_equal_from_scratch(live, encoder):
+    tmp, engine, expected = live
+    assert engine.info()["segments"] == 3 and engine.info()["deleted"] == 11
+    assert engine.index.num_docs == len(expected) == len(engine.docs)
+    assert engine.docs.ids() == [d["_id"] for d in expected]
+    ref = _reference(tmp, expected, engine.index.scale, encoder, "ref", structures=["bmp"])
+    for mode, params in MODES:
+        assert _results(engine, mode, params) == _results(ref, mode, params), mode
+        assert _results(engine, mode, params, k=1000) == _results(ref, mode, params, k=1000), mode
+    # batch search over segments == the reference's batch search (batch encoding pads queries together)
+    for mode, _ in MODES:
+        batch, ref_batch = engine.search_batch(QUERIES, k=10, mode=mode), ref.search_batch(QUERIES, k=10, mode=mode)
+        assert [[(h.id, h.score) for h in hits] for hits in batch] == \
+            [[(h.id, h.score) for h in hits] for hits in ref_batch]
+
+
+def test_deleted_and_updated_documents(live):
+    _, engine, expected = live
+    ids = {d["_id"] for d in expected}
+    for q in QUERIES:
+        assert {h.id for h in engine.search(q, k=1000)} <= ids
+    updated = expected[-1]
+    assert "Updated" in engine.document(updated["_id"]).text
+    with pytest.raises(KeyError):
+        engine.document("module:" + "no-such-module")
+
+
+def test_errors_leave_the_commit_unchanged(live, module_docs):
+    _, engine, _ = live
+    index_dir = engine.index_dir
+    before = read_commit(index_dir)
+    with pytest.raises(DuplicateDocumentError, match="already in the index"):
+        engine.add_documents(_docs(module_docs[30:31]))
+    with pytest.raises(DocumentNotFoundError, match="not in the index"):
+        engine.delete_documents(["no-such-id", module_docs[0]["_id"]])
+    assert read_commit(index_dir) == before
+    assert engine.refresh() is engine  # nothing was committed
+    with writer_lock(index_dir, "test"):
+        with pytest.raises(WriterLockedError, match=r"locked by pid \d+ \(test"):
+            engine.delete_documents([module_docs[0]["_id"]])
+    assert read_commit(index_dir) == before
+
+
+def test_compact_equals_from_scratch_and_searches_keep_working(live, tmp_path, encoder):
+    src, engine, expected = live
+    index_dir = tmp_path / "index"
+    shutil.copytree(engine.index_dir, index_dir)
+    old = Engine.open(index_dir, encoder=encoder)
+    want = _results(old, "exact", {})
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def search_loop():
+        try:
+            while not stop.is_set():
+                assert _results(old, "exact", {}) == want
+        except BaseException as err:  # surfaced below
+            errors.append(err)
+
+    thread = threading.Thread(target=search_loop)
+    thread.start()
+    try:
+        report = compact(index_dir, progress=False)
+    finally:
+        stop.set()
+        thread.join()
+    assert not errors
+    assert report["compacted"] and report["after"] == {"segments": 1, "deleted": 0, "documents": len(expected)}
+    assert read_commit(index_dir) is None and not (index_dir / "segments").exists()
+    assert verify_index(index_dir) == []
+    new = old.refresh()
+    assert new is not old and new.info()["segments"] == 1
+    assert new.docs.ids() == [d["_id"] for d in expected]
+    ref = _reference(src, expected, engine.index.scale, encoder, "ref2", structures=["bmp"])
+    for mode, params in MODES:
+        assert _results(new, mode, params) == _results(ref, mode, params)
+    assert np.array_equal(new.index.array("postings_docs"), ref.index.array("postings_docs"))
+    assert np.array_equal(new.index.array("postings_impacts"), ref.index.array("postings_impacts"))
+
+
+def test_live_hybrid(tmp_path, hybrid_engine, module_docs, encoder):
+    index_dir = tmp_path / "index"
+    shutil.copytree(hybrid_engine.index_dir, index_dir)
+    engine = Engine.open(index_dir, encoder=encoder)
+    new = dict(module_docs[0], _id="brand-new", text="A module for brewing coffee with espresso machines.")
+    engine.add_documents(_docs([new]))
+    engine.delete_documents([module_docs[1]["_id"]])
+    engine = engine.refresh()
+    for retriever in ("dense", "hybrid"):
+        hits = engine.search("espresso coffee brewing", k=5, retriever=retriever)
+        assert hits[0].id == "brand-new", retriever
+        assert module_docs[1]["_id"] not in {h.id for h in engine.search(module_docs[1]["text"][:200], k=20,
+                                                                          retriever=retriever)}
+    compact(index_dir, progress=False)
+    engine = engine.refresh()
+    assert engine.search("espresso coffee brewing", k=1, retriever="dense")[0].id == "brand-new"
+    assert engine.dense.num_docs == engine.index.num_docs == len(hybrid_engine.docs)
+
+
+def _snapshot(index_dir):
+    engine = Engine.open(index_dir)
+    return read_commit(index_dir), engine.docs.ids(), _results(engine, "exact", {})
+
+
+def _kill_when(cmd: list[str], ready, timeout: float = 120.0) -> None:
+    """Run ``cmd`` as a real subprocess and SIGKILL it as soon as ``ready()`` is true (it must not finish first)."""
+    import subprocess
+    import sys
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "lsr.cli", *cmd], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + timeout
+    try:
+        while not ready():
+            assert proc.poll() is None, "the process finished before the kill point"
+            assert time.time() < deadline, "kill point never reached"
+            time.sleep(0.02)
+        proc.kill()
+    finally:
+        proc.wait()
+
+
+def test_sigkill_during_add_and_compact_keeps_the_last_commit(live, tmp_path):
+    from lsr.sample import sample_documents
+
+    _, engine, _ = live
+    index_dir = tmp_path / "index"
+    shutil.copytree(engine.index_dir, index_dir)
+    extra = [d for d in sample_documents() if not d["_id"].startswith("module:")][:400]
+    corpus = write_jsonl(tmp_path / "extra.jsonl", extra)
+    before = _snapshot(index_dir)
+    # killed while encoding the new segment, then right after its directory is complete (before live.json)
+    _kill_when(["add", str(corpus), "--index", str(index_dir), "--no-progress"],
+               lambda: any((index_dir / "segments").glob(".building-*/docs.sqlite")))
+    assert _snapshot(index_dir) == before and verify_index(index_dir) == []
+    # a rerun commits everything (and removes what the killed run left)
+    from typer.testing import CliRunner
+
+    from lsr.cli import app
+
+    result = CliRunner().invoke(app, ["add", str(corpus), "--index", str(index_dir), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert not list((index_dir / "segments").glob(".building-*"))
+    added = Engine.open(index_dir)
+    assert added.index.num_docs == engine.index.num_docs + len(extra)
+    after_add = _snapshot(index_dir)
+    # killed during compaction: the staged merge is discarded, the last commit stays
+    _kill_when(["compact", "--index", str(index_dir), "--no-progress"],
+               lambda: any(tmp_path.glob(".index.building-*/docs.sqlite")))
+    assert _snapshot(index_dir) == after_add
+    assert CliRunner().invoke(app, ["verify", "--index", str(index_dir)]).exit_code == 0
+    result = CliRunner().invoke(app, ["compact", "--index", str(index_dir), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    compacted = _snapshot(index_dir)
+    assert compacted[0] is None and compacted[1:] == after_add[1:]

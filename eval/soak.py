@@ -172,11 +172,12 @@ class Writer:
 
 
 def compactor(index: Path, every: float, stop: threading.Event, log: list[dict]) -> None:
+    started = time.time()
     while not stop.wait(every):
         t0 = time.time()
         proc = subprocess.run([sys.executable, "-m", "lsr.cli", "compact", "--index", str(index), "--no-progress"],
                               capture_output=True, text=True)
-        log.append({"at_s": round(t0, 1), "seconds": round(time.time() - t0, 1), "exit": proc.returncode,
+        log.append({"at_s": round(t0 - started, 1), "seconds": round(time.time() - t0, 1), "exit": proc.returncode,
                     "output": (proc.stdout + proc.stderr).strip()[-300:]})
 
 

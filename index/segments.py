@@ -2,8 +2,9 @@
 
 Segment ``s`` holds the global document numbers ``bases[s] .. bases[s] + num_docs_s - 1``; deletions are
 global numbers (tombstones). Every segment is quantized with the same scale, so integer scores compare across
-segments: each segment answers its top ``k + (its deleted documents)`` in the requested mode, deleted documents
-are dropped and the rest merged by (score desc, global number asc). For exact and safe modes the result is
+segments: each segment answers its top k live documents in the requested mode (asking for more results while
+deleted ones take places, see :meth:`SegmentedIndex.live_top_k`) and the lists are merged by (score desc, global
+number asc). For exact and safe modes the result is
 exactly what one index of the live documents (same scale, same document order) returns.
 """
 
@@ -85,25 +86,52 @@ class SegmentedIndex:
         keep = ~self._dead[s][local_ids] if self.deleted_per_segment[s] else slice(None)
         return local_ids[keep].astype(np.int64) + self.bases[s], scores[keep]
 
-    def _segment_k(self, s: int, k: int) -> int:
-        return min(k + self.deleted_per_segment[s], self.segments[s].num_docs)
+    def first_fetch(self, s: int, k: int) -> int:
+        """How many results to ask segment ``s`` for first: k, or 2k when it has deleted documents (a deleted
+        document is rarely among the best, and :meth:`live_top_k` asks again in the rare case it was not enough)."""
+        return min(k + min(self.deleted_per_segment[s], k), self.segments[s].num_docs)
+
+    def live_top_k(self, s: int, k: int, fetch, first: tuple[np.ndarray, np.ndarray] | None = None
+                   ) -> tuple[np.ndarray, np.ndarray]:
+        """The top ``k`` live documents of segment ``s`` (global ids, scores). ``fetch(kk)`` returns the segment's
+        top ``kk`` (local ids, scores; ``first`` = ``fetch(first_fetch(s, k))`` if already known). Exact: the live
+        documents among a segment's top kk come first in its full ranking, so once k of them are found (or the
+        segment has no more results, or kk covers every deleted document) they are its top k live ones."""
+        limit = min(k + self.deleted_per_segment[s], self.segments[s].num_docs)
+        kk = self.first_fetch(s, k)
+        ids, scores = first if first is not None else fetch(kk)
+        while True:
+            live_ids, live_scores = self._live(s, ids, scores)
+            if len(live_ids) >= k or len(ids) < kk or kk >= limit:
+                return live_ids[:k], live_scores[:k]
+            kk = min(4 * kk, limit)
+            ids, scores = fetch(kk)
 
     def search(self, term_ids: np.ndarray, weights: np.ndarray, k: int = 10, mode: str = "exact",
                **params) -> tuple[np.ndarray, np.ndarray]:
         """Top-k over the live documents of every segment; (global ids uint32, float32 scores)."""
         k = _check_k(k, max(self.num_docs, 1))
-        parts = [self._live(s, *seg.search(term_ids, weights, self._segment_k(s, k), mode=mode, **params))
-                 for s, seg in enumerate(self.segments) if seg.num_docs]
+        parts = []
+        for s, seg in enumerate(self.segments):
+            if seg.num_docs:
+                parts.append(self.live_top_k(
+                    s, k, lambda kk, seg=seg: seg.search(term_ids, weights, kk, mode=mode, **params)))
         return merge_top_k(parts, k)
 
     def search_batch(self, queries: list[tuple[np.ndarray, np.ndarray]], k: int = 10, threads: int | None = None,
                      mode: str = "exact", **params) -> list[tuple[np.ndarray, np.ndarray]]:
         """:meth:`search` for many queries (each segment answers the batch in parallel over queries)."""
         k = _check_k(k, max(self.num_docs, 1))
-        per_segment = [(s, seg.search_batch(queries, self._segment_k(s, k), threads=threads, mode=mode, **params))
-                       for s, seg in enumerate(self.segments) if seg.num_docs]
-        return [merge_top_k([self._live(s, *results[q]) for s, results in per_segment], k)
-                for q in range(len(queries))]
+        per_query: list[list] = [[] for _ in queries]
+        for s, seg in enumerate(self.segments):
+            if not seg.num_docs:
+                continue
+            first = seg.search_batch(queries, self.first_fetch(s, k), threads=threads, mode=mode, **params)
+            for q, (terms, weights) in enumerate(queries):
+                per_query[q].append(self.live_top_k(
+                    s, k, lambda kk, seg=seg, t=terms, w=weights: seg.search(t, w, kk, mode=mode, **params),
+                    first[q]))
+        return [merge_top_k(parts, k) for parts in per_query]
 
     def score_docs(self, vector: tuple[np.ndarray, np.ndarray], docnos) -> np.ndarray:
         """Exact sparse scores of given global document numbers (as :meth:`InvertedIndex.score_docs`)."""

@@ -250,11 +250,14 @@ class SegmentedDense:
                      ef_search: int | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
         """Top-k of each query over the live documents of every segment."""
         index = self.index
-        per_part = []
+        per_query: list[list] = [[] for _ in queries]
         for s, part in enumerate(self.parts):
-            kk = min(k + index.deleted_per_segment[s], part.num_docs)
-            per_part.append((s, part.search_batch(queries, kk, exact=exact, ef_search=ef_search)))
-        return [merge_top_k([index._live(s, *res[q]) for s, res in per_part], k) for q in range(len(queries))]
+            first = part.search_batch(queries, index.first_fetch(s, k), exact=exact, ef_search=ef_search)
+            for q, query in enumerate(queries):
+                per_query[q].append(index.live_top_k(
+                    s, k, lambda kk, part=part, query=query: part.search_batch(query[None, :], kk, exact=exact,
+                                                                              ef_search=ef_search)[0], first[q]))
+        return [merge_top_k(parts, k) for parts in per_query]
 
     def search(self, query: np.ndarray, k: int = 10, exact: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
         return self.search_batch(np.asarray(query, np.float32)[None, :], k, exact)[0]

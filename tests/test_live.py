@@ -47,7 +47,7 @@ def live(tmp_path_factory, module_docs, encoder):
     root = tmp / "c1"
     root.mkdir()
     write_jsonl(root / "corpus.jsonl", first)
-    engine = Engine.build(root, tmp / "index", encoder=encoder, progress=False, structures=["bmp"])
+    engine = Engine.build(root, tmp / "index", encoder=encoder, progress=False, structures=["bmp", "seismic"])
     engine.add_documents(_docs(second))
     deleted = [d["_id"] for d in first[5:10]] + [d["_id"] for d in second[:3]]
     engine.delete_documents(deleted)
@@ -73,6 +73,20 @@ def test_segments_equal_from_scratch(live, encoder):
         batch, ref_batch = engine.search_batch(QUERIES, k=10, mode=mode), ref.search_batch(QUERIES, k=10, mode=mode)
         assert [[(h.id, h.score) for h in hits] for hits in batch] == \
             [[(h.id, h.score) for h in hits] for hits in ref_batch]
+
+
+def test_approximate_modes_over_segments_keep_recall(live):
+    _, engine, _ = live
+    assert engine.info()["segments"] == 3
+    for mode, params in [("seismic", {}), ("bmp-approx", {"alpha": 0.9})]:
+        found = total = 0
+        for q in QUERIES:
+            exact = {h.id for h in engine.search(q, k=10)}
+            approx = engine.search(q, k=10, mode=mode, **params)
+            assert len({h.id for h in approx}) == len(approx)  # no document twice, none deleted
+            found += len(exact & {h.id for h in approx})
+            total += len(exact)
+        assert found / total >= 0.9, (mode, found / total)
 
 
 def test_deleted_and_updated_documents(live):
@@ -215,3 +229,21 @@ def test_sigkill_during_add_and_compact_keeps_the_last_commit(live, tmp_path):
     assert result.exit_code == 0, result.output
     compacted = _snapshot(index_dir)
     assert compacted[0] is None and compacted[1:] == after_add[1:]
+
+
+def test_deleting_the_best_documents_refetches(live, tmp_path, encoder):
+    """When deleted documents fill a segment's first fetch (2k), it is asked again: results stay exact."""
+    _, engine, _ = live
+    index_dir = tmp_path / "index"
+    shutil.copytree(engine.index_dir, index_dir)
+    engine = Engine.open(index_dir, encoder=encoder)
+    query = "compress files with gzip"
+    before = {mode: engine.search(query, k=1000, mode=mode) for mode, _ in MODES}
+    victims = [h.id for h in before["exact"][:25]]
+    engine.delete_documents(victims)
+    engine = engine.refresh()
+    for mode, _ in MODES:
+        want = [(h.id, h.score) for h in before[mode] if h.id not in victims][:10]
+        assert [(h.id, h.score) for h in engine.search(query, k=10, mode=mode)] == want, mode
+        batch = engine.search_batch([query, "regular expression matching"], k=10, mode=mode)[0]
+        assert [h.id for h in batch] == [i for i, _ in want], mode

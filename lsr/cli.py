@@ -691,6 +691,8 @@ def add_cmd(
         typer.echo(f"{report['truncated']} document(s) reached the model's length limit: only their start is indexed")
     typer.echo(f"added {report['added']} document(s), replaced {report['replaced']} as segment {report['segment']} "
                f"(generation {report['generation']}) in {time.time() - started:.1f}s")
+    if report["merged_segments"]:
+        typer.echo(f"merged the {report['merged_segments']} added segments into one")
 
 
 @app.command("delete")

@@ -41,6 +41,7 @@ LIVE_FORMAT = "lsr-live"
 LIVE_FORMAT_VERSION = 1
 SEGMENTS_DIR = "segments"
 ADD_WINDOW = 2048
+MAX_ADDED_SEGMENTS = 8  # more added segments than this are merged into one after an add
 
 __all__ = ["DocumentNotFoundError", "DuplicateDocumentError", "WriterLockedError", "add_documents", "compact",
            "delete_documents", "read_commit"]
@@ -129,14 +130,16 @@ def segment_dirs(index_dir: Path, commit: dict | None) -> list[tuple[Path, int]]
     return [(index_dir, 0)] + [(index_dir / s["dir"], int(s["base"])) for s in (commit or {}).get("segments", [])]
 
 
-def _commit(index_dir: Path, commit: dict, segment: dict | None, deleted: np.ndarray | None) -> dict:
-    """Write the next generation: tombstones (if changed) and ``live.json``, fsynced and renamed into place."""
+def _commit(index_dir: Path, commit: dict, segments: list[dict] | None, deleted: np.ndarray | None) -> dict:
+    """Write the next generation: the segment list (if given), tombstones (if changed) and ``live.json``, fsynced
+    and renamed into place."""
     commit = json.loads(json.dumps(commit))
     commit["generation"] += 1
     gen = commit["generation"]
-    if segment is not None:
-        commit["segments"].append(segment)
-        commit["next_docno"] = segment["base"] + segment["num_docs"]
+    if segments is not None:
+        commit["segments"] = segments
+        if segments:
+            commit["next_docno"] = max(commit["next_docno"], segments[-1]["base"] + segments[-1]["num_docs"])
     if deleted is not None:
         name = f"deletes-{gen:06d}"
         entry = write_array(index_dir, name, np.asarray(deleted, np.int64))
@@ -351,13 +354,16 @@ def verify_live(index_dir: str | os.PathLike) -> list[str]:
 
 # ---------------------------------------------------------------------- writing
 def add_documents(index_dir: str | os.PathLike, docs: Iterable[Document], *, update: bool = False, encoder=None,
-                  dense_encoder=None, batch_size: int = 32, progress: bool = False, total: int | None = None) -> dict:
+                  dense_encoder=None, batch_size: int = 32, progress: bool = False, total: int | None = None,
+                  max_segments: int = MAX_ADDED_SEGMENTS) -> dict:
     """Add documents as a new segment (one commit); return ``{"added", "replaced", "truncated", "generation",
     "segment"}`` (``truncated``: documents longer than the model's document length, indexed from their start).
 
     Ids already live in the index raise :class:`DuplicateDocumentError` unless ``update`` (then the old versions
     are deleted in the same commit: an update is delete + add). Duplicate ids within ``docs`` raise
-    :class:`lsr.corpus.CorpusError`. Nothing is committed unless every document was indexed.
+    :class:`lsr.corpus.CorpusError`. Nothing is committed unless every document was indexed. When the index then
+    holds more than ``max_segments`` added segments, they are merged into one (a second commit; the first
+    segment, usually by far the largest, is left to :func:`compact`); ``merged_segments`` says how many.
     """
     from lsr.engine import Engine
 
@@ -384,12 +390,20 @@ def add_documents(index_dir: str | os.PathLike, docs: Iterable[Document], *, upd
             deleted = np.union1d(load_deletes(index_dir, commit), np.asarray(replaced, np.int64))
         segment = {"dir": f"{SEGMENTS_DIR}/{segment_name}", "base": int(commit["next_docno"]), "num_docs": count}
         try:
-            commit = _commit(index_dir, commit, segment, deleted)
+            commit = _commit(index_dir, commit, commit["segments"] + [segment], deleted)
         except BaseException:  # e.g. disk full: drop the segment and tombstones no commit refers to
             _discard_uncommitted(index_dir)
             raise
+        merged = None
+        if len(commit["segments"]) > max_segments:
+            try:
+                merged = _merge_added_segments(index_dir, commit)
+                commit = read_commit(index_dir)
+            except Exception as err:  # the documents are committed; merging can wait for the next add
+                _discard_uncommitted(index_dir)
+                log.warning("added to %s, but merging its segments failed (%s); the next add retries", index_dir, err)
     return {"added": count, "replaced": len(replaced), "truncated": truncated, "generation": commit["generation"],
-            "segment": segment["dir"]}
+            "segment": segment["dir"], "merged_segments": merged}
 
 
 def _build_segment(engine, docs: Iterable[Document], staging: Path, *, update: bool, dense_encoder,
@@ -503,7 +517,7 @@ def compact(index_dir: str | os.PathLike, *, progress: bool = True) -> dict:
     The merged index is built beside the current one from the stored impacts (no encoding) and swapped in
     atomically; readers keep their snapshot until they reopen. Returns counts before and after.
     """
-    from lsr.engine import DOCSTORE_FILE, Engine
+    from lsr.engine import Engine
     from lsr.query_encoders import add_inference_free
 
     index_dir = Path(index_dir)
@@ -514,49 +528,91 @@ def compact(index_dir: str | os.PathLike, *, progress: bool = True) -> dict:
                   "deleted": int(len(engine.index.deleted)) if commit else 0, "documents": engine.index.num_docs}
         if commit is None or (not commit["segments"] and not commit.get("deletes")):
             return {"compacted": False, "before": before, "after": before}
-        index: SegmentedIndex = engine.index
-        if index.num_docs == 0:
+        if engine.index.num_docs == 0:
             raise ValueError(f"{index_dir}: every document is deleted; nothing to compact into (rebuild instead)")
         base = engine.manifest
         with staged_directory(index_dir) as staging:
-            builder = IndexBuilder(staging, base["vocab_size"], quant_bits=base["quantization"]["bits"])
-            store = DocStore(staging / DOCSTORE_FILE)
-            vectors = []
-            bar = tqdm(total=index.num_docs, unit="doc", desc="compacting", disable=not progress, dynamic_ncols=True)
-            for s, seg in enumerate(index.segments):
-                live = np.flatnonzero(~index._dead[s])
-                for chunk in np.array_split(live, max(1, len(live) // ADD_WINDOW)):
-                    if not len(chunk):
-                        continue
-                    indptr, terms, weights = _forward_rows(seg, chunk)
-                    docs = [engine.docs.stores[s].get(int(local)) for local in chunk]
-                    for j, doc in enumerate(docs):
-                        store.add(builder.num_docs + j, doc)
-                    builder.add(indptr, terms, weights)
-                    store.commit()
-                    if engine.dense is not None:
-                        vectors.append(np.asarray(engine.dense.parts[s].vectors[chunk], np.float32))
-                    bar.update(len(chunk))
-            bar.close()
-            store.close()
             extra = {key: value for key, value in base.items() if key in ("lsr_version", "model", "corpus")}
-            builder.finalize({
-                **extra,
-                "documents": {"file": DOCSTORE_FILE, "count": builder.num_docs,
-                              "sha256": sha256_file(staging / DOCSTORE_FILE)},
-                "skipped_records": 0,
-                "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                "build_seconds": 0.0,
-                "compacted_from": {"generation": commit["generation"], **before},
-            }, scale=index.scale)
+            _write_merged(engine, range(len(engine.index.segments)), staging, {
+                **extra, "skipped_records": 0, "build_seconds": 0.0,
+                "compacted_from": {"generation": commit["generation"], **before}}, progress)
             if base.get("inference_free"):
                 add_inference_free(staging)
-            _copy_structures(base, staging)
-            if engine.dense is not None:
-                _write_dense_like(engine.dense.info, staging, np.concatenate(vectors))
             fsync_tree(staging)
-        after = {"segments": 1, "deleted": 0, "documents": index.num_docs}
+        after = {"segments": 1, "deleted": 0, "documents": engine.index.num_docs}
     return {"compacted": True, "before": before, "after": after}
+
+
+def _merge_added_segments(index_dir: Path, commit: dict) -> int:
+    """Merge the added segments (all but the first) into one, dropping their deleted documents; one commit.
+
+    The merged segment keeps the first one's starting number and its documents keep their order, so rankings
+    (ties included) do not change. Returns how many segments were merged. The caller holds the writer lock."""
+    from lsr.engine import Engine
+
+    engine = Engine.open(index_dir)
+    index: SegmentedIndex = engine.index
+    first = commit["segments"][0]["base"]
+    name = f"{commit['generation'] + 1:06d}"
+    root = index_dir / SEGMENTS_DIR
+    staging = root / f".building-{name}"
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        staging.mkdir()
+        count = _write_merged(engine, range(1, len(index.segments)), staging,
+                              {"segment_of": str(index_dir.resolve())}, progress=False)
+        fsync_tree(staging)
+        os.replace(staging, root / name)
+        fsync_tree(root, files=False)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    deleted = index.deleted[index.deleted < first]
+    segment = {"dir": f"{SEGMENTS_DIR}/{name}", "base": int(first), "num_docs": count}
+    _commit(index_dir, commit, [segment] if count else [], deleted)
+    return len(commit["segments"])
+
+
+def _write_merged(engine, segment_numbers: Iterable[int], target: Path, extra: dict, progress: bool) -> int:
+    """Write the live documents of some segments of ``engine`` (in order) as one index at ``target``, from their
+    stored impacts, with the first segment's quantization, structures and dense model; return the count."""
+    from lsr.engine import DOCSTORE_FILE
+
+    index: SegmentedIndex = engine.index
+    base = engine.manifest
+    segment_numbers = list(segment_numbers)
+    builder = IndexBuilder(target, base["vocab_size"], quant_bits=base["quantization"]["bits"])
+    store = DocStore(target / DOCSTORE_FILE)
+    vectors = []
+    total = sum(int((~index._dead[s]).sum()) for s in segment_numbers)
+    with tqdm(total=total, unit="doc", desc="merging", disable=not progress, dynamic_ncols=True) as bar:
+        for s in segment_numbers:
+            seg = index.segments[s]
+            live = np.flatnonzero(~index._dead[s])
+            for chunk in np.array_split(live, max(1, len(live) // ADD_WINDOW)):
+                if not len(chunk):
+                    continue
+                for j, local in enumerate(chunk):
+                    store.add(builder.num_docs + j, engine.docs.stores[s].get(int(local)))
+                builder.add(*_forward_rows(seg, chunk))
+                store.commit()
+                if engine.dense is not None:
+                    vectors.append(np.asarray(engine.dense.parts[s].vectors[chunk], np.float32))
+                bar.update(len(chunk))
+    store.close()
+    count = builder.num_docs
+    if count == 0:
+        shutil.rmtree(target / "_chunks", ignore_errors=True)
+        return 0
+    builder.finalize({
+        **extra,
+        "model": base["model"],
+        "documents": {"file": DOCSTORE_FILE, "count": count, "sha256": sha256_file(target / DOCSTORE_FILE)},
+        "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }, scale=index.scale)
+    _copy_structures(base, target)
+    if engine.dense is not None:
+        _write_dense_like(engine.dense.info, target, np.concatenate(vectors))
+    return count
 
 
 def _forward_rows(seg: InvertedIndex, locals_: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -247,3 +247,30 @@ def test_deleting_the_best_documents_refetches(live, tmp_path, encoder):
         assert [(h.id, h.score) for h in engine.search(query, k=10, mode=mode)] == want, mode
         batch = engine.search_batch([query, "regular expression matching"], k=10, mode=mode)[0]
         assert [h.id for h in batch] == [i for i, _ in want], mode
+
+
+def test_added_segments_are_merged_beyond_the_limit(live, tmp_path, module_docs, encoder):
+    """More than max_segments added segments are merged into one: same results, deleted documents dropped."""
+    _, engine, _ = live
+    index_dir = tmp_path / "index"
+    shutil.copytree(engine.index_dir, index_dir)
+    engine = Engine.open(index_dir, encoder=encoder)
+    from lsr.live import add_documents
+
+    extra = [dict(d, _id=f"copy-{d['_id']}") for d in module_docs[:6]]
+    reports = [add_documents(index_dir, _docs([d]), encoder=encoder, max_segments=4) for d in extra[:4]]
+    assert [r["merged_segments"] for r in reports] == [None, None, 5, None]  # the fixture's 2 + 3 adds > 4
+    engine = engine.refresh()
+    assert engine.info()["segments"] == 3 and engine.index.deleted.max() < engine.index.bases[1]
+    engine.delete_documents([extra[0]["_id"]])
+    report = add_documents(index_dir, _docs(extra[4:6]), encoder=encoder, max_segments=2)
+    assert report["merged_segments"] == 3
+    merged = engine.refresh()
+    assert merged.info()["segments"] == 2 and len(merged.index.deleted) == len(engine.index.deleted)
+    assert {"copy-" + d["_id"] for d in module_docs[1:6]} <= set(merged.docs.ids())
+    assert extra[0]["_id"] not in merged.docs.ids() and verify_index(index_dir / merged.commit["segments"][0]["dir"]) == []
+    for mode, params in MODES:
+        got = [[hit for hit in hits if hit[0] not in ("copy-" + module_docs[4]["_id"], "copy-" + module_docs[5]["_id"],
+                                                     extra[0]["_id"])] for hits in _results(merged, mode, params, k=50)]
+        want = [[hit for hit in hits if hit[0] != extra[0]["_id"]] for hits in _results(engine, mode, params, k=50)]
+        assert [g[:8] for g in got] == [w[:8] for w in want], mode

@@ -56,13 +56,13 @@ class SegmentedIndex:
         self.scale = first.scale
         deleted = np.unique(np.asarray(deleted if deleted is not None else [], np.int64))
         self.deleted = deleted
-        self._dead: list[np.ndarray] = []  # per segment: bool mask over local numbers
+        self.dead_masks: list[np.ndarray] = []  # per segment: bool mask over local numbers
         for seg, base in zip(self.segments, self.bases):
             mask = np.zeros(seg.num_docs, np.bool_)
             local = deleted[(deleted >= base) & (deleted < base + seg.num_docs)] - base
             mask[local] = True
-            self._dead.append(mask)
-        self.deleted_per_segment = [int(m.sum()) for m in self._dead]
+            self.dead_masks.append(mask)
+        self.deleted_per_segment = [int(m.sum()) for m in self.dead_masks]
         self.num_docs = sum(s.num_docs for s in self.segments) - sum(self.deleted_per_segment)
         self.num_postings = sum(s.num_postings for s in self.segments)
         self.docno_limit = self.bases[-1] + self.segments[-1].num_docs
@@ -80,10 +80,11 @@ class SegmentedIndex:
             s, local = self.locate(docno)
         except IndexError:
             return False
-        return not self._dead[s][local]
+        return not self.dead_masks[s][local]
 
-    def _live(self, s: int, local_ids: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        keep = ~self._dead[s][local_ids] if self.deleted_per_segment[s] else slice(None)
+    def drop_deleted(self, s: int, local_ids: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Segment ``s``'s results without its deleted documents, as (global ids, scores)."""
+        keep = ~self.dead_masks[s][local_ids] if self.deleted_per_segment[s] else slice(None)
         return local_ids[keep].astype(np.int64) + self.bases[s], scores[keep]
 
     def first_fetch(self, s: int, k: int) -> int:
@@ -101,7 +102,7 @@ class SegmentedIndex:
         kk = self.first_fetch(s, k)
         ids, scores = first if first is not None else fetch(kk)
         while True:
-            live_ids, live_scores = self._live(s, ids, scores)
+            live_ids, live_scores = self.drop_deleted(s, ids, scores)
             if len(live_ids) >= k or len(ids) < kk or kk >= limit:
                 return live_ids[:k], live_scores[:k]
             kk = min(4 * kk, limit)

@@ -223,7 +223,7 @@ class SegmentedDocStore:
         """External ids of the live documents in global-number order."""
         out = []
         for s, store in enumerate(self.stores):
-            dead = self.index._dead[s]
+            dead = self.index.dead_masks[s]
             out += [doc_id for local, doc_id in enumerate(store.ids()) if not dead[local]]
         return out
 
@@ -583,11 +583,11 @@ def _write_merged(engine, segment_numbers: Iterable[int], target: Path, extra: d
     builder = IndexBuilder(target, base["vocab_size"], quant_bits=base["quantization"]["bits"])
     store = DocStore(target / DOCSTORE_FILE)
     vectors = []
-    total = sum(int((~index._dead[s]).sum()) for s in segment_numbers)
+    total = sum(int((~index.dead_masks[s]).sum()) for s in segment_numbers)
     with tqdm(total=total, unit="doc", desc="merging", disable=not progress, dynamic_ncols=True) as bar:
         for s in segment_numbers:
             seg = index.segments[s]
-            live = np.flatnonzero(~index._dead[s])
+            live = np.flatnonzero(~index.dead_masks[s])
             for chunk in np.array_split(live, max(1, len(live) // ADD_WINDOW)):
                 if not len(chunk):
                     continue

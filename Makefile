@@ -13,7 +13,7 @@ setup:
 		|| echo "warning: could not install chromium; tests/test_page.py will be skipped"; }
 
 demo: setup
-	lsr demo
+	lsr demo --serve
 
 test: setup
 	$(PYTHON) -m pytest -q tests

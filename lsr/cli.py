@@ -394,8 +394,11 @@ def export_cmd(
 def demo_cmd(
     index: Path = IndexOpt,
     sample_dir: Path = typer.Option(Path("lsr_sample"), "--sample-dir", help="Where to write the sample corpus."),
+    serve_it: bool = typer.Option(False, "--serve", help="Then serve the index (web page and API) until Ctrl-C."),
+    port: int = typer.Option(8000, "--port", min=1, max=65535, help="Port of --serve (on 127.0.0.1)."),
 ) -> None:
-    """Index the bundled sample corpus (Python's own documentation), run a few searches, show how to serve."""
+    """Index the bundled sample corpus (Python's own documentation), run a few searches, then show how to serve it
+    (or, with --serve, serve it on 127.0.0.1)."""
     from lsr.sample import SAMPLE_QUERIES, write_sample_corpus
 
     write_sample_corpus(sample_dir)
@@ -413,7 +416,14 @@ def demo_cmd(
         _print_hits(None, hits)
         typer.echo("")
     typer.echo(f"search it yourself:  lsr search \"how do I open a file\" --index {index}")
-    typer.echo(f"serve it (web page, HTTP API at /docs):  lsr serve --index {index}")
+    if not serve_it:
+        typer.echo(f"serve it (web page, HTTP API at /docs):  lsr serve --index {index}")
+        return
+    from server.app import serve
+
+    del engine  # the server opens its own snapshot
+    typer.echo(f"serving {index} on http://127.0.0.1:{port}/  (API docs: /docs; Ctrl-C stops)")
+    serve(index, host="127.0.0.1", port=port, log_level="warning")
 
 
 @app.command("serve")

@@ -1,0 +1,40 @@
+"""The README's main command: `lsr demo --serve` (what `make demo` runs) indexes the sample, searches, then serves."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import httpx
+
+from eval.loadtest import free_port
+
+
+def test_demo_indexes_searches_and_serves(tmp_path):
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "lsr.cli", "demo", "--serve", "--port", str(port)], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 600
+        while True:
+            assert proc.poll() is None, proc.stdout.read()
+            assert time.time() < deadline, "the demo server never became ready"
+            try:
+                if httpx.get(f"{url}/healthz", timeout=5).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(1)
+        hits = httpx.get(f"{url}/search", params={"q": "how to parse command line arguments", "k": 3},
+                         timeout=60).json()["hits"]
+        assert hits[0]["id"] == "module:argparse#1"
+        assert httpx.get(f"{url}/search", params={"q": "open a file", "retriever": "hybrid"}, timeout=60).status_code == 200
+        assert "<input" in httpx.get(url, timeout=30).text  # the search page
+    finally:
+        proc.terminate()
+        output = proc.communicate(timeout=60)[0]
+    assert "indexed 707 documents" in output and "with dense vectors" in output
+    assert "> how to parse command line arguments" in output and f"serving lsr_index on {url}/" in output
+    assert (tmp_path / "lsr_index" / "manifest.json").is_file()

@@ -32,14 +32,9 @@ from lsr.corpus import CorpusReader, read_queries
 from lsr.engine import document_text
 
 from .peers import peak_rss_mb
+from .timing import latency_summary
 
 RESULTS = Path(__file__).parent / "results"
-
-
-def latency_summary(seconds: list[float]) -> dict:
-    """mean/p50/p99 in milliseconds."""
-    ms = np.asarray(seconds) * 1000
-    return {"mean": float(ms.mean()), "p50": float(np.percentile(ms, 50)), "p99": float(np.percentile(ms, 99))}
 
 
 # ---------------------------------------------------------------------------------------------- encoding

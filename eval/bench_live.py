@@ -25,6 +25,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from eval.timing import latency_summary, time_each  # noqa: E402
 from lsr import Engine  # noqa: E402
 from lsr.corpus import Document, read_queries  # noqa: E402
 from lsr.live import compact  # noqa: E402
@@ -32,17 +33,8 @@ from lsr.live import compact  # noqa: E402
 
 def time_queries(engine: Engine, vectors, mode: str, k: int = 10) -> tuple[dict, list]:
     """Per-query latency (ms, one thread) and results of ``engine.index.search`` in ``mode``."""
-    results, times = [], []
-    for terms, weights in vectors[:20]:  # warm-up
-        engine.index.search(terms, weights, k=k, mode=mode)
-    for terms, weights in vectors:
-        t0 = time.perf_counter()
-        ids, scores = engine.index.search(terms, weights, k=k, mode=mode)
-        times.append((time.perf_counter() - t0) * 1000)
-        results.append((ids.tolist(), scores.tolist()))
-    t = np.array(times)
-    return {"mean": round(float(t.mean()), 4), "p50": round(float(np.percentile(t, 50)), 4),
-            "p99": round(float(np.percentile(t, 99)), 4)}, results
+    results, seconds = time_each(lambda v: engine.index.search(v[0], v[1], k=k, mode=mode), vectors, warmup=20)
+    return latency_summary(seconds, 4), [(ids.tolist(), scores.tolist()) for ids, scores in results]
 
 
 def _named(engine: Engine, results: list) -> list:

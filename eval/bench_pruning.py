@@ -45,6 +45,7 @@ import scipy.sparse as sp
 from numba import njit, prange
 from tqdm.auto import tqdm
 
+from eval.timing import latency_summary, time_each
 from eval.peers import (BMP_MAX_TERMS, BmpPeer, SeismicPeer, bmp_impact_scale, peak_rss_mb, seismic_params)
 from index import IndexBuilder, InvertedIndex
 from index.bmp import DEFAULT_BLOCK_SIZE
@@ -280,15 +281,8 @@ def build_scipy(vectors_path: str, vocab_size: int) -> dict:
 # ---------------------------------------------------------------------------------------------- measuring search
 def time_queries(search, queries: list, desc: str) -> tuple[list[np.ndarray], list[float]]:
     """Top-k ids and seconds of every query, one at a time (after a few warm-up queries)."""
-    for q in queries[:WARMUP_QUERIES]:
-        search(q)
-    ids, seconds = [], []
-    for q in tqdm(queries, desc=desc, unit="q", leave=False, dynamic_ncols=True):
-        started = time.perf_counter()
-        found = search(q)
-        seconds.append(time.perf_counter() - started)
-        ids.append(np.asarray(found))
-    return ids, seconds
+    found, seconds = time_each(search, queries, WARMUP_QUERIES, desc)
+    return [np.asarray(f) for f in found], seconds
 
 
 def batch_qps(search_many, queries: list) -> float:
@@ -443,7 +437,7 @@ def index_sizes(index_dir: Path) -> dict[str, int]:
 
 def run(args, name: str, work: Path) -> dict:
     """Build everything, measure every system and setting; the result dict."""
-    from eval.bench_core import forward_vectors, latency_summary  # bench_core imports torch: parent only
+    from eval.bench_core import forward_vectors  # bench_core imports torch: parent only
 
     k, threads = args.k, args.threads
     vectors_path = work / "vectors.npz"

@@ -36,26 +36,11 @@ from pathlib import Path
 
 import numpy as np
 
+from eval.timing import latency_summary, time_each
+
 RESULTS = Path(__file__).parent / "results"
 DEFAULT_DATASET = Path("/work/shared/data/beir/scifact")
 WARMUP = 10
-
-
-def _stats(seconds: list[float]) -> dict:
-    ms = np.asarray(seconds) * 1e3
-    return {"mean": round(float(ms.mean()), 4), "p50": round(float(np.percentile(ms, 50)), 4),
-            "p99": round(float(np.percentile(ms, 99)), 4), "n": len(ms)}
-
-
-def _time_each(fn, queries: list) -> tuple[list, list[float]]:
-    for q in queries[:WARMUP]:
-        fn(q)
-    out, times = [], []
-    for q in queries:
-        t = time.perf_counter()
-        out.append(fn(q))
-        times.append(time.perf_counter() - t)
-    return out, times
 
 
 def _find_index(dataset: Path) -> Path | None:
@@ -142,7 +127,7 @@ def bench_latency(dataset: Path, index: Path, work: Path, shards: int, n_queries
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as the server's encoder thread
-    _, encode_times = _time_each(encoder.encode_query, texts[:60])
+    _, encode_times = time_each(encoder.encode_query, texts[:60], WARMUP)
     torch.set_num_threads(threads)
     print(f"{len(queries)} queries encoded in {time.perf_counter() - t:.1f}s", flush=True)
 
@@ -150,15 +135,15 @@ def bench_latency(dataset: Path, index: Path, work: Path, shards: int, n_queries
     out = {"documents": single.index.num_docs, "shards": shards, "queries": len(queries),
            "shard_documents": [s["documents"] for s in sharded.manifest["shards"]],
            "build_seconds": {"single": round(single_build, 2), "sharded": round(sharded_build, 2)},
-           "query_encoding_ms": _stats(encode_times), "modes": {}}
+           "query_encoding_ms": latency_summary(encode_times, 4), "modes": {}}
     exact = None
     for mode in ("exact", "bmp", "seismic"):
-        res_single, t_single = _time_each(lambda q: single.index.search(*q, k=10, mode=mode), queries)
-        res_sharded, t_sharded = _time_each(lambda q: sharded.index.search(*q, k=10, mode=mode), queries)
-        per_shard = [_time_each(lambda q: e.index.search(*q, k=10, mode=mode), queries)[1] for e in shard_engines]
+        res_single, t_single = time_each(lambda q: single.index.search(*q, k=10, mode=mode), queries, WARMUP)
+        res_sharded, t_sharded = time_each(lambda q: sharded.index.search(*q, k=10, mode=mode), queries, WARMUP)
+        per_shard = [time_each(lambda q: e.index.search(*q, k=10, mode=mode), queries, WARMUP)[1] for e in shard_engines]
         slowest = np.max(np.asarray(per_shard), axis=0)  # a fan-out waits for its slowest shard
-        row = {"single_ms": _stats(t_single), "sharded_ms": _stats(t_sharded),
-               "per_shard_ms": [_stats(t) for t in per_shard], "slowest_shard_ms": _stats(list(slowest)),
+        row = {"single_ms": latency_summary(t_single, 4), "sharded_ms": latency_summary(t_sharded, 4),
+               "per_shard_ms": [latency_summary(t, 4) for t in per_shard], "slowest_shard_ms": latency_summary(list(slowest), 4),
                "coordinator_overhead_ms": round(float(np.mean(t_sharded) - np.mean(slowest)) * 1e3, 4)}
         # sharded keys are global numbers, single ones doc numbers: compare external ids and scores
         same = 0
@@ -198,9 +183,9 @@ def bench_latency(dataset: Path, index: Path, work: Path, shards: int, n_queries
     one = work / "sharded-1"  # the coordinator's cost with one shard (same documents as the single index)
     build_sharded(vectors, one, 1, progress=False, encoder=encoder)
     one_shard = ShardedEngine.open(one, encoder=encoder).start()
-    _, t_one = _time_each(lambda q: one_shard.index.search(*q, k=10), queries)
+    _, t_one = time_each(lambda q: one_shard.index.search(*q, k=10), queries, WARMUP)
     one_shard.close()
-    out["one_shard_exact_ms"] = _stats(t_one)
+    out["one_shard_exact_ms"] = latency_summary(t_one, 4)
     out["coordinator_overhead_ms"] = {
         "1": round(float(np.mean(t_one)) * 1e3 - out["modes"]["exact"]["single_ms"]["mean"], 4),
         str(shards): out["modes"]["exact"]["coordinator_overhead_ms"]}
@@ -231,10 +216,10 @@ def bench_shard_size(sizes: list[int], work: Path, n_queries: int) -> dict:
         builder.add(indptr, terms, weights)
         builder.finalize()
         index = InvertedIndex.open(out)
-        _, times = _time_each(lambda q: index.search(*q, k=10), queries)
+        _, times = time_each(lambda q: index.search(*q, k=10), queries, WARMUP)
         parts = _sizes(out)
         rows.append({"documents": n, "postings_per_doc": round(index.num_postings / n, 1),
-                     "base_bytes_per_doc": round(parts["base"] / n, 1), "exact_ms": _stats(times)})
+                     "base_bytes_per_doc": round(parts["base"] / n, 1), "exact_ms": latency_summary(times, 4)})
         print(f"synthetic {n}: exact {rows[-1]['exact_ms']['mean']:.3f} ms, "
               f"{rows[-1]['base_bytes_per_doc']:.0f} B/doc", flush=True)
         del index
@@ -259,8 +244,8 @@ def bench_shard_size(sizes: list[int], work: Path, n_queries: int) -> dict:
     pruning = {"documents": int(index.num_docs), "build_seconds": round(time.time() - t, 1), "modes": {}}
     truth = None
     for mode in ("exact", "bmp", "seismic"):
-        found, times = _time_each(lambda q: index.search(*q, k=10, mode=mode), queries)
-        row = {"ms": _stats(times)}
+        found, times = time_each(lambda q: index.search(*q, k=10, mode=mode), queries, WARMUP)
+        row = {"ms": latency_summary(times, 4)}
         if truth is None:
             truth = [set(ids.tolist()) for ids, _ in found]
         row["recall@10"] = round(float(np.mean([len(t_ & set(ids.tolist())) / max(len(t_), 1)

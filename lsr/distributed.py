@@ -613,9 +613,9 @@ class _ShardServer:
         local = np.unique(np.concatenate(hit_docs)) if hit_docs else np.empty(0, np.int64)
         return out, self._headers(local)
 
-    def dense_search(self, queries: np.ndarray, k: int):
+    def dense_search(self, queries: np.ndarray, k: int, exact: bool | None = None, ef_search: int | None = None):
         dense = self.engine.require_dense()
-        results = dense.search_batch(queries, k=min(int(k), self.num_docs))
+        results = dense.search_batch(queries, k=min(int(k), self.num_docs), exact=exact, ef_search=ef_search)
         out = [(self.keys[np.asarray(ids, np.int64)], scores) for ids, scores in results]
         local = np.unique(np.concatenate([ids for ids, _ in results])) if results else np.empty(0, np.int64)
         return out, self._headers(local)
@@ -800,7 +800,7 @@ class ShardedDense:
         queries, k = check_dense_queries(queries, self.dim, k, self.num_docs)
         if not len(queries):
             return []
-        answers = _get([a.dense_search.remote(queries, k) for a in self._engine.actors])
+        answers = _get([a.dense_search.remote(queries, k, exact, ef_search) for a in self._engine.actors])
         self._engine.docs.remember({h: v for _, headers in answers for h, v in headers.items()})
         return [_merge([results[i] for results, _ in answers], k) for i in range(len(queries))]
 

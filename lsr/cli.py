@@ -293,6 +293,9 @@ def info_cmd(index: Path = IndexOpt, as_json: bool = typer.Option(False, "--json
         dense = info["dense"]
         rows.append(("dense", f"{dense['model']['name']} ({dense['dim']}-d {dense['dtype']}, "
                               f"{'HNSW' if dense.get('hnsw') else 'exact'} search)"))
+    if info.get("segments", 1) > 1 or info.get("deleted"):
+        rows.append(("live", f"{info['segments']} segments, {info['deleted']} deleted documents, commit "
+                             f"generation {info['generation']} (`lsr compact` merges them)"))
     if info.get("num_shards"):
         rows.append(("shards", f"{info['num_shards']} ({', '.join(str(s['documents']) for s in info['shards'])} "
                                f"documents; routed by {info['routing']['hash']} of the id)"))

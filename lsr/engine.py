@@ -278,6 +278,7 @@ class Engine:
         Reordering rewrites every array, so it happens in a staging copy that replaces the index atomically;
         structures alone are written beside the existing arrays and recorded by an atomic manifest rewrite.
         """
+        self._require_one_segment("add structures")
         if reorder is None:
             _add_structures_in(self.index_dir, names, None, **params)
         else:
@@ -304,8 +305,15 @@ class Engine:
         The vectors go beside the existing arrays and are recorded by an atomic manifest rewrite (replacing any
         previous dense vectors). An HNSW graph is built when the collection reaches ``hnsw_threshold`` documents.
         """
+        self._require_one_segment("add dense vectors")
         _add_dense_in(self.index_dir, model, batch_size, dtype, hnsw_threshold, progress)
         return Engine.open(self.index_dir, encoder=self._encoder)
+
+    def _require_one_segment(self, what: str) -> None:
+        """Index-wide additions rewrite the first segment only: refuse them while documents were added or deleted."""
+        if self.commit and (self.commit["segments"] or self.commit.get("deletes")):
+            raise ValueError(f"{self.index_dir} has added segments or deletions (see `lsr info`); run `lsr compact "
+                             f"--index {self.index_dir}` first, then {what}")
 
     # ------------------------------------------------------------------ dense side
     @property

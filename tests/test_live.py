@@ -274,3 +274,20 @@ def test_added_segments_are_merged_beyond_the_limit(live, tmp_path, module_docs,
                                                      extra[0]["_id"])] for hits in _results(merged, mode, params, k=50)]
         want = [[hit for hit in hits if hit[0] != extra[0]["_id"]] for hits in _results(engine, mode, params, k=50)]
         assert [g[:8] for g in got] == [w[:8] for w in want], mode
+
+
+def test_cli_info_and_index_wide_additions_on_a_live_index(live, tmp_path):
+    from typer.testing import CliRunner
+
+    from lsr.cli import app
+
+    _, engine, _ = live
+    index_dir = tmp_path / "index"
+    shutil.copytree(engine.index_dir, index_dir)
+    result = CliRunner().invoke(app, ["info", "--index", str(index_dir)])
+    assert result.exit_code == 0 and "3 segments, 11 deleted documents" in result.output, result.output
+    result = CliRunner().invoke(app, ["index", "--index", str(index_dir), "--add-structures", "seismic"])
+    assert result.exit_code == 2 and "run `lsr compact" in result.output, result.output
+    assert CliRunner().invoke(app, ["compact", "--index", str(index_dir), "--no-progress"]).exit_code == 0
+    result = CliRunner().invoke(app, ["index", "--index", str(index_dir), "--add-structures", "bmp"])
+    assert result.exit_code == 0, result.output

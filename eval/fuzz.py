@@ -21,12 +21,10 @@ import json
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -80,27 +78,6 @@ def build_sample_index(target: Path) -> Path:
     finally:
         shutil.rmtree(corpus, ignore_errors=True)
     return target
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_ready(base: str, proc: subprocess.Popen, timeout: float = 300.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the server exited with code {proc.returncode} before it was ready")
-        try:
-            with urllib.request.urlopen(f"{base}/healthz", timeout=2) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.5)
-    raise TimeoutError(f"the server at {base} was not ready after {timeout:.0f} s")
 
 
 def start_server(index_dir: Path, port: int, api_key: str, log_path: Path, timeout_s: float) -> subprocess.Popen:
@@ -220,6 +197,9 @@ def _decode(value, limit: int = 400):
 
 
 def main(argv: list[str] | None = None) -> int:
+    sys.path.insert(0, str(ROOT))
+    from eval.loadtest import free_port, wait_until_ready
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--index", type=Path, help="Index to serve (a copy is fuzzed; the original is untouched).")
     parser.add_argument("--build", type=Path, help="Build a small sample index here first (and fuzz it).")
@@ -250,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
 
     work = Path(tempfile.mkdtemp(prefix="lsr-fuzz-"))
     api_key = secrets.token_urlsafe(24)
-    port = _free_port()
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
     started = time.time()
     try:
@@ -259,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
         server_log = work / "server.log"
         proc = start_server(copy, port, api_key, server_log, args.timeout)
         try:
-            _wait_ready(base, proc)
+            wait_until_ready(base, 300, proc)
             checks = args.checks if args.checks == "all" else ",".join([args.checks, "json_error_body"])
             code = run_schemathesis(base, api_key, max_examples=args.max_examples, seed=args.seed, checks=checks,
                                     workers=args.workers, phases=args.phases, events_path=work / "events.ndjson",

@@ -41,6 +41,23 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_until_ready(url: str, timeout: float = 600, proc: subprocess.Popen | None = None) -> None:
+    """Poll ``url``/healthz until it answers 200 (the index is loaded); fail if ``proc`` exits or time runs out."""
+    import httpx
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"server exited with code {proc.returncode}")
+        try:
+            if httpx.get(f"{url}/healthz", timeout=5).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    raise TimeoutError(f"server at {url} did not become ready within {timeout:.0f} s")
+
+
 class LocalServer:
     """``lsr serve`` in a subprocess on 127.0.0.1."""
 
@@ -57,19 +74,7 @@ class LocalServer:
                                      cwd=Path(__file__).resolve().parents[1])
 
     def wait_ready(self, timeout: float = 600) -> None:
-        import httpx
-
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with code {self.proc.returncode}")
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=5).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        raise TimeoutError("server did not become ready")
+        wait_until_ready(self.url, timeout, self.proc)
 
     def stop(self) -> None:
         self.proc.terminate()

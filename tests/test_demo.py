@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 
 import httpx
 
-from eval.loadtest import free_port
+from eval.loadtest import free_port, wait_until_ready
 
 
 def test_demo_indexes_searches_and_serves(tmp_path):
@@ -17,16 +16,7 @@ def test_demo_indexes_searches_and_serves(tmp_path):
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 600
-        while True:
-            assert proc.poll() is None, proc.stdout.read()
-            assert time.time() < deadline, "the demo server never became ready"
-            try:
-                if httpx.get(f"{url}/healthz", timeout=5).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(1)
+        wait_until_ready(url, 600, proc)
         hits = httpx.get(f"{url}/search", params={"q": "how to parse command line arguments", "k": 3},
                          timeout=60).json()["hits"]
         assert hits[0]["id"] == "module:argparse#1"

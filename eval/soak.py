@@ -121,7 +121,7 @@ class Writer:
         self.lock = threading.Lock()  # held while a write is in flight (the final check waits for it)
 
     def _send(self, client, kind: str, method: str, path: str, body: dict | None = None):
-        """One write; 423/409-while-locked answers are retried (compaction holds the writer lock)."""
+        """One write; 423 (another process, e.g. compaction, holds the writer lock) is retried."""
         while True:
             t0 = time.perf_counter()
             try:
@@ -129,7 +129,7 @@ class Writer:
             except Exception as err:  # httpx transport errors
                 self.rec.error(kind, f"{type(err).__name__}: {err}")
                 return None
-            if r.status_code == 423 or (r.status_code == 409 and "lock" in r.text):
+            if r.status_code == 423:
                 self.rec.retried += 1
                 time.sleep(0.5)
                 continue

@@ -41,7 +41,7 @@ class SegmentedIndex:
         if not segments or len(segments) != len(bases):
             raise ValueError("need one base per segment and at least one segment")
         first = segments[0]
-        for seg, base, prev in zip(segments[1:], bases[1:], segments):
+        for seg in segments[1:]:
             if seg.scale != first.scale or seg.vocab_size != first.vocab_size \
                     or seg.array("postings_impacts").dtype != first.array("postings_impacts").dtype:
                 raise IndexFormatError(f"{seg.index_dir}: quantization or vocabulary differs from {first.index_dir}; "

@@ -293,17 +293,18 @@ def check_checksum(path: Path, expected: str) -> None:
     _CHECKED[key] = expected
 
 
+def side_files(manifest: dict) -> list[dict]:
+    """The manifest entries (``file``, ``sha256``) of the checksummed files beside the arrays: the document store
+    and the dense HNSW graph."""
+    entries = [manifest.get("documents") or {}, (manifest.get("dense") or {}).get("hnsw") or {}]
+    return [entry for entry in entries if entry.get("sha256")]
+
+
 def check_checksums(index_dir: Path, manifest: dict) -> None:
     """Check the sha256 of every file an index manifest lists (arrays, document store, dense graph)."""
     index_dir = Path(index_dir)
-    for entry in manifest["arrays"].values():
+    for entry in [*manifest["arrays"].values(), *side_files(manifest)]:
         check_checksum(index_dir / entry["file"], entry["sha256"])
-    for part in ("documents", "dense"):
-        entry = manifest.get(part) or {}
-        if part == "dense":
-            entry = entry.get("hnsw") or {}
-        if entry.get("sha256"):
-            check_checksum(index_dir / entry["file"], entry["sha256"])
 
 
 def open_array(index_dir: Path, manifest: dict, name: str, verify: bool = False) -> np.ndarray:
@@ -380,7 +381,8 @@ def _check_structure(arrays: dict[str, np.ndarray], num_docs: int, vocab_size: i
 
 
 def verify_index(index_dir: Path) -> list[str]:
-    """Check every array's sha256 and the index invariants; return the problems found (empty if OK)."""
+    """Check the sha256 of every array, the document store and the dense graph, and the index invariants; return the
+    problems found (empty if OK)."""
     index_dir = Path(index_dir)
     try:
         manifest = read_manifest(index_dir)
@@ -399,6 +401,12 @@ def verify_index(index_dir: Path) -> list[str]:
             arrays[name] = open_array(index_dir, manifest, name)
         except IndexFormatError as exc:
             problems.append(str(exc))
+    for entry in side_files(manifest):
+        path = index_dir / entry["file"]
+        if not path.is_file():
+            problems.append(f"{path}: file missing")
+        elif sha256_file(path) != entry["sha256"]:
+            problems.append(f"{path}: sha256 mismatch (file corrupt or modified)")
     required = ("postings_offsets", "postings_docs", "postings_impacts",
                 "forward_offsets", "forward_terms", "forward_impacts")
     missing = [name for name in required if name not in arrays]

@@ -16,10 +16,12 @@ snapshot until they reopen (``Engine.refresh``).
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
 import shutil
+import sqlite3
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -133,7 +135,7 @@ def segment_dirs(index_dir: Path, commit: dict | None) -> list[tuple[Path, int]]
 def _commit(index_dir: Path, commit: dict, segments: list[dict] | None, deleted: np.ndarray | None) -> dict:
     """Write the next generation: the segment list (if given), tombstones (if changed) and ``live.json``, fsynced
     and renamed into place."""
-    commit = json.loads(json.dumps(commit))
+    commit = copy.deepcopy(commit)
     commit["generation"] += 1
     gen = commit["generation"]
     if segments is not None:
@@ -304,7 +306,7 @@ def open_segments(index_dir: Path, commit: dict, verify: bool = False, checksums
 
 def verify_live(index_dir: str | os.PathLike) -> list[str]:
     """Check an index at its latest commit: every segment's checksums and invariants (:func:`verify_index`), its
-    document store's checksum and count, the commit's segment ranges and tombstones. Problems in order found."""
+    document count, the commit's segment ranges and tombstones. Problems in order found."""
     from index.storage import verify_index
 
     index_dir = Path(index_dir)
@@ -327,20 +329,16 @@ def verify_live(index_dir: str | os.PathLike) -> list[str]:
         if base < end:
             problems.append(f"{index_dir / LIVE_FILE}: segment {path.name} starts at {base}, inside the previous one")
         end = base + manifest["num_docs"]
-        docs = manifest.get("documents") or {}
-        store_path = path / docs.get("file", "docs.sqlite")
+        store_path = path / (manifest.get("documents") or {}).get("file", "docs.sqlite")
         if not store_path.is_file():
-            problems.append(f"{store_path}: document store missing")
+            continue  # reported by verify_index
+        try:
+            count = len(DocStore(store_path, readonly=True))
+        except sqlite3.DatabaseError as err:
+            problems.append(f"{store_path}: unreadable document store ({err})")
             continue
-        if docs.get("sha256") and sha256_file(store_path) != docs["sha256"]:
-            problems.append(f"{store_path}: sha256 mismatch (file corrupt or modified)")
-            continue
-        count = len(DocStore(store_path, readonly=True))
         if count != manifest["num_docs"]:
             problems.append(f"{store_path}: {count} documents, the segment indexes {manifest['num_docs']}")
-        hnsw = (manifest.get("dense") or {}).get("hnsw") or {}
-        if hnsw and sha256_file(path / hnsw["file"]) != hnsw["sha256"]:
-            problems.append(f"{path / hnsw['file']}: sha256 mismatch (file corrupt or modified)")
     if commit is not None:
         if commit["next_docno"] < end:
             problems.append(f"{index_dir / LIVE_FILE}: next_docno {commit['next_docno']} is below the last "

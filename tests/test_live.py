@@ -291,3 +291,19 @@ def test_cli_info_and_index_wide_additions_on_a_live_index(live, tmp_path):
     assert CliRunner().invoke(app, ["compact", "--index", str(index_dir), "--no-progress"]).exit_code == 0
     result = CliRunner().invoke(app, ["index", "--index", str(index_dir), "--add-structures", "bmp"])
     assert result.exit_code == 0, result.output
+
+
+def test_verify_names_a_corrupt_document_store_of_a_segment(live, tmp_path):
+    from typer.testing import CliRunner
+
+    from lsr.cli import app
+
+    _, engine, _ = live
+    index_dir = tmp_path / "index"
+    shutil.copytree(engine.index_dir, index_dir)
+    store = index_dir / read_commit(index_dir)["segments"][0]["dir"] / "docs.sqlite"
+    data = bytearray(store.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    store.write_bytes(bytes(data))
+    result = CliRunner().invoke(app, ["verify", "--index", str(index_dir)])
+    assert result.exit_code == 1 and f"{store}: sha256 mismatch" in result.output, result.output

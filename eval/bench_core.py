@@ -1,6 +1,6 @@
 """Core benchmark (issue 3): encoding, index build, size, memory and exact search vs baselines, in one run.
 
-    python -m eval.bench_core --index /path/to/built/index --queries DATASET/queries.jsonl [--docs N]
+    python -m lsr.eval.bench_core --index /path/to/built/index --queries DATASET/queries.jsonl [--docs N]
 
 * Encoding: our SpladeEncoder vs a plain ``transformers`` loop (fp32, batch 32, padded to the longest in the
   batch) on the same documents, with the largest relative weight difference between the two.
@@ -26,7 +26,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from index import IndexBuilder, InvertedIndex
+from lsr.index import IndexBuilder, InvertedIndex
 from lsr import Engine
 from lsr.corpus import CorpusReader, read_queries
 from lsr.engine import document_text
@@ -105,7 +105,7 @@ def _build_ours(vectors_path: str, vocab_size: int, out_dir: str, queue) -> None
 
 
 def _build_seismic(vectors_path: str, vocab_size: int, out_dir: str, queue) -> None:
-    from eval.peers import seismic_build
+    from lsr.eval.peers import seismic_build
 
     queue.put(seismic_build(vectors_path, vocab_size))
 

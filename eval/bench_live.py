@@ -1,6 +1,6 @@
 """What a live index costs: search latency over segments with deletions, against the same index compacted.
 
-    python -m eval.bench_live --index DIR --queries queries.jsonl [--segments 4] [--docs-per-segment 250]
+    python -m lsr.eval.bench_live --index DIR --queries queries.jsonl [--segments 4] [--docs-per-segment 250]
         [--deletes 1000] [--max-queries 1000] [--modes exact,bmp] [--name NAME]
 
 Works on a copy of ``--index`` (never modified). Adds ``--segments`` segments, each re-indexing
@@ -23,12 +23,10 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from eval.timing import latency_summary, time_each  # noqa: E402
-from lsr import Engine  # noqa: E402
-from lsr.corpus import Document, read_queries  # noqa: E402
-from lsr.live import compact  # noqa: E402
+from lsr.eval.timing import latency_summary, time_each
+from lsr import Engine
+from lsr.corpus import Document, read_queries
+from lsr.live import compact
 
 
 def time_queries(engine: Engine, vectors, mode: str, k: int = 10) -> tuple[dict, list]:

@@ -1,10 +1,10 @@
 """Pruning benchmark (issue 4): lsr exact / BMP / Seismic against pyseismic-lsr, the BMP authors' ``bmp`` package
 and scipy brute force, all on the same vectors, in one run.
 
-    python -m eval.bench_pruning --index ~/.cache/lsr/eval/indexes/scifact-splade-tiny-b5712e6cc5ee \\
+    python -m lsr.eval.bench_pruning --index ~/.cache/lsr/eval/indexes/scifact-splade-tiny-b5712e6cc5ee \\
         --queries /work/shared/data/beir/scifact/queries.jsonl --name scifact
-    python -m eval.bench_pruning --synthetic 1000000 --name synthetic-1m
-    python -m eval.bench_pruning --synthetic 20000 --max-queries 200 --name synthetic-20k     # smoke test
+    python -m lsr.eval.bench_pruning --synthetic 1000000 --name synthetic-1m
+    python -m lsr.eval.bench_pruning --synthetic 20000 --max-queries 200 --name synthetic-20k     # smoke test
 
 * Vectors: ``--index`` takes an existing index's (dequantized) document vectors, in its document order, and
   encodes ``--queries`` with its model (cached in ``eval/results/bench_pruning_<name>.queries.npz``);
@@ -45,12 +45,12 @@ import scipy.sparse as sp
 from numba import njit, prange
 from tqdm.auto import tqdm
 
-from eval.timing import latency_summary, time_each
-from eval.peers import (BMP_MAX_TERMS, BmpPeer, SeismicPeer, bmp_impact_scale, peak_rss_mb, seismic_params)
-from index import IndexBuilder, InvertedIndex
-from index.bmp import DEFAULT_BLOCK_SIZE
-from index.seismic import BUILD_DEFAULTS as SEISMIC_BUILD_DEFAULTS
-from index.structures import add_structure
+from lsr.eval.timing import latency_summary, time_each
+from lsr.eval.peers import (BMP_MAX_TERMS, BmpPeer, SeismicPeer, bmp_impact_scale, peak_rss_mb, seismic_params)
+from lsr.index import IndexBuilder, InvertedIndex
+from lsr.index.bmp import DEFAULT_BLOCK_SIZE
+from lsr.index.seismic import BUILD_DEFAULTS as SEISMIC_BUILD_DEFAULTS
+from lsr.index.structures import add_structure
 
 RESULTS = Path(__file__).parent / "results"
 PLOTS = Path(__file__).parent / "plots"
@@ -252,7 +252,7 @@ def add_lsr_structure(index_dir: str, name: str, params: dict, threads: int) -> 
 
 def reorder_lsr(index_dir: str, method: str, threads: int) -> dict:
     """Renumber the documents of the index in ``index_dir`` (child process)."""
-    from index.reorder import reorder_index
+    from lsr.index.reorder import reorder_index
 
     numba.set_num_threads(threads)
     with tempfile.TemporaryDirectory() as tmp:
@@ -320,7 +320,7 @@ def _top(scores: np.ndarray, k: int) -> np.ndarray:
 
 def scipy_run(index: InvertedIndex, queries: list, k: int) -> tuple[list[np.ndarray], list[float], float]:
     """scipy brute force over the index's (dequantized) forward vectors: (top-k ids, seconds per query, batch q/s)."""
-    from eval.bench_core import forward_vectors, scipy_topk
+    from lsr.eval.bench_core import forward_vectors, scipy_topk
 
     indptr, terms, weights = forward_vectors(index)
     matrix = sp.csr_matrix((weights, terms, indptr), shape=(index.num_docs, index.vocab_size))
@@ -437,7 +437,7 @@ def index_sizes(index_dir: Path) -> dict[str, int]:
 
 def run(args, name: str, work: Path) -> dict:
     """Build everything, measure every system and setting; the result dict."""
-    from eval.bench_core import forward_vectors  # bench_core imports torch: parent only
+    from lsr.eval.bench_core import forward_vectors  # bench_core imports torch: parent only
 
     k, threads = args.k, args.threads
     vectors_path = work / "vectors.npz"
@@ -481,7 +481,7 @@ def run(args, name: str, work: Path) -> dict:
         steps.update()
         return result
 
-    me = "eval.bench_pruning"
+    me = "lsr.eval.bench_pruning"
     builds["lsr base"] = step("lsr base", f"{me}:build_lsr", vectors_path=str(vectors_path), out_dir=str(lsr_dir),
                               vocab_size=vocab, quant_bits=quant_bits, threads=threads)
     if args.reorder:
@@ -497,7 +497,7 @@ def run(args, name: str, work: Path) -> dict:
     sizes = index_sizes(lsr_dir)
     if have["pyseismic-lsr"]:
         ours = builds["lsr seismic"]["params"]
-        builds["pyseismic-lsr"] = step("pyseismic-lsr", "eval.peers:seismic_build", vectors_path=str(vectors_path),
+        builds["pyseismic-lsr"] = step("pyseismic-lsr", "lsr.eval.peers:seismic_build", vectors_path=str(vectors_path),
                                        vocab_size=vocab, out_path=str(work / "peer"), threads=threads,
                                        params=seismic_params(np.diff(np.asarray(index.array("postings_offsets"))),
                                                              ours))
@@ -506,7 +506,7 @@ def run(args, name: str, work: Path) -> dict:
     if have["bmp package"]:
         scale, bound = bmp_impact_scale(np.asarray(index.array("term_max_impact")), queries)
         bsize = int(builds["lsr bmp"]["params"]["block_size"])
-        builds["bmp package"] = step("bmp package", "eval.peers:bmp_build", index_dir=str(lsr_dir),
+        builds["bmp package"] = step("bmp package", "lsr.eval.peers:bmp_build", index_dir=str(lsr_dir),
                                      out_path=str(work / "peer.bmp"), bsize=bsize, impact_scale=scale)
         builds["bmp package"]["score_bound"] = bound
         notes.append(f"bmp package: impacts × {scale:.3f} (then rounded, min 1) so that the largest possible score "

@@ -1,7 +1,7 @@
 """API fuzzing with schemathesis against the server's OpenAPI schema: no 5xx, and every 4xx/5xx body is JSON.
 
-    python -m eval.fuzz --index DIR [--max-examples 50] [--out eval/results/fuzz.json]
-    python -m eval.fuzz --build /tmp/fuzz-index      # build a small index (the sample's module passages) first
+    python -m lsr.eval.fuzz --index DIR [--max-examples 50] [--out eval/results/fuzz.json]
+    python -m lsr.eval.fuzz --build /tmp/fuzz-index      # build a small index (the sample's module passages) first
 
 Starts ``uvicorn`` on 127.0.0.1 (a free port) over a *copy* of the index (the write endpoints are fuzzed too, with
 the server's API key, so documents get added and deleted), runs ``schemathesis run`` on ``/openapi.json`` for
@@ -35,7 +35,7 @@ DEFAULT_CHECKS = "all"
 def _register_checks() -> None:
     try:
         import schemathesis
-    except ImportError:  # plain `python -m eval.fuzz` without schemathesis: main() reports it
+    except ImportError:  # plain `python -m lsr.eval.fuzz` without schemathesis: main() reports it
         return
 
     @schemathesis.check
@@ -56,7 +56,7 @@ def _register_checks() -> None:
         return None
 
 
-if os.environ.get("SCHEMATHESIS_HOOKS") == "eval.fuzz" and __name__ == "eval.fuzz":
+if os.environ.get("SCHEMATHESIS_HOOKS") == "lsr.eval.fuzz" and __name__ == "lsr.eval.fuzz":
     _register_checks()
 
 
@@ -86,7 +86,7 @@ def start_server(index_dir: Path, port: int, api_key: str, log_path: Path, timeo
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     with open(log_path, "wb") as log:  # the child keeps its own descriptor
         return subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "--factory", "server.app:app_from_env", "--host", "127.0.0.1",
+            [sys.executable, "-m", "uvicorn", "--factory", "lsr.server.app:app_from_env", "--host", "127.0.0.1",
              "--port", str(port), "--log-level", "warning", "--no-access-log"],
             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
 
@@ -104,7 +104,7 @@ def run_schemathesis(base: str, api_key: str, *, max_examples: int, seed: int, c
         cmd += ["--phases", phases]
     if max_time:
         cmd += ["--max-time", str(max_time)]
-    env = dict(os.environ, SCHEMATHESIS_HOOKS="eval.fuzz")
+    env = dict(os.environ, SCHEMATHESIS_HOOKS="lsr.eval.fuzz")
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     print("$ " + " ".join(c if "X-API-Key" not in c else "X-API-Key: ***" for c in cmd), flush=True)
     # in the scratch directory: schemathesis keeps a .schemathesis/ cache of failing cases in its working directory
@@ -197,8 +197,7 @@ def _decode(value, limit: int = 400):
 
 
 def main(argv: list[str] | None = None) -> int:
-    sys.path.insert(0, str(ROOT))
-    from eval.loadtest import free_port, wait_until_ready
+    from lsr.eval.loadtest import free_port, wait_until_ready
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--index", type=Path, help="Index to serve (a copy is fuzzed; the original is untouched).")
@@ -256,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
         tracebacks = [block for marker in ("internal error on ", "Exception in ASGI application")
                       for block in log_text.split(marker)[1:]]
         report = {
-            "command": "python -m eval.fuzz " + " ".join(argv if argv is not None else sys.argv[1:]),
+            "command": "python -m lsr.eval.fuzz " + " ".join(argv if argv is not None else sys.argv[1:]),
             "schemathesis": schemathesis.__version__ if hasattr(schemathesis, "__version__") else None,
             "index_documents": _doc_count(args.index),
             "max_examples": args.max_examples, "seed": args.seed, "checks": checks,

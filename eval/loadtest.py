@@ -1,6 +1,6 @@
 """Load test of the HTTP server: requests/s and latency percentiles per retriever and concurrency level.
 
-    python eval/loadtest.py --index /path/to/index --queries /path/to/queries.jsonl \
+    python -m lsr.eval.loadtest --index /path/to/index --queries /path/to/queries.jsonl \
         [--retrievers sparse,dense,hybrid] [--concurrency 1,8,32] [--duration 15] [--max-requests 3000] \
         [--compare-batching] [--out eval/results/loadtest.json]
 
@@ -29,8 +29,6 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 LOCAL_HOSTS = {"127.0.0.1", "localhost"}
 

@@ -3,7 +3,7 @@
 Each record is what ``lsr eval DATASET ... --json`` prints (``--results-dir eval/results`` saves it as
 ``<dataset>__<column>.json``). Nothing in the table is typed by hand: rerun this script after adding results::
 
-    python eval/make_results.py            # or: python -m eval.make_results
+    python -m lsr.eval.make_results            # or: python -m lsr.eval.make_results
 
 Cells without a result show "—" and fill in once their JSON appears.
 """
@@ -125,7 +125,7 @@ def render(results: dict[tuple[str, str], dict], plots: list[Path], out_dir: Pat
         "done",
         "lsr eval /work/shared/data/corpora/wn-gcide --retriever bm25 --results-dir eval/results",
         "lsr eval /work/shared/data/corpora/wn-gcide --adopt-index /work/cache/wn-gcide-splade-tiny --results-dir eval/results",
-        "python eval/make_results.py",
+        "python -m lsr.eval.make_results",
         "```",
         "",
         "Indexes are cached (`~/.cache/lsr/eval`), so only the first run of a dataset encodes its corpus; BMP runs",

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from index import InvertedIndex
+from lsr.index import InvertedIndex
 
 BMP_QUERY_LEVELS = 32  # bmp's Searcher maps the largest query weight to this level
 BMP_SCORE_MAX = 2**16 - 1  # its accumulator is u16
@@ -99,7 +99,7 @@ def seismic_build(vectors_path: str, vocab_size: int, out_path: str | None = Non
     with np.load(vectors_path) as data:
         indptr, terms, weights = data["indptr"], data["terms"], data["weights"]
     if params is None:
-        from index.seismic import BUILD_DEFAULTS, _auto_n_postings
+        from lsr.index.seismic import BUILD_DEFAULTS, _auto_n_postings
 
         ours = {**BUILD_DEFAULTS, "n_postings": _auto_n_postings(len(indptr) - 1)}
         params = seismic_params(np.bincount(terms, minlength=vocab_size), ours)

@@ -1,6 +1,6 @@
 """Soak run of the HTTP server: mixed searches and writes for a bounded time, only to 127.0.0.1.
 
-    python eval/soak.py --index DIR [--corpus docs.jsonl] [--queries queries.jsonl] [--minutes 10] \
+    python -m lsr.eval.soak --index DIR [--corpus docs.jsonl] [--queries queries.jsonl] [--minutes 10] \
         [--searchers 4] [--compact-every 180] [--out eval/results/soak.json]
 
 The index is copied to a scratch directory (the original is never written). ``lsr serve`` starts on a free
@@ -32,9 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from eval.loadtest import LocalServer, load_queries  # noqa: E402
+from lsr.eval.loadtest import LocalServer, load_queries
 
 
 def rss_mb(pid: int) -> float:

@@ -1,6 +1,6 @@
 """Choose the hybrid fusion defaults of ``lsr.fusion`` on a BEIR train split, report them on the test split.
 
-    python eval/tune_fusion.py --index INDEX_WITH_DENSE --dataset /path/to/beir/scifact [--out eval/results/fusion-scifact.json]
+    python -m lsr.eval.tune_fusion --index INDEX_WITH_DENSE --dataset /path/to/beir/scifact [--out eval/results/fusion-scifact.json]
 
 The index must hold dense vectors (``lsr index --dense`` or ``lsr index --add-dense``). Every query is encoded
 once; each retriever's full score vector is computed once, so every configuration of the grid (method,
@@ -21,11 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from lsr import Engine  # noqa: E402
-from lsr.corpus import read_queries  # noqa: E402
-from lsr.fusion import FusionConfig, fuse  # noqa: E402
+from lsr import Engine
+from lsr.corpus import read_queries
+from lsr.fusion import FusionConfig, fuse
 
 ALPHAS = [round(a, 2) for a in np.arange(0.0, 1.0001, 0.05)]
 DEPTHS = [20, 50, 100, 200, 500]

@@ -26,7 +26,7 @@ from pathlib import Path
 from .storage import IndexFormatError, read_manifest, write_manifest
 
 # structure name -> "module:Class"
-STRUCTURES = {"bmp": "index.bmp:BmpIndex", "seismic": "index.seismic:SeismicIndex"}
+STRUCTURES = {"bmp": "lsr.index.bmp:BmpIndex", "seismic": "lsr.index.seismic:SeismicIndex"}
 # search mode -> structure it needs (None: the plain inverted index)
 MODES = {"exact": None, "bmp": "bmp", "bmp-approx": "bmp", "seismic": "seismic"}
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from index.storage import staged_directory
+from lsr.index.storage import staged_directory
 
 log = logging.getLogger("lsr.bm25")
 

@@ -307,7 +307,7 @@ def info_cmd(index: Path = IndexOpt, as_json: bool = typer.Option(False, "--json
 @user_errors
 def verify_cmd(index: Path = IndexOpt) -> None:
     """Check every checksum and the structural invariants of an index."""
-    from index import verify_index
+    from lsr.index import verify_index
     from lsr.sharding import is_sharded, read_sharded_manifest
 
     if is_sharded(index):
@@ -422,7 +422,7 @@ def demo_cmd(
     if not serve_it:
         typer.echo(f"serve it (web page, HTTP API at /docs):  lsr serve --index {index}")
         return
-    from server.app import serve
+    from lsr.server.app import serve
 
     del engine  # the server opens its own snapshot
     typer.echo(f"serving {index} on http://127.0.0.1:{port}/  (API docs: /docs; Ctrl-C stops)")
@@ -476,7 +476,7 @@ def serve_cmd(
                                 "`lsr index CORPUS --shards N`")
     elif not (index / "manifest.json").is_file():
         raise FileNotFoundError(f"no index at {index} (missing manifest.json); build one with `lsr index CORPUS`")
-    from server.app import serve
+    from lsr.server.app import serve
 
     typer.echo(f"serving {index} on http://{host}:{port}/  (API docs: http://{host}:{port}/docs)")
     typer.echo("writes enabled with the API key" if api_key else

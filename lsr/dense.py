@@ -156,7 +156,7 @@ def write_dense(index_dir: str | Path, vectors: np.ndarray, model_info: dict, *,
     Builds an HNSW graph too when the collection has at least ``hnsw_threshold`` documents. The manifest is
     rewritten atomically, so an index reader sees either no dense part or a complete one.
     """
-    from index.storage import read_manifest, sha256_file, write_array, write_manifest
+    from lsr.index.storage import read_manifest, sha256_file, write_array, write_manifest
 
     index_dir = Path(index_dir)
     manifest = read_manifest(index_dir)
@@ -217,7 +217,7 @@ class DenseIndex:
     @classmethod
     def open(cls, index_dir: str | Path, manifest: dict, verify: bool = False) -> "DenseIndex | None":
         """The dense part of an open index, or None if it has none."""
-        from index.storage import IndexFormatError, open_array, sha256_file
+        from lsr.index.storage import IndexFormatError, open_array, sha256_file
 
         info = manifest.get("dense")
         if not info:
@@ -350,7 +350,7 @@ def check_dense_encoder(encoder: DenseEncoder, info: dict, index_dir: Path) -> N
 
 def permute_dense(index_dir: str | Path, new_to_old: np.ndarray) -> None:
     """After documents were renumbered (``new_to_old[n]`` became number ``n``), reorder the dense vectors to match."""
-    from index.storage import open_array, read_manifest
+    from lsr.index.storage import open_array, read_manifest
 
     manifest = read_manifest(Path(index_dir))
     info = manifest.get("dense")

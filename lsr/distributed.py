@@ -48,8 +48,8 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from index.storage import IndexFormatError, read_manifest, sha256_file, staged_directory, write_array, write_manifest
-from index.structures import structure_for_mode
+from lsr.index.storage import IndexFormatError, read_manifest, sha256_file, staged_directory, write_array, write_manifest
+from lsr.index.structures import structure_for_mode
 from lsr import __version__
 from lsr.corpus import CorpusError, CorpusReader, Document
 from lsr.engine import DOCSTORE_FILE, Engine, _windows, document_text
@@ -169,7 +169,7 @@ class _ShardBuilder:
     """Ray actor: one shard's IndexBuilder and document store, fed in corpus order; finalized with a given scale."""
 
     def __init__(self, shard_dir: str, shard: int, num_shards: int, vocab_size: int, quant_bits: int) -> None:
-        from index import IndexBuilder
+        from lsr.index import IndexBuilder
         from lsr.docstore import DocStore
 
         self.started = time.time()
@@ -622,7 +622,7 @@ class _ShardServer:
 
     def sparse_totals(self, qterms: np.ndarray, qweights: np.ndarray, keys) -> np.ndarray:
         """Integer scores of the given documents for a quantized query (as :meth:`index.search.InvertedIndex.score_docs`)."""
-        from index.search import _score_docs
+        from lsr.index.search import _score_docs
 
         local = self._local(keys)
         out = np.zeros(len(local), np.int64)
@@ -709,7 +709,7 @@ class ShardedIndex:
 
     def quantize(self, term_ids, weights) -> tuple[np.ndarray, np.ndarray, float]:
         """The query exactly as every shard (and a single index) quantizes it."""
-        from index.search import quantize_query
+        from lsr.index.search import quantize_query
 
         terms, weights = np.asarray(term_ids), np.asarray(weights)
         if terms.ndim == 1 and terms.shape == weights.shape:
@@ -908,7 +908,7 @@ class ShardedEngine(Engine):
         index_dir = Path(index_dir)
         manifest = read_sharded_manifest(index_dir)
         if verify:
-            from index import verify_index
+            from lsr.index import verify_index
 
             problems = [p for s in manifest["shards"] for p in verify_index(index_dir / s["dir"])]
             if problems:

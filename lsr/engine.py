@@ -16,9 +16,9 @@ from typing import Union
 import numpy as np
 from tqdm.auto import tqdm
 
-from index import IndexBuilder, InvertedIndex
-from index.structures import MODES
-from index.storage import (IndexFormatError, read_manifest, sha256_file, staged_directory, write_json_atomic,
+from lsr.index import IndexBuilder, InvertedIndex
+from lsr.index.structures import MODES
+from lsr.index.storage import (IndexFormatError, read_manifest, sha256_file, staged_directory, write_json_atomic,
                            write_manifest, writer_lock)
 from lsr import __version__
 from lsr.corpus import CorpusError, CorpusReader, Document
@@ -756,10 +756,10 @@ def _check_resumable(index_dir: Path, staging: Path, state: dict, settings: dict
 
 def _add_structures_in(index_dir: Path, names: Sequence[str], reorder: str | None, **params) -> None:
     """Reorder documents (renumbering the document store to match), then build the named structures."""
-    from index.structures import add_structure
+    from lsr.index.structures import add_structure
 
     if reorder is not None:
-        from index.reorder import reorder_index
+        from lsr.index.reorder import reorder_index
 
         new_to_old = reorder_index(index_dir, reorder)
         store = DocStore(index_dir / DOCSTORE_FILE)

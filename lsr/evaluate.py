@@ -427,7 +427,7 @@ def _matches(manifest: dict, key: dict) -> str | None:
 
 def adopt_index(ctx: EvalContext, index_dir: str | os.PathLike) -> Path:
     """Copy a prebuilt index of this dataset into the cache (after checking model, settings and documents)."""
-    from index.storage import read_manifest
+    from lsr.index.storage import read_manifest
 
     src = Path(index_dir)
     if not (src / "manifest.json").is_file():
@@ -487,7 +487,7 @@ def eval_engine(ctx: EvalContext, mode: str = "exact", dense: bool = False):
     built without reordering are added to it in place; reordering (``bp`` before BMP by default) or structure
     build parameters (``build.<structure>.<key>=value``) make a copy of the base, so encoding happens once.
     """
-    from index.structures import structure_for_mode
+    from lsr.index.structures import structure_for_mode
     from lsr.engine import Engine
 
     structure = structure_for_mode(mode)
@@ -559,7 +559,7 @@ def index_sizes(engine) -> dict:
 
 def sparse_size(sizes: dict, mode: str) -> int:
     """Bytes a sparse search mode needs: the base arrays and the mode's structure."""
-    from index.structures import structure_for_mode
+    from lsr.index.structures import structure_for_mode
 
     return sizes["base"] + sizes["structures"].get(structure_for_mode(mode), 0)
 
@@ -835,7 +835,7 @@ def run_eval(
     """Evaluate one retriever on one dataset split; return the result record (what ``--json`` prints).
 
     ``query_encoder`` (sparse and hybrid retrievers) is ``model`` or ``inference-free``."""
-    from index.structures import MODES
+    from lsr.index.structures import MODES
     from lsr.query_encoders import QUERY_ENCODERS
 
     if query_encoder not in QUERY_ENCODERS:

@@ -29,9 +29,9 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from index import IndexBuilder, InvertedIndex
-from index.segments import SegmentedIndex, merge_top_k
-from index.storage import (IndexFormatError, WriterLockedError, fsync_tree, read_manifest, sha256_file,
+from lsr.index import IndexBuilder, InvertedIndex
+from lsr.index.segments import SegmentedIndex, merge_top_k
+from lsr.index.storage import (IndexFormatError, WriterLockedError, fsync_tree, read_manifest, sha256_file,
                            staged_directory, write_array, write_json_atomic, writer_lock)
 from lsr.corpus import CorpusError, Document
 from lsr.docstore import DocStore
@@ -307,7 +307,7 @@ def open_segments(index_dir: Path, commit: dict, verify: bool = False, checksums
 def verify_live(index_dir: str | os.PathLike) -> list[str]:
     """Check an index at its latest commit: every segment's checksums and invariants (:func:`verify_index`), its
     document count, the commit's segment ranges and tombstones. Problems in order found."""
-    from index.storage import verify_index
+    from lsr.index.storage import verify_index
 
     index_dir = Path(index_dir)
     problems = verify_index(index_dir)
@@ -465,7 +465,7 @@ def _build_segment(engine, docs: Iterable[Document], staging: Path, *, update: b
 
 def _copy_structures(manifest: dict, target: Path) -> None:
     """Build the structures of ``manifest`` (same build parameters) into the index at ``target``."""
-    from index.structures import add_structure, structure_class
+    from lsr.index.structures import add_structure, structure_class
 
     for name, info in manifest.get("structures", {}).items():
         params = structure_class(name).rebuild_params(info.get("params", {}), manifest["num_docs"])

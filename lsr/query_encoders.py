@@ -20,7 +20,7 @@ from typing import Sequence
 
 import numpy as np
 
-from index.storage import IndexFormatError, read_manifest, sha256_file, write_array, write_manifest
+from lsr.index.storage import IndexFormatError, read_manifest, sha256_file, write_array, write_manifest
 
 QUERY_ENCODERS = ("model", "inference-free")
 DEFAULT_QUERY_ENCODER = "model"
@@ -137,7 +137,7 @@ class InferenceFreeEncoder:
             raise IndexFormatError(
                 f"index {index_dir} has no inference-free query table; add it with "
                 f"`lsr index --add-inference-free --index {index_dir}` (or Engine.add_inference_free())")
-        from index.storage import open_array
+        from lsr.index.storage import open_array
 
         idf = np.asarray(open_array(index_dir, manifest, info["array"]))
         tok_path = index_dir / info["tokenizer"]["file"]

@@ -31,11 +31,11 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from index.structures import MODES
+from lsr.index.structures import MODES
 from lsr import __version__
 from lsr.fusion import MAX_DEPTH
-from server.batching import MicroBatcher
-from server.schemas import (
+from lsr.server.batching import MicroBatcher
+from lsr.server.schemas import (
     DEFAULT_FIELDS, DEFAULT_TIMEOUT_S, HIT_FIELDS, MAX_BATCH_QUERIES, MAX_BODY_BYTES, MAX_DOCUMENTS_PER_REQUEST,
     MAX_QUERY_CHARS, FusionName, Normalization, QueryEncoderName, Retriever,
     AddDocumentsRequest, AddDocumentsResponse, BatchSearchRequest, BatchSearchResponse, DeleteDocumentResponse,
@@ -292,7 +292,7 @@ class ServerState:
 
     def _search_sync(self, queries: list[str], opts: SearchOptions, sparse_vecs, dense_vecs) -> list[list[dict]]:
         """Runs on a search thread: rank with the library, then render the hits."""
-        from index.storage import IndexFormatError
+        from lsr.index.storage import IndexFormatError
         from lsr import fusion
 
         engine = self.engine  # one snapshot for the whole request, even if a newer commit is swapped in meanwhile
@@ -471,7 +471,7 @@ async def _none():
 
 
 def _available_modes(engine) -> list[str]:
-    from index.structures import MODES
+    from lsr.index.structures import MODES
 
     have = set(engine.manifest.get("structures", {}))
     return [mode for mode, needs in MODES.items() if needs is None or needs in have]

@@ -27,7 +27,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from index.storage import IndexFormatError, WriterLockedError, lock_path
+from lsr.index.storage import IndexFormatError, WriterLockedError, lock_path
 from lsr import Engine, SpladeEncoder
 from lsr.cli import app
 from lsr.corpus import Document
@@ -522,7 +522,7 @@ def test_second_writer_is_refused(live, new_docs, tmp_path, encoder):
     holder = subprocess.Popen(
         [sys.executable, "-c", textwrap.dedent("""
             import sys
-            from index.storage import writer_lock
+            from lsr.index.storage import writer_lock
             with writer_lock(sys.argv[1], "test holder"):
                 print("locked", flush=True)
                 sys.stdin.read()
@@ -568,7 +568,7 @@ def _fail_writes(monkeypatch, target: str) -> None:
 
 # what each target hits: postings chunk spill (checkpoint per window), the arrays of IndexBuilder.finalize,
 # the manifest rename, and for lsr.live: the commit file after the segment directory is in place, the tombstones
-BUILD_WRITES = ["numpy.savez", "numpy.save", "index.storage.write_json_atomic"]
+BUILD_WRITES = ["numpy.savez", "numpy.save", "lsr.index.storage.write_json_atomic"]
 ADD_WRITES = ["numpy.save", "lsr.live.write_json_atomic", "lsr.live.write_array"]
 
 
@@ -598,7 +598,7 @@ def test_disk_full_during_add(target, live, module_docs, new_docs, tmp_path, mon
 
 @pytest.mark.parametrize("operation, target", [
     ("delete", "lsr.live.write_array"), ("delete", "lsr.live.write_json_atomic"),  # tombstones, commit file
-    ("compact", "numpy.save"), ("compact", "index.storage.write_json_atomic"),  # merged arrays, its manifest
+    ("compact", "numpy.save"), ("compact", "lsr.index.storage.write_json_atomic"),  # merged arrays, its manifest
 ])
 def test_disk_full_during_delete_and_compact(operation, target, live, module_docs, monkeypatch):
     index_dir, before = live
@@ -704,7 +704,7 @@ def test_disk_full_real_filesystem_reports_one_line(disk_full_runs):
 _FINALIZE = """
 import os, sys
 import numpy as np
-from index.builder import IndexBuilder
+from lsr.index.builder import IndexBuilder
 out, mount = sys.argv[1], sys.argv[2]
 rng = np.random.default_rng(7)
 docs, per = 4000, 40

@@ -14,10 +14,10 @@ import numba
 import numpy as np
 import pytest
 
-from index import IndexBuilder, InvertedIndex, verify_index
-from index.reorder import reorder_index
-from index.storage import read_manifest
-from index.structures import add_structure
+from lsr.index import IndexBuilder, InvertedIndex, verify_index
+from lsr.index.reorder import reorder_index
+from lsr.index.storage import read_manifest
+from lsr.index.structures import add_structure
 from lsr import Engine
 from lsr.sample import sample_documents
 from tests.conftest import write_jsonl

@@ -7,7 +7,7 @@ import sys
 
 import httpx
 
-from eval.loadtest import free_port, wait_until_ready
+from lsr.eval.loadtest import free_port, wait_until_ready
 
 
 def test_demo_indexes_searches_and_serves(tmp_path):

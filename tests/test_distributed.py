@@ -221,7 +221,7 @@ def test_cli_index_search_info_verify_and_filter(text_sharded, text_corpus, enco
 
 
 def test_server_searches_through_the_coordinator(sharded, single):
-    from server.app import create_app
+    from lsr.server.app import create_app
 
     with TestClient(create_app(sharded.index_dir, load="now")) as client:
         r = client.get("/search", params={"q": "parse command line arguments", "k": 5})

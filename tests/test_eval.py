@@ -277,7 +277,7 @@ def test_compare_paired_t_test(tmp_path):
 
 # ---------------------------------------------------------------------- results table
 def test_make_results_builds_the_table_and_plots(tmp_path):
-    from eval import make_results
+    from lsr.eval import make_results
 
     results = tmp_path / "results"
     results.mkdir()

@@ -188,7 +188,7 @@ def test_hnsw_above_threshold(hybrid_engine, tmp_path):
 
 
 def test_dense_vectors_follow_reordering(hybrid_engine, tmp_path):
-    pytest.importorskip("index.reorder")
+    pytest.importorskip("lsr.index.reorder")
     target = tmp_path / "index"
     shutil.copytree(hybrid_engine.index_dir, target)
     before = Engine.open(target)

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from index import FORMAT_VERSION, IndexBuilder, IndexFormatError, InvertedIndex, quantize_query, verify_index
-from index.storage import sha256_file
+from lsr.index import FORMAT_VERSION, IndexBuilder, IndexFormatError, InvertedIndex, quantize_query, verify_index
+from lsr.index.storage import sha256_file
 
 N_DOCS = 3000
 VOCAB = 2000

@@ -8,7 +8,7 @@ import threading
 import numpy as np
 import pytest
 
-from index.storage import WriterLockedError, verify_index, writer_lock
+from lsr.index.storage import WriterLockedError, verify_index, writer_lock
 from lsr import Engine
 from lsr.corpus import Document
 from lsr.live import DocumentNotFoundError, DuplicateDocumentError, compact, read_commit

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from eval.loadtest import free_port, wait_until_ready
+from lsr.eval.loadtest import free_port, wait_until_ready
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).parent / "artifacts"
@@ -24,7 +24,7 @@ sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not 
 def server_url(hybrid_engine):
     import uvicorn
 
-    from server.app import create_app
+    from lsr.server.app import create_app
 
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(create_app(hybrid_engine.index_dir), host="127.0.0.1", port=port,

@@ -13,12 +13,12 @@ import pytest
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
-from index.storage import IndexFormatError, read_manifest, write_manifest
+from lsr.index.storage import IndexFormatError, read_manifest, write_manifest
 from lsr import Engine
 from lsr import evaluate as ev
 from lsr.cli import app
 from lsr.query_encoders import IDF_ARRAY, TOKENIZER_FILE, bm25_idf
-from server.app import create_app
+from lsr.server.app import create_app
 from tests.test_eval import make_dataset
 
 runner = CliRunner()

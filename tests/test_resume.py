@@ -22,7 +22,7 @@ import pytest
 from typer.testing import CliRunner
 
 import lsr.engine as engine_module
-from index.storage import WriterLockedError, verify_index, writer_lock
+from lsr.index.storage import WriterLockedError, verify_index, writer_lock
 from lsr import Engine, SpladeEncoder
 from lsr.cli import app
 from lsr.engine import PROGRESS_FILE, ResumeError

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from index import IndexBuilder, InvertedIndex, verify_index
-from index.seismic import BUILD_DEFAULTS, SEARCH_DEFAULTS
-from index.structures import add_structure
+from lsr.index import IndexBuilder, InvertedIndex, verify_index
+from lsr.index.seismic import BUILD_DEFAULTS, SEARCH_DEFAULTS
+from lsr.index.structures import add_structure
 
 VOCAB = 3000
 USED = 2800  # term ids >= USED never occur in documents

@@ -8,8 +8,8 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from server.app import create_app
-from server.schemas import MAX_QUERY_CHARS
+from lsr.server.app import create_app
+from lsr.server.schemas import MAX_QUERY_CHARS
 
 
 @pytest.fixture(scope="module")

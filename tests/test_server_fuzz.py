@@ -1,6 +1,6 @@
 """A short schemathesis run over the whole OpenAPI schema of a real (writable) server: no 5xx, JSON error bodies.
 
-The long run, with every schemathesis check and its report, is ``python -m eval.fuzz`` (eval/results/fuzz-sample.json).
+The long run, with every schemathesis check and its report, is ``python -m lsr.eval.fuzz`` (eval/results/fuzz-sample.json).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from hypothesis import strategies as st  # noqa: E402
 from hypothesis.errors import Unsatisfiable  # noqa: E402
 from schemathesis import GenerationMode  # noqa: E402
 
-from server.app import create_app  # noqa: E402
+from lsr.server.app import create_app  # noqa: E402
 
 KEY = "fuzz-key"
 EXAMPLES = 10  # per operation and generation mode: a guard in CI, not the fuzz run itself

@@ -8,8 +8,8 @@ import shutil
 import pytest
 from fastapi.testclient import TestClient
 
-from server.app import READ_ONLY_DETAIL, create_app
-from server.schemas import MAX_BATCH_QUERIES
+from lsr.server.app import READ_ONLY_DETAIL, create_app
+from lsr.server.schemas import MAX_BATCH_QUERIES
 
 KEY = "write-key-for-tests"
 READ_KEY = "read-key-for-tests"
@@ -279,7 +279,7 @@ def test_writer_lock_held_elsewhere_is_423(writer, live_dir):
     import fcntl
     import os
 
-    from index.storage import lock_path
+    from lsr.index.storage import lock_path
 
     path = lock_path(live_dir)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -72,7 +72,7 @@ def _sizes(index_dir: Path) -> dict:
 # ---------------------------------------------------------------------------------------------- 1. encoding
 def bench_encoding(dataset: Path, docs: int, work: Path, shards: int) -> dict:
     from lsr.corpus import CorpusReader
-    from lsr.distributed import build_sharded
+    from lsr.sharded.build import build_sharded
 
     subset = work / "encode-subset.jsonl"
     with open(subset, "w", encoding="utf-8") as fh:
@@ -99,7 +99,8 @@ def bench_latency(dataset: Path, index: Path, work: Path, shards: int, n_queries
 
     from lsr import Engine
     from lsr.corpus import read_queries
-    from lsr.distributed import ShardedEngine, build_sharded
+    from lsr.sharded.build import build_sharded
+    from lsr.sharded.search import ShardedEngine
     from lsr.evaluate import read_qrels
 
     source = Engine.open(index)
@@ -463,7 +464,7 @@ def main() -> None:
 
     import sys
 
-    from lsr.distributed import init_ray
+    from lsr.sharded.ray_runtime import init_ray
 
     index = args.index or _find_index(args.dataset)
     if index is None:

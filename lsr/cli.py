@@ -160,9 +160,9 @@ def index_cmd(
 
 def _index_sharded(corpus: Path, index: Path, shards: int, address: Optional[str], workers: Optional[int],
                    dense: Optional[bool], dense_model: Optional[str], **options) -> None:
-    """``lsr index --shards N``: encode on Ray workers into N shards (lsr.distributed)."""
-    from lsr.distributed import build_sharded
-    from lsr.sharding import index_size_bytes
+    """``lsr index --shards N``: encode on Ray workers into N shards (lsr.sharded)."""
+    from lsr.sharded.build import build_sharded
+    from lsr.sharded.layout import index_size_bytes
 
     if dense is None:
         from lsr.dense import dense_model_available
@@ -225,8 +225,8 @@ def search_cmd(
 
 
 def _open_engine(index: Path, ray_address: Optional[str] = None) -> Engine:
-    """The index at ``index``: a plain one, or a sharded one (lsr.distributed, searched on Ray)."""
-    from lsr.sharding import is_sharded, open_engine
+    """The index at ``index``: a plain one, or a sharded one (lsr.sharded, searched on Ray)."""
+    from lsr.sharded.layout import is_sharded, open_engine
 
     return open_engine(index, address=ray_address) if is_sharded(index) else Engine.open(index)
 
@@ -308,7 +308,7 @@ def info_cmd(index: Path = IndexOpt, as_json: bool = typer.Option(False, "--json
 def verify_cmd(index: Path = IndexOpt) -> None:
     """Check every checksum and the structural invariants of an index."""
     from lsr.index import verify_index
-    from lsr.sharding import is_sharded, read_sharded_manifest
+    from lsr.sharded.layout import is_sharded, read_sharded_manifest
 
     if is_sharded(index):
         problems = [p for shard in read_sharded_manifest(index)["shards"] for p in verify_index(index / shard["dir"])]
@@ -463,11 +463,11 @@ def serve_cmd(
     Writes (POST /documents, DELETE /documents/ID) need --api-key (or LSR_API_KEY), sent by clients as
     `Authorization: Bearer KEY` or `X-API-Key: KEY`; without a key the server is read-only.
     """
-    from lsr.sharding import is_sharded, read_sharded_manifest
+    from lsr.sharded.layout import is_sharded, read_sharded_manifest
 
     index = shards if shards is not None else index
     if is_sharded(index):
-        from lsr.distributed import init_ray
+        from lsr.sharded.ray_runtime import init_ray
 
         read_sharded_manifest(index)  # fail now on a broken directory
         init_ray(ray_address)  # the server's loader then starts one actor per shard in this runtime

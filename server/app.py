@@ -184,7 +184,7 @@ class ServerState:
     def load(self) -> None:
         """Open the index, load its encoders and warm the kernels up; sets ``ready`` (or ``error``)."""
         from lsr.engine import Engine
-        from lsr.sharding import index_size_bytes, is_sharded, open_engine  # a sharded index: lsr.distributed
+        from lsr.sharded.layout import index_size_bytes, is_sharded, open_engine  # a sharded index: lsr.sharded
 
         try:
             started = time.time()
@@ -407,7 +407,7 @@ class ServerState:
         return await self._write(self._delete_sync, doc_id)
 
     async def _write(self, fn, *args) -> dict:
-        from lsr.sharding import is_sharded
+        from lsr.sharded.layout import is_sharded
 
         if is_sharded(self.index_dir):
             raise UserError(409, "this server serves a sharded index, which it cannot write to; add documents "
@@ -487,7 +487,7 @@ def check_query(q: Optional[str], max_chars: int = MAX_QUERY_CHARS) -> str:
 
 
 def _index_size(index_dir: Path, fallback: int) -> int:
-    from lsr.sharding import index_size_bytes
+    from lsr.sharded.layout import index_size_bytes
 
     try:
         return index_size_bytes(index_dir)

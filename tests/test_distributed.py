@@ -1,4 +1,4 @@
-"""Sharded indexes on Ray (lsr.distributed): a local runtime with 2 CPUs and 2 shards, shared by the module.
+"""Sharded indexes on Ray (lsr.sharded): a local runtime with 2 CPUs and 2 shards, shared by the module.
 
 Exactness is tested on indexes built from the same precomputed vectors (a single index and 2 shards), so
 the document vectors are identical bit for bit; the text path (encoder actors, through the CLI) is compared
@@ -22,8 +22,10 @@ pytest.importorskip("ray")
 from lsr import Engine  # noqa: E402
 from lsr.cli import app  # noqa: E402
 from lsr.corpus import CorpusError  # noqa: E402
-from lsr.distributed import ShardedEngine, build_sharded, init_ray  # noqa: E402
-from lsr.sharding import is_sharded, read_sharded_manifest, shard_of  # noqa: E402
+from lsr.sharded.build import build_sharded  # noqa: E402
+from lsr.sharded.ray_runtime import init_ray  # noqa: E402
+from lsr.sharded.search import ShardedEngine  # noqa: E402
+from lsr.sharded.layout import is_sharded, read_sharded_manifest, shard_of  # noqa: E402
 from tests.conftest import write_jsonl  # noqa: E402
 
 QUERIES = ["parse command line arguments", "compress files with gzip", "regular expression matching",
@@ -102,7 +104,7 @@ def test_routing_is_stable_across_processes():
     ids = ["a", "b", "doc-1", "module:json#1", "é"]
     assert [shard_of(x, 2) for x in ids] == [0, 0, 0, 1, 1]  # fixed forever: indexes on disk depend on it
     assert [shard_of(x, 7) for x in ids] == [4, 0, 4, 1, 5]
-    code = "from lsr.sharding import shard_of; print([shard_of(x, 7) for x in %r])" % ids
+    code = "from lsr.sharded.layout import shard_of; print([shard_of(x, 7) for x in %r])" % ids
     for seed in ("1", "2"):  # Python's own hash() would differ between these
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                              env={**os.environ, "PYTHONHASHSEED": seed}).stdout

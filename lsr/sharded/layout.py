@@ -8,7 +8,7 @@ in one document store. Every shard records, per document, its *ordinal*: its pos
 single index would number it). A document's global number is ``ordinal * N + shard``, so global numbers order
 documents like a single index over the same corpus and name their shard (``docno % N``).
 
-The Ray side (building with Ray workers, shard actors, the coordinator) is :mod:`lsr.distributed`.
+The Ray side (building with Ray workers, shard actors, the coordinator) is :mod:`lsr.sharded`.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ SHARDS_FILE = "shards.json"
 SHARDED_FORMAT = "lsr-sharded-index"
 SHARDED_FORMAT_VERSION = 1
 ROUTING = {"hash": "blake2b-64", "key": "utf-8 document id", "rule": "int.from_bytes(digest, 'little') % num_shards"}
+IMPACT_LEVELS = {8: 255, 16: 65535}  # quantization bits -> largest impact
 ORDINALS_ARRAY = "shard_ordinals"  # per shard: build-time doc number -> ordinal (position in the corpus), int64
 
 
@@ -70,12 +71,12 @@ def index_size_bytes(index_dir: str | os.PathLike) -> int:
 
 
 def open_engine(index_dir: str | os.PathLike, **kwargs):
-    """``Engine.open`` for a plain index, :class:`lsr.distributed.ShardedEngine` for a sharded one.
+    """``Engine.open`` for a plain index, :class:`lsr.sharded.search.ShardedEngine` for a sharded one.
 
     ``kwargs`` go to ``ShardedEngine.open`` (e.g. ``address`` of a Ray cluster); a plain index takes none.
     """
     if is_sharded(index_dir):
-        from lsr.distributed import ShardedEngine
+        from lsr.sharded.search import ShardedEngine
 
         return ShardedEngine.open(index_dir, **kwargs)
     from lsr.engine import Engine

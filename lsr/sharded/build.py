@@ -1,0 +1,474 @@
+"""Building a sharded index on Ray.
+
+Building (:func:`build_sharded`, ``lsr index CORPUS --shards N [--ray ADDRESS] [--workers W]``)
+    The driver streams the corpus (:class:`lsr.corpus.CorpusReader`, never all of it in memory), numbers the
+    documents in corpus order (their *ordinal*) and routes each by the stable hash of its id
+    (:func:`lsr.sharded.layout.shard_of`). Windows of documents go round-robin to a pool of W encoder actors (each loads
+    the SPLADE model once and splits its output by shard, one Ray object per shard), and each shard's part goes
+    straight to that shard's builder actor (an :class:`index.IndexBuilder` plus a document store), in window
+    order, so a shard numbers its documents in corpus order. At most ``2 W + 2`` windows are in flight.
+    Quantization needs one scale for the whole collection, or scores from different shards would not be
+    comparable: the builders buffer float weights (external memory) and report their maximum; the driver takes
+    the global maximum and every shard is finalized with the same scale. Structures (``bmp``, ``seismic``, with
+    an optional ``reorder``), dense vectors and each shard's own inference-free table are then built by the
+    builder actors in parallel. The driver writes a collection-wide inference-free table (BM25 IDF over all
+    shards' posting lists, so inference-free queries weigh terms as a single index would) and ``shards.json``.
+    The whole directory is staged and moved into place only when complete, like ``Engine.build``.
+
+Without an address a local Ray runtime is started (``ray.init(num_cpus=...)``); ``address="auto"`` or
+``"ray://host:10001"`` joins a cluster. Every node must see the index directory at the same path (a shared
+filesystem) and have ``lsr`` installed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections import deque
+from contextlib import contextmanager
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from lsr.index.storage import read_manifest, sha256_file, staged_directory, write_array, write_manifest
+from lsr import __version__
+from lsr.corpus import CorpusError, CorpusReader, Document
+from lsr.engine import DOCSTORE_FILE, _windows, document_text
+from lsr.sharded.layout import (
+    IMPACT_LEVELS, ORDINALS_ARRAY, ROUTING, SHARDED_FORMAT, SHARDED_FORMAT_VERSION, SHARDS_FILE, shard_dir_name,
+    shard_of,
+)
+from lsr.sharded.ray_runtime import actor_class, init_ray, kill_actors, ray_get, ray_module
+
+log = logging.getLogger("lsr.sharded")
+
+DEFAULT_WINDOW = 256  # documents per encoding task
+
+
+
+# ---------------------------------------------------------------------- building
+def _split_by_shard(docs: list[Document], ordinals: np.ndarray, shards: np.ndarray, num_shards: int,
+                    indptr: np.ndarray, terms: np.ndarray, weights: np.ndarray) -> list[tuple]:
+    """Rows of a CSR window grouped by shard: per shard (docs, ordinals, indptr, terms, weights)."""
+    parts = []
+    for s in range(num_shards):
+        rows = np.flatnonzero(shards == s)
+        parts.append((
+            [docs[r] for r in rows], ordinals[rows], *_take_rows(rows, indptr, terms, weights)))
+    return parts
+
+
+def _take_rows(rows: np.ndarray, indptr: np.ndarray, terms: np.ndarray, weights: np.ndarray):
+    lengths = indptr[rows + 1] - indptr[rows]
+    ptr = np.zeros(len(rows) + 1, np.int64)
+    np.cumsum(lengths, out=ptr[1:])
+    take = np.repeat(indptr[rows] - ptr[:-1], lengths) + np.arange(ptr[-1], dtype=np.int64)
+    return ptr, terms[take], weights[take]
+
+
+class _EncodeWorker:
+    """Ray actor: the SPLADE model loaded once; encodes windows of documents and splits them by shard."""
+
+    def __init__(self, model: str | None, doc_max_length: int, query_max_length: int, doc_top_k: int | None,
+                 threads: int) -> None:
+        from lsr.encoder import SpladeEncoder
+
+        self.encoder = SpladeEncoder(model, doc_max_length=doc_max_length, query_max_length=query_max_length,
+                                     doc_top_k=doc_top_k, threads=max(1, threads))
+
+    def describe(self) -> dict:
+        return self.encoder.describe()
+
+    def tokenizer_json(self) -> str | None:
+        tokenizer = self.encoder.tokenizer
+        return tokenizer.backend_tokenizer.to_str() if getattr(tokenizer, "is_fast", False) else None
+
+    def encode(self, docs: list[Document], ordinals: np.ndarray, shards: np.ndarray, num_shards: int,
+               batch_size: int):
+        batch = self.encoder.encode_documents([document_text(d) for d in docs], batch_size)
+        parts = _split_by_shard(docs, ordinals, shards, num_shards, batch.indptr, batch.indices, batch.values)
+        return parts[0] if num_shards == 1 else tuple(parts)
+
+
+class _ShardBuilder:
+    """Ray actor: one shard's IndexBuilder and document store, fed in corpus order; finalized with a given scale."""
+
+    def __init__(self, shard_dir: str, shard: int, num_shards: int, vocab_size: int, quant_bits: int) -> None:
+        from lsr.index import IndexBuilder
+        from lsr.docstore import DocStore
+
+        self.started = time.time()
+        self.dir = Path(shard_dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.shard, self.num_shards = shard, num_shards
+        self.builder = IndexBuilder(self.dir, vocab_size, quant_bits=quant_bits)
+        self.store = DocStore(self.dir / DOCSTORE_FILE)
+        self.ordinals: list[np.ndarray] = []
+        self.rejected = 0
+
+    def add(self, part: tuple) -> tuple[int, list[tuple]]:
+        """Store and index one window's documents; duplicates ids are not added and come back as errors."""
+        from lsr.docstore import DuplicateIdError
+
+        docs, ordinals, indptr, terms, weights = part
+        keep, errors = [], []
+        for i, doc in enumerate(docs):
+            try:
+                self.store.add(self.builder.num_docs + len(keep), doc)
+                keep.append(i)
+            except DuplicateIdError:
+                errors.append((doc.source, doc.line, "id", f"duplicate id {doc.id!r}"))
+        if errors:
+            self.rejected += len(errors)
+            rows = np.asarray(keep, np.int64)
+            indptr, terms, weights = _take_rows(rows, np.asarray(indptr), np.asarray(terms), np.asarray(weights))
+            ordinals = np.asarray(ordinals)[rows]
+        if keep:
+            self.builder.add(indptr, terms, weights)
+            self.ordinals.append(np.asarray(ordinals, np.int64))
+        self.store.commit()
+        return len(keep), errors
+
+    def stats(self) -> dict:
+        return {"documents": self.builder.num_docs, "max_weight": self.builder.max_weight}
+
+    def finalize(self, scale: float, extra: dict, tokenizer_json: str | None, structures: Sequence[str],
+                 reorder: str | None, dense: dict | None, threads: int) -> dict:
+        """Write the shard (shared ``scale``), its ordinals, inference-free table, structures and dense vectors."""
+        import numba
+
+        from lsr.engine import _add_dense_in, _add_structures_in
+
+        numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
+        self.store.close()
+        count = self.builder.num_docs
+        self.builder.finalize({
+            **extra,
+            "documents": {"file": DOCSTORE_FILE, "count": count, "sha256": sha256_file(self.dir / DOCSTORE_FILE)},
+            "skipped_records": self.rejected,
+            "build_seconds": round(time.time() - self.started, 3),
+        }, scale=scale)
+        ordinals = np.concatenate(self.ordinals) if self.ordinals else np.zeros(0, np.int64)
+        entry = write_array(self.dir, ORDINALS_ARRAY, ordinals)
+        manifest = read_manifest(self.dir)
+        manifest["arrays"][ORDINALS_ARRAY] = entry
+        manifest["arrays"] = dict(sorted(manifest["arrays"].items()))
+        manifest["shard"] = {"shard": self.shard, "num_shards": self.num_shards, "routing": ROUTING,
+                             "ordinals": ORDINALS_ARRAY, "global_docno": "ordinal * num_shards + shard"}
+        write_manifest(self.dir, manifest)
+        if tokenizer_json is not None:
+            from lsr.query_encoders import write_inference_free
+
+            write_inference_free(self.dir, tokenizer_json)
+        _add_structures_in(self.dir, list(structures), reorder)
+        if dense is not None:
+            import torch
+
+            torch.set_num_threads(max(1, threads))
+            _add_dense_in(self.dir, dense["model"], dense["batch_size"], dense["dtype"], dense["hnsw_threshold"],
+                          False)
+        manifest = read_manifest(self.dir)
+        return {
+            "dir": self.dir.name, "documents": count, "postings": manifest["num_postings"],
+            "dropped_postings": manifest["dropped_postings"], "max_weight": manifest["quantization"]["max_weight"],
+            "size_bytes": sum(f.stat().st_size for f in self.dir.iterdir() if f.is_file()),
+            "structures": manifest.get("structures", {}), "reorder": manifest.get("reorder"),
+            "dense": manifest.get("dense"),
+        }
+
+
+def build_sharded(
+    corpus: str | os.PathLike,
+    index_dir: str | os.PathLike,
+    shards: int,
+    *,
+    address: str | None = None,
+    workers: int | None = None,
+    encoder_threads: int = 1,
+    model: str | None = None,
+    batch_size: int = 32,
+    doc_max_length: int = 256,
+    query_max_length: int = 64,
+    doc_top_k: int | None = None,
+    quant_bits: int = 8,
+    id_field: str | None = None,
+    text_field: str | None = None,
+    title_field: str | None = None,
+    skip_bad: bool = False,
+    structures: Sequence[str] = (),
+    reorder: str | None = None,
+    dense: bool = False,
+    dense_model: str | None = None,
+    dense_dtype: str = "float16",
+    hnsw_threshold: int | None = None,
+    window: int = DEFAULT_WINDOW,
+    progress: bool = True,
+    encoder=None,
+) -> dict:
+    """Build a sharded index of ``corpus`` into ``index_dir`` on Ray (see the module doc); return ``shards.json``.
+
+    ``workers`` encoder actors of ``encoder_threads`` CPUs each (default: as many as the cluster's CPUs allow);
+    ``address`` is the Ray cluster (default: a local runtime with ``workers`` CPUs). The other options are
+    :meth:`Engine.build`'s, applied to every shard. ``encoder``: an already loaded :class:`SpladeEncoder` the driver
+    uses for a corpus of precomputed vectors (token ids); text is always encoded by the workers.
+    """
+    from lsr.vectors import is_vector_file
+
+    if shards < 1:
+        raise ValueError(f"--shards must be >= 1, got {shards}")
+    if quant_bits not in IMPACT_LEVELS:
+        raise ValueError("quant_bits must be 8 or 16")
+    if workers is not None and workers < 1:
+        raise ValueError(f"--workers must be >= 1, got {workers}")
+    started = time.time()
+    corpus, index_dir = Path(corpus), Path(index_dir)
+    vectors = is_vector_file(corpus)
+    reader = None if vectors else CorpusReader(corpus, id_field=id_field, text_field=text_field,
+                                               title_field=title_field, skip_bad=skip_bad)
+    ray = init_ray(address, None if workers is None else workers * encoder_threads)
+    n_workers = 0
+    encoders: list = []
+    builders: list = []
+    try:
+        if vectors:  # precomputed vectors: no model runs, the driver only maps tokens to ids
+            from lsr.encoder import SpladeEncoder
+
+            encoder = encoder or SpladeEncoder(model, doc_max_length=doc_max_length,
+                                               query_max_length=query_max_length, doc_top_k=doc_top_k)
+            model_info = encoder.describe()
+            tokenizer = encoder.tokenizer
+            tokenizer_json = tokenizer.backend_tokenizer.to_str() if getattr(tokenizer, "is_fast", False) else None
+        else:
+            n_workers = workers or max(1, int(ray.cluster_resources().get("CPU", 1) // encoder_threads))
+            actor = actor_class(_EncodeWorker).options(num_cpus=encoder_threads)
+            encoders = [actor.remote(model, doc_max_length, query_max_length, doc_top_k, encoder_threads)
+                        for _ in range(n_workers)]
+            described = ray_get([e.describe.remote() for e in encoders])
+            if len({d["sha256"] for d in described}) != 1:
+                raise ValueError(f"the encoder workers loaded different files for model {model!r} "
+                                 f"(sha256 {sorted({d['sha256'][:12] for d in described})}); install the same "
+                                 "checkpoint on every node")
+            model_info = described[0]
+            tokenizer_json = ray_get(encoders[0].tokenizer_json.remote())
+        vocab_size = int(model_info["vocab_size"])
+        with staged_directory(index_dir) as staging, _stopped_on_error(lambda: encoders + builders):
+            builder_actor = actor_class(_ShardBuilder).options(num_cpus=0, scheduling_strategy="SPREAD")
+            builders = [builder_actor.remote(str(staging / shard_dir_name(s)), s, shards, vocab_size, quant_bits)
+                        for s in range(shards)]
+            stream_started = time.time()
+            expected = reader.count() if reader is not None else None
+            if expected and n_workers:  # small corpora: still give every worker a few windows
+                window = max(16, min(window, -(-expected // (4 * n_workers))))
+            bar = tqdm(total=expected, unit="doc",
+                       desc=f"indexing into {shards} shard(s)", disable=not progress, dynamic_ncols=True)
+            if vectors:
+                total, skipped = _stream_vectors(corpus, encoder, builders, skip_bad, window, bar)
+            else:
+                total = _stream_corpus(reader, encoders, builders, batch_size, window, bar)
+                skipped = reader.skipped
+            bar.close()
+            stream_seconds = time.time() - stream_started
+            for e in encoders:
+                ray.kill(e)
+            encoders = []
+            stats = ray_get([b.stats.remote() for b in builders])
+            documents = sum(s["documents"] for s in stats)
+            if documents == 0:
+                raise CorpusError(corpus, 0, None, "no documents to index")
+            empty = [i for i, s in enumerate(stats) if s["documents"] == 0]
+            if empty:
+                raise ValueError(f"shard(s) {empty} got no documents ({documents} documents for {shards} shards); "
+                                 "use fewer shards")
+            max_weight = max(s["max_weight"] for s in stats)
+            scale = max_weight / IMPACT_LEVELS[quant_bits] if max_weight > 0 else 1.0
+            extra = {"lsr_version": __version__, "model": model_info, "corpus": str(corpus.resolve()),
+                     "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+            dense_opts = None
+            if dense:
+                from lsr.dense import DEFAULT_HNSW_THRESHOLD
+
+                dense_opts = {"model": dense_model, "batch_size": batch_size, "dtype": dense_dtype,
+                              "hnsw_threshold": DEFAULT_HNSW_THRESHOLD if hnsw_threshold is None else hnsw_threshold}
+            cpus = int(ray.cluster_resources().get("CPU", 1))
+            threads = max(1, cpus // shards)
+            infos = ray_get([b.finalize.remote(scale, extra, tokenizer_json, list(structures), reorder, dense_opts,
+                                            threads) for b in builders])
+            for b in builders:
+                ray.kill(b)
+            builders = []
+            manifest = _sharded_manifest(
+                staging, infos, model_info, quant_bits, scale, max_weight, vocab_size, tokenizer_json, extra,
+                skipped=skipped, corpus_records=total, encode={
+                    "workers": n_workers, "seconds": round(stream_seconds, 3),
+                    "docs_per_s": round(total / stream_seconds, 2) if stream_seconds > 0 else None,
+                    "encoder_threads": encoder_threads, "window": window, "batch_size": batch_size},
+                seconds=time.time() - started)
+    finally:
+        for a in encoders + builders:
+            try:
+                ray.kill(a)
+            except Exception:  # noqa: BLE001 - already gone
+                pass
+    if skipped:
+        log.warning("skipped %d bad record(s) in %s", skipped, corpus)
+    return manifest
+
+
+@contextmanager
+def _stopped_on_error(actors):
+    """On an error, kill the actors ``actors()`` returns and wait until they are gone (so that no builder still
+    writes into the staging directory while it is removed)."""
+    try:
+        yield
+    except BaseException:
+        ray = ray_module()
+        live = actors()
+        kill_actors(live)
+        if live:
+            ray.wait([a.__ray_ready__.remote() for a in live], num_returns=len(live), timeout=30)
+        raise
+
+
+def _drain(pending: deque, bar, on_error, keep: int) -> None:
+    """Wait for the oldest windows until at most ``keep`` are in flight; hand duplicate-id errors to ``on_error``."""
+    while len(pending) > keep:
+        size, refs = pending.popleft()
+        for _, errors in ray_get(refs):
+            for err in errors:
+                on_error(CorpusError(*err))
+        bar.update(size)
+
+
+def _stream_corpus(reader: CorpusReader, encoders: list, builders: list, batch_size: int, window: int, bar) -> int:
+    num_shards = len(builders)
+    pending: deque = deque()
+    ordinal = 0
+    for w, docs in enumerate(_windows(iter(reader), window)):
+        ordinals = np.arange(ordinal, ordinal + len(docs), dtype=np.int64)
+        ordinal += len(docs)
+        shards = np.fromiter((shard_of(d.id, num_shards) for d in docs), np.int64, len(docs))
+        encoder = encoders[w % len(encoders)]
+        parts = encoder.encode.options(num_returns=num_shards).remote(docs, ordinals, shards, num_shards, batch_size)
+        parts = [parts] if num_shards == 1 else parts
+        present = np.bincount(shards, minlength=num_shards) > 0
+        pending.append((len(docs), [builders[s].add.remote(parts[s]) for s in range(num_shards) if present[s]]))
+        _drain(pending, bar, reader.skip_error, 2 * len(encoders) + 2)
+    _drain(pending, bar, reader.skip_error, 0)
+    return ordinal
+
+
+def _stream_vectors(path: Path, encoder, builders: list, skip_bad: bool, window: int, bar) -> tuple[int, int]:
+    from lsr.vectors import read_vectors
+
+    num_shards = len(builders)
+    skipped = 0
+
+    def on_error(err: CorpusError) -> None:
+        nonlocal skipped
+        if not skip_bad:
+            raise err
+        log.warning("skipping bad record: %s", err)
+        skipped += 1
+
+    vocab = encoder.tokenizer.get_vocab()
+    pending: deque = deque()
+    rows: list[tuple[Document, dict[str, float]]] = []
+    ordinal = 0
+
+    def flush() -> None:
+        nonlocal ordinal
+        docs = [d for d, _ in rows]
+        indptr = np.zeros(len(rows) + 1, np.int64)
+        np.cumsum([len(v) for _, v in rows], out=indptr[1:])
+        terms = np.fromiter((vocab[t] for _, v in rows for t in v), np.uint32, count=int(indptr[-1]))
+        weights = np.fromiter((w for _, v in rows for w in v.values()), np.float32, count=int(indptr[-1]))
+        ordinals = np.arange(ordinal, ordinal + len(docs), dtype=np.int64)
+        ordinal += len(docs)
+        shards = np.fromiter((shard_of(d.id, num_shards) for d in docs), np.int64, len(docs))
+        parts = _split_by_shard(docs, ordinals, shards, num_shards, indptr, terms, weights)
+        pending.append((len(docs), [builders[s].add.remote(parts[s]) for s in range(num_shards) if parts[s][0]]))
+        rows.clear()
+        _drain(pending, bar, on_error, 4)
+
+    for doc, vector in read_vectors(path, on_error):
+        unknown = next((t for t in vector if t not in vocab), None)
+        if unknown is not None:
+            on_error(CorpusError(path, doc.line, f"vector.{unknown}",
+                                 f"token not in the vocabulary of model {encoder.name!r}"))
+            continue
+        rows.append((doc, vector))
+        if len(rows) == window:
+            flush()
+    if rows:
+        flush()
+    _drain(pending, bar, on_error, 0)
+    return ordinal, skipped
+
+
+def _sharded_manifest(root: Path, infos: list[dict], model_info: dict, quant_bits: int, scale: float,
+                      max_weight: float, vocab_size: int, tokenizer_json: str | None, extra: dict, *, skipped: int,
+                      corpus_records: int, encode: dict, seconds: float) -> dict:
+    """Write the collection-wide inference-free table and ``shards.json`` into ``root``; return the manifest."""
+    documents = sum(i["documents"] for i in infos)
+    names = set.intersection(*(set(i["structures"]) for i in infos))
+    dense = infos[0]["dense"] if all(i["dense"] for i in infos) else None
+    manifest = {
+        "format": SHARDED_FORMAT,
+        "format_version": SHARDED_FORMAT_VERSION,
+        "lsr_version": __version__,
+        "num_shards": len(infos),
+        "routing": ROUTING,
+        "global_docno": "ordinal * num_shards + shard (ordinal: position in the corpus)",
+        "shards": [{k: i[k] for k in ("dir", "documents", "postings", "dropped_postings", "max_weight",
+                                      "size_bytes")} | {"hnsw": bool(i["dense"] and i["dense"].get("hnsw"))}
+                   for i in infos],
+        "num_docs": documents,
+        "vocab_size": vocab_size,
+        "num_postings": sum(i["postings"] for i in infos),
+        "quantization": {"bits": quant_bits, "scale": float(scale), "max_weight": float(max_weight),
+                         "shared": True},
+        "model": model_info,
+        "structures": {n: infos[0]["structures"][n] for n in sorted(names)},
+        "reorder": infos[0]["reorder"],
+        "dense": dense,
+        "arrays": {},
+        "corpus": extra["corpus"],
+        "corpus_records": corpus_records,
+        "skipped_records": skipped,
+        "built_at": extra["built_at"],
+        "build_seconds": round(seconds, 3),
+        "encoding": encode,
+    }
+    if tokenizer_json is not None:
+        _write_global_inference_free(root, manifest, infos, tokenizer_json)
+    import json
+
+    (root / SHARDS_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    return manifest
+
+
+def _write_global_inference_free(root: Path, manifest: dict, infos: list[dict], tokenizer_json: str) -> None:
+    """BM25 IDF over every shard's posting lists (document frequencies add up): a single index's table."""
+    from lsr.query_encoders import IDF_ARRAY, MANIFEST_KEY, TOKENIZER_FILE, bm25_idf, special_token_ids
+
+    df = np.zeros(manifest["vocab_size"], np.int64)
+    for info in infos:
+        offsets = np.load(root / info["dir"] / "postings_offsets.npy", mmap_mode="r")
+        df += np.diff(np.asarray(offsets, np.int64))
+    idf = bm25_idf(df, manifest["num_docs"])
+    specials = [i for i in special_token_ids(tokenizer_json) if i < len(idf)]
+    idf[specials] = 0.0
+    (root / TOKENIZER_FILE).write_text(tokenizer_json, encoding="utf-8")
+    manifest["arrays"][IDF_ARRAY] = write_array(root, IDF_ARRAY, idf)
+    manifest[MANIFEST_KEY] = {
+        "array": IDF_ARRAY,
+        "weighting": "bm25-idf over the indexed document vectors of all shards: ln(1 + (N - df + 0.5) / (df + 0.5))",
+        "num_docs": manifest["num_docs"],
+        "special_tokens_zeroed": len(specials),
+        "nonzero_terms": int(np.count_nonzero(idf)),
+        "tokenizer": {"file": TOKENIZER_FILE, "sha256": sha256_file(root / TOKENIZER_FILE)},
+        "query_max_length": int(manifest["model"].get("query_max_length") or 64),
+    }

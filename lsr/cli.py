@@ -202,12 +202,14 @@ def search_cmd(
 
     if (query is None) == (queries is None):
         raise ValueError("give either a QUERY argument or --queries FILE")
+    if query is not None and not query.strip():
+        raise ValueError("empty query: give some text to search for")
     check_query_encoder(query_encoder)
     _set_threads(threads, torch_too=query_encoder == "model")
     params = parse_params(param)
     engine = _open_engine(index, ray_address)
     if queries is not None:
-        pairs = list(read_queries(queries))
+        pairs = list(read_queries(queries, require_text=True))
         results = engine.search_batch([text for _, text in pairs], k=k, mode=mode, threads=threads,
                                       query_encoder=query_encoder, **params)
         qids = [qid for qid, _ in pairs]

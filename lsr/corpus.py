@@ -348,11 +348,12 @@ class _LineTracker:
         self._starting = True
 
 
-def read_queries(path: str | os.PathLike) -> Iterator[tuple[str, str]]:
+def read_queries(path: str | os.PathLike, *, require_text: bool = False) -> Iterator[tuple[str, str]]:
     """(query_id, text) from a BEIR queries.jsonl (`_id`, `text`), a JSONL with id/text, or a TSV `id<TAB>text`.
 
     A BEIR dataset directory reads its queries.jsonl[.gz]. TSV files have no header, but a first
-    line that looks like one ('query-id', 'id', 'qid') is skipped.
+    line that looks like one ('query-id', 'id', 'qid') is skipped. With ``require_text`` an empty or
+    whitespace-only query is an error naming its line.
     """
     path = Path(path)
     if path.is_dir():
@@ -389,4 +390,6 @@ def read_queries(path: str | os.PathLike) -> Iterator[tuple[str, str]]:
             if maybe_header and qid.strip().lower() in QUERY_HEADER_IDS:
                 continue
             qid = _coerce_id(qid.strip(), path, lineno, "id")
+        if require_text and not text.strip():
+            raise CorpusError(path, lineno, None, f"empty query {qid!r}: every query needs some text")
         yield qid, text

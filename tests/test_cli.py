@@ -51,6 +51,22 @@ def test_search_queries_file_json_and_run(cli_index, corpus_dir, tmp_path):
     assert [json.loads(x)["query_id"] for x in result.stdout.splitlines()] == ["a", "b"]
 
 
+@pytest.mark.parametrize("query", ["", "  \t "], ids=["empty", "whitespace"])
+def test_empty_query_is_an_error(cli_index, query):
+    result = runner.invoke(app, ["search", query, "--index", cli_index, "--json"])
+    assert result.exit_code == 2 and result.output == "error: empty query: give some text to search for\n"
+
+
+def test_empty_query_in_a_queries_file_is_an_error(cli_index, tmp_path):
+    tsv = tmp_path / "q.tsv"
+    tsv.write_text("a\tregular expression matching\n\nb\t \n")
+    result = runner.invoke(app, ["search", "--queries", str(tsv), "--index", cli_index, "--json"])
+    assert result.exit_code == 2 and result.output == f"error: {tsv}:3: empty query 'b': every query needs some text\n"
+    jsonl = write_jsonl(tmp_path / "q.jsonl", [{"_id": "q1", "text": "gzip"}, {"_id": "q2", "text": ""}])
+    result = runner.invoke(app, ["search", "--queries", str(jsonl), "--index", cli_index])
+    assert result.exit_code == 2 and result.output == f"error: {jsonl}:2: empty query 'q2': every query needs some text\n"
+
+
 def test_info(cli_index):
     result = run("info", "--index", cli_index, "--json")
     info = json.loads(result.stdout)

@@ -101,7 +101,7 @@ def bench_latency(dataset: Path, index: Path, work: Path, shards: int, n_queries
     from lsr.corpus import read_queries
     from lsr.sharded.build import build_sharded
     from lsr.sharded.search import ShardedEngine
-    from lsr.evaluate import read_qrels
+    from lsr.evaluation import read_qrels
 
     source = Engine.open(index)
     vectors = work / "vectors.jsonl"

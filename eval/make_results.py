@@ -15,11 +15,11 @@ import json
 import sys
 from pathlib import Path
 
-from lsr.evaluate import result_key
+from lsr.evaluation import result_key
 
 HERE = Path(__file__).resolve().parent
 
-# (column key as produced by lsr.evaluate.result_key, header)
+# (column key as produced by lsr.evaluation.result_key, header)
 COLUMNS = [
     ("bm25", "BM25"),
     ("sparse-exact", "sparse exact"),

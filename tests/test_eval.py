@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from lsr import evaluate as ev
+from lsr import evaluation as ev
 from lsr.cli import app
 from tests.conftest import write_jsonl
 

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from lsr.index.storage import IndexFormatError, read_manifest, write_manifest
 from lsr import Engine
-from lsr import evaluate as ev
+from lsr import evaluation as ev
 from lsr.cli import app
 from lsr.query_encoders import IDF_ARRAY, TOKENIZER_FILE, bm25_idf
 from lsr.server.app import create_app

@@ -1,4 +1,5 @@
-"""Metrics of a run against qrels (``ir_measures``, i.e. pytrec_eval), latency summaries and paired significance tests."""
+"""Metrics of a run against qrels (``ir_measures``, i.e. pytrec_eval), latency summaries and paired significance
+tests."""
 
 from __future__ import annotations
 

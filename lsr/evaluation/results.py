@@ -1,13 +1,47 @@
-"""Result records on disk: their column name, the machine they ran on, and the JSON file they are saved as."""
+"""Result records on disk: their column name, the machine they ran on, the JSON file they are saved as, and paths
+written so that they mean the same on any machine."""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import os
+import tempfile
 from pathlib import Path
 
-from lsr.evaluation.base import slug
+from lsr.evaluation.base import default_cache_dir, slug
+
+DATA_ENV = "LSR_DATA"  # where datasets live: results name them $LSR_DATA/...
+
+
+def portable_path(path: str | os.PathLike) -> str:
+    """``path`` as result files record it: below the working directory, relative to it; below ``$LSR_DATA``,
+    the index cache (``$LSR_CACHE``, default ``~/.cache/lsr/eval``), the temporary directory (``$TMPDIR``) or the
+    home directory (``~``), with that root as a symbol (the deepest root wins); elsewhere, relative to the working
+    directory."""
+    path = Path(path).expanduser().resolve()
+    roots = [(Path.cwd(), ""), (default_cache_dir(), "$LSR_CACHE"), (Path(tempfile.gettempdir()), "$TMPDIR"),
+             (Path.home(), "~")]
+    if os.environ.get(DATA_ENV):
+        roots.append((Path(os.environ[DATA_ENV]).expanduser(), f"${DATA_ENV}"))
+    below = [(root.resolve(), symbol) for root, symbol in roots if path.is_relative_to(root.resolve())]
+    if not below:
+        return os.path.relpath(path)
+    root, symbol = max(below, key=lambda rs: len(rs[0].parts))
+    rel = path.relative_to(root).as_posix()
+    if not symbol:
+        return rel
+    return symbol if rel == "." else f"{symbol}/{rel}"
+
+
+def portable_argv(argv: list[str]) -> str:
+    """A command line for a result file: its absolute-path arguments written with :func:`portable_path`."""
+    return " ".join(portable_path(a) if os.path.isabs(a) else a for a in argv)
+
+
+def portable_model(name: str) -> str:
+    """A model as result files record it: a local checkpoint directory as a portable path, else its name."""
+    return portable_path(name) if Path(name).expanduser().is_dir() else name
 
 
 def result_key(result: dict) -> str:

@@ -9,6 +9,7 @@ import numpy as np
 from lsr.evaluation.base import EvalError, slug
 from lsr.evaluation.index_cache import eval_engine, index_sizes, sparse_size
 from lsr.evaluation.registry import EvalContext, Retrieval, register_retriever, timed_queries
+from lsr.evaluation.results import portable_model, portable_path
 
 
 @register_retriever("sparse")
@@ -31,8 +32,8 @@ def sparse_retriever(ctx: EvalContext) -> Retrieval:
     r = timed_queries(
         ctx.dataset.queries, encode, search, ctx.k, desc=f"searching sparse/{ctx.mode}",
         progress=ctx.progress, index_size_bytes=sparse_size(sizes, ctx.mode),
-        info={"implementation": "lsr", "model": engine.manifest["model"]["name"], "query_encoder": ctx.query_encoder,
-              "index": str(engine.index_dir), "sizes": sizes,
+        info={"implementation": "lsr", "model": portable_model(engine.manifest["model"]["name"]),
+              "query_encoder": ctx.query_encoder, "index": portable_path(engine.index_dir), "sizes": sizes,
               "structures": sorted(engine.manifest.get("structures", {})), "search_params": params},
     )
     r.info["nnz"] = nnz_stats(engine, lengths[-len(r.qids):] if r.qids else [])  # the timed pass, not the warm-up
@@ -66,7 +67,7 @@ def dense_retriever(ctx: EvalContext) -> Retrieval:
         ctx.dataset.queries, encode, search, ctx.k, desc="searching dense", progress=ctx.progress,
         index_size_bytes=sizes["dense"],
         info={"implementation": "lsr-dense" + ("-hnsw" if engine.dense.uses_hnsw else "-exact"),
-              "model": encoder.name, "index": str(engine.index_dir), "sizes": sizes},
+              "model": portable_model(encoder.name), "index": portable_path(engine.index_dir), "sizes": sizes},
     )
 
 
@@ -105,10 +106,11 @@ def hybrid_retriever(ctx: EvalContext) -> Retrieval:
     return timed_queries(
         ctx.dataset.queries, encode, search, ctx.k, desc=f"searching hybrid/{config.method}", progress=ctx.progress,
         index_size_bytes=sparse_size(sizes, ctx.mode) + sizes["dense"],
-        info={"implementation": "lsr-fusion", "model": {"sparse": engine.manifest["model"]["name"],
-                                                        "dense": dense_encoder.name},
+        info={"implementation": "lsr-fusion", "model": {"sparse": portable_model(engine.manifest["model"]["name"]),
+                                                        "dense": portable_model(dense_encoder.name)},
               "query_encoder": ctx.query_encoder,
-              "fusion": config.to_dict(), "index": str(engine.index_dir), "sizes": sizes, "search_params": params},
+              "fusion": config.to_dict(), "index": portable_path(engine.index_dir), "sizes": sizes,
+              "search_params": params},
     )
 
 
@@ -131,5 +133,5 @@ def bm25_retriever(ctx: EvalContext) -> Retrieval:
         ctx.dataset.queries, index.analyze, index.search, ctx.k, desc=f"searching bm25/{index.implementation}",
         progress=ctx.progress, index_size_bytes=index.size_bytes,
         warmup=200 if index.implementation == "pyserini" else 5,  # the JVM compiles hot code for a while
-        info={"implementation": index.implementation, "params": index.params, "index": str(index.index_dir)},
+        info={"implementation": index.implementation, "params": index.params, "index": portable_path(index.index_dir)},
     )

@@ -14,7 +14,7 @@ from lsr.evaluation.datasets import DEFAULT_SPLIT, load_dataset
 from lsr.evaluation.index_cache import adopt_index
 from lsr.evaluation.metrics import evaluate, latency_summary
 from lsr.evaluation.registry import DEFAULT_K, EvalContext, get_retriever
-from lsr.evaluation.results import machine
+from lsr.evaluation.results import machine, portable_path
 from lsr.evaluation.retrievers import fusion_config
 from lsr.evaluation.runs import write_run
 
@@ -71,7 +71,7 @@ def run_eval(
         "index_size_bytes": r.index_size_bytes,
         "nnz": r.info.get("nnz"),
         "params": ctx.params, "details": r.info,
-        "dataset_path": str(ds.root), "lsr_version": __version__, "machine": machine(),
+        "dataset_path": portable_path(ds.root), "lsr_version": __version__, "machine": machine(),
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "wall_seconds": round(time.time() - started, 1),
     }
     return result

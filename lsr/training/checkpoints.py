@@ -1,4 +1,5 @@
-"""Training checkpoints: model, optimizer, LR schedule, RNG state and progress, written atomically; the last few kept."""
+"""Training checkpoints: model, optimizer, LR schedule, RNG state and progress, written atomically; the last few
+kept."""
 
 from __future__ import annotations
 

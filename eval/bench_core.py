@@ -30,6 +30,7 @@ from lsr.index import IndexBuilder, InvertedIndex
 from lsr import Engine
 from lsr.corpus import CorpusReader, read_queries
 from lsr.engine import document_text
+from lsr.evaluation.results import portable_path
 
 from .peers import peak_rss_mb
 from .timing import latency_summary
@@ -184,7 +185,9 @@ def main() -> None:
 
     engine = Engine.open(args.index)
     name = args.name or args.index.name
-    result: dict = {"name": name, "index": engine.info()}
+    info = engine.info()
+    result: dict = {"name": name, "index": {**info, "index": portable_path(info["index"]),
+                                            "corpus": info["corpus"] and portable_path(info["corpus"])}}
     print(f"[{name}] encoding benchmark on {args.docs} documents …", flush=True)
     result["encoding"] = bench_encoding(engine, Path(engine.manifest["corpus"]), args.docs)
 

@@ -13,6 +13,7 @@ def evaluate_before_after(start_model: str | None, trained: Path, dataset: Path,
     """``lsr eval`` of the starting and the trained model on a split, for each query encoder: nDCG@10 and friends,
     query-encoding latency and non-zero terms per document and per query."""
     from lsr.evaluation import run_eval
+    from lsr.evaluation.results import portable_path
 
     rows = {}
     for label, model in (("before", start_model), ("after", str(trained))):
@@ -26,4 +27,4 @@ def evaluate_before_after(start_model: str | None, trained: Path, dataset: Path,
         if before and after:
             rows[f"delta/{qe}"] = {"ndcg@10": round(after["ndcg@10"] - before["ndcg@10"], 6),
                                    "recall@100": round(after["recall@100"] - before["recall@100"], 6)}
-    return {"dataset": str(dataset), "split": split, "results": rows}
+    return {"dataset": portable_path(dataset), "split": split, "results": rows}

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lsr.corpus import CorpusError, parse_json_object
+from lsr.evaluation.results import portable_path
 from lsr.training.config import TrainError
 
 QUERY_TEXT_KEYS = ("query", "query_text", "question")
@@ -42,7 +43,7 @@ class TrainingData:
         return h.hexdigest()
 
     def summary(self) -> dict:
-        return {"source": self.source, "pairs": len(self.examples), "queries": len({q for q, _ in self.examples}),
+        return {"source": portable_path(self.source), "pairs": len(self.examples), "queries": len({q for q, _ in self.examples}),
                 "documents": len(self.docs), "teacher_scores": sum(len(v) for v in self.teacher.values())}
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lsr.evaluation.results import portable_model, portable_path
 from lsr.training.checkpoints import checkpoints, save_checkpoint
 from lsr.training.config import REPORT, RUN_DIR, TrainConfig, TrainError
 from lsr.training.data import TrainingData, load_training_data
@@ -175,8 +176,8 @@ def train(cfg: TrainConfig, out: str | os.PathLike, *, dataset: str | os.PathLik
     net.save(out)
     report = {
         "finished": True,
-        "model": str(out.resolve()),
-        "start_model": {"name": start_ref.name, "path": str(start_ref.path)},
+        "model": portable_path(out),
+        "start_model": {"name": portable_model(start_ref.name), "path": portable_path(start_ref.path)},
         "config": dataclasses.asdict(cfg),
         "data": data.summary(),
         "steps": step,

@@ -25,7 +25,7 @@ def run(*args: str):
     return runner.invoke(app, list(args), catch_exceptions=False)
 
 
-def test_search_text_and_json(cli_index):
+def test_search_text_and_json(cli_index, engine):
     result = run("search", "parse command line arguments", "--index", cli_index, "-k", "3")
     assert result.exit_code == 0, result.output
     assert "module:" in result.output and result.stdout.count("\n") == 3
@@ -33,6 +33,7 @@ def test_search_text_and_json(cli_index):
     payload = json.loads(result.stdout)
     assert payload["query"] == "parse command line arguments" and len(payload["hits"]) == 2
     assert set(payload["hits"][0]) >= {"id", "score", "title"}
+    assert payload["hits"] == [h.to_dict() for h in engine.search("parse command line arguments", k=2)]
 
 
 def test_search_queries_file_json_and_run(cli_index, corpus_dir, tmp_path):
@@ -115,10 +116,10 @@ def test_index_skip_bad_and_text_folder(tmp_path):
     assert result.exit_code == 0 and "skipped 2 bad record(s)" in result.output
 
 
-def test_console_script_subprocess(cli_index):
-    out = subprocess.run([sys.executable, "-m", "lsr.cli", "search", "json encoder", "--index", cli_index, "-k", "1", "--json"],
+def test_console_script_subprocess(cli_index, engine):
+    out = subprocess.run([sys.executable, "-m", "lsr.cli", "search", "json encoder", "--index", cli_index, "-k", "3", "--json"],
                          capture_output=True, text=True, timeout=300, check=True).stdout
-    assert json.loads(out)["hits"][0]["id"].startswith("module:json")
+    assert json.loads(out)["hits"] == [h.to_dict() for h in engine.search("json encoder", k=3)]  # CLI = library
 
 
 def test_encode_shards_resume_and_index_vectors(tmp_path, module_docs):

@@ -202,12 +202,14 @@ def search_cmd(
 
     if (query is None) == (queries is None):
         raise ValueError("give either a QUERY argument or --queries FILE")
+    if query is not None and not query.strip():
+        raise ValueError("empty query: give some text to search for")
     check_query_encoder(query_encoder)
     _set_threads(threads, torch_too=query_encoder == "model")
     params = parse_params(param)
     engine = _open_engine(index, ray_address)
     if queries is not None:
-        pairs = list(read_queries(queries))
+        pairs = list(read_queries(queries, require_text=True))
         results = engine.search_batch([text for _, text in pairs], k=k, mode=mode, threads=threads,
                                       query_encoder=query_encoder, **params)
         qids = [qid for qid, _ in pairs]
@@ -526,7 +528,7 @@ def eval_cmd(
     query_encoder: str = QueryEncoderOpt,
 ) -> None:
     """Evaluate a retriever on a BEIR dataset: nDCG@10, Recall@100, MRR@10, MAP@100, latency and index size."""
-    from lsr.evaluate import parse_params, run_eval, save_result
+    from lsr.evaluation import parse_params, run_eval, save_result
 
     result = run_eval(
         dataset, retriever=retriever, mode=mode, split=split, model=model, fusion=fusion, k=k,
@@ -571,7 +573,7 @@ def compare_cmd(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Compare two runs per metric with a paired significance test (B against A)."""
-    from lsr.evaluate import compare_runs, load_qrels_arg, read_run
+    from lsr.evaluation import compare_runs, load_qrels_arg, read_run
 
     report = compare_runs(read_run(run_a), read_run(run_b), load_qrels_arg(qrels, split), test=test, alpha=alpha)
     report.update({"run_a": str(run_a), "run_b": str(run_b)})
@@ -629,8 +631,8 @@ def train_cmd(
     cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", envvar="LSR_CACHE", help="lsr eval's index cache."),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ) -> None:
-    """Fine-tune a masked-LM checkpoint as a SPLADE model on (query, positive) pairs (see lsr/train.py)."""
-    from lsr.train import TrainConfig, evaluate_before_after, train
+    """Fine-tune a masked-LM checkpoint as a SPLADE model on (query, positive) pairs (see lsr/training/)."""
+    from lsr.training import TrainConfig, evaluate_before_after, train
 
     cfg = TrainConfig(
         model=model, epochs=epochs, batch_size=batch_size, lr=lr, lambda_q=lambda_q, lambda_d=lambda_d,
@@ -659,7 +661,7 @@ def train_cmd(
     if evaluate:
         if dataset is None:
             raise ValueError("--eval needs the DATASET directory")
-        from lsr.train import REPORT, RUN_DIR
+        from lsr.training import REPORT, RUN_DIR
 
         ev = evaluate_before_after(model, out, dataset, eval_split, cache_dir=cache_dir, progress=progress)
         report["eval"] = ev

@@ -98,6 +98,13 @@ def _field_label(explicit: str | None, candidates: tuple[str, ...]) -> str:
     return explicit or "/".join(candidates)
 
 
+def _describe_fields(record: dict) -> str:
+    """``fields 'a', 'b'`` (at most 10 named), for messages about a record's missing field."""
+    names = [repr(k) for k in list(record)[:10]]
+    more = f" and {len(record) - 10} more" if len(record) > 10 else ""
+    return f"field{'s' if len(record) > 1 else ''} {', '.join(names)}{more}"
+
+
 def _coerce_id(value: Any, path: Path, line: int, label: str) -> str:
     if isinstance(value, bool) or not isinstance(value, (str, int)):
         raise CorpusError(path, line, label, f"id must be a string or integer, got {type(value).__name__}")
@@ -214,7 +221,9 @@ class CorpusReader:
             raise CorpusError(path, line, id_label, "missing id")
         text_hit = _pick(record, self.text_field, TEXT_FIELDS)
         if text_hit is None:
-            raise CorpusError(path, line, text_label, "missing text")
+            raise CorpusError(path, line, text_label,
+                              f"missing text (the record has {_describe_fields(record)}; name the field that holds "
+                              f"the text with --text-field)")
         if not isinstance(text_hit[1], str):
             raise CorpusError(path, line, text_hit[0], f"text must be a string, got {type(text_hit[1]).__name__}")
         title_hit = _pick(record, self.title_field, TITLE_FIELDS)
@@ -288,7 +297,7 @@ class CorpusReader:
             if _pick(record, explicit, candidates) is None:
                 raise CorpusError(
                     path, line, _field_label(explicit, candidates),
-                    f"header has no {what} column (columns: {', '.join(header)})",
+                    f"header has no {what} column (columns: {', '.join(header)}); name it with --{what}-field",
                 )
 
     def _text_files(self) -> list[Path]:
@@ -339,11 +348,12 @@ class _LineTracker:
         self._starting = True
 
 
-def read_queries(path: str | os.PathLike) -> Iterator[tuple[str, str]]:
+def read_queries(path: str | os.PathLike, *, require_text: bool = False) -> Iterator[tuple[str, str]]:
     """(query_id, text) from a BEIR queries.jsonl (`_id`, `text`), a JSONL with id/text, or a TSV `id<TAB>text`.
 
     A BEIR dataset directory reads its queries.jsonl[.gz]. TSV files have no header, but a first
-    line that looks like one ('query-id', 'id', 'qid') is skipped.
+    line that looks like one ('query-id', 'id', 'qid') is skipped. With ``require_text`` an empty or
+    whitespace-only query is an error naming its line.
     """
     path = Path(path)
     if path.is_dir():
@@ -380,4 +390,6 @@ def read_queries(path: str | os.PathLike) -> Iterator[tuple[str, str]]:
             if maybe_header and qid.strip().lower() in QUERY_HEADER_IDS:
                 continue
             qid = _coerce_id(qid.strip(), path, lineno, "id")
+        if require_text and not text.strip():
+            raise CorpusError(path, lineno, None, f"empty query {qid!r}: every query needs some text")
         yield qid, text

@@ -39,13 +39,16 @@ class DenseModelMismatchError(RuntimeError):
 
 
 def dense_model_available(model: str | None = None) -> bool:
-    """Whether a dense model (default: the embedded MiniLM) can be resolved without a download."""
-    from lsr.models import ModelNotFoundError, embedded_model_path
+    """Whether a dense model (default: the embedded MiniLM) can be resolved without a download (an installed
+    embedded model whose files are not the pinned ones is an error, not an absent model)."""
+    from lsr.models import ModelChecksumError, ModelNotFoundError, embedded_model_path
 
     if model is None:
         try:
             embedded_model_path(DEFAULT_DENSE)
             return True
+        except ModelChecksumError:
+            raise
         except (ModelNotFoundError, KeyError):
             return False
     return Path(model).expanduser().is_dir() or model == DEFAULT_DENSE

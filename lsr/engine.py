@@ -58,7 +58,6 @@ class BuildStats:
     postings: int
 
 
-
 class Engine(Searcher):
     """An on-disk learned-sparse index (single, live or sharded) with its document store and query encoders."""
 

@@ -1,4 +1,4 @@
-"""The import graph of the ``lsr`` package: no cycles, and the layers only import downwards.
+"""The import graph of the ``lsr`` package (no cycles, the layers only import downwards) and the parts protocols.
 
 The graph is built from the source with :mod:`ast` (nothing is imported): every ``import`` and ``from … import``
 of an ``lsr`` module counts, at module level or inside a function (a lazy import is a dependency too).
@@ -7,10 +7,15 @@ of an ``lsr`` module counts, at module level or inside a function (a lazy import
 from __future__ import annotations
 
 import ast
+import shutil
 import tomllib
 from pathlib import Path
 
 import pytest
+
+from lsr import Engine
+from lsr.corpus import Document
+from lsr.protocols import DenseSide, DocumentSource, IndexParts, SparseSide
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -131,3 +136,17 @@ def test_fusion_is_pure_ranking():
 @pytest.mark.xfail(strict=False, reason="the server is moving to the engine's API (issue 14)")
 def test_server_goes_through_the_engine():
     assert _imports_from("lsr.server", outside="lsr.index") == {}
+
+
+def test_single_and_live_parts_implement_the_protocols(hybrid_engine, tmp_path):
+    """(The sharded parts: tests/test_distributed.py.)"""
+    target = tmp_path / "index"
+    shutil.copytree(hybrid_engine.index_dir, target)
+    single = Engine.open(target, encoder=hybrid_engine.encoder)
+    single.add_documents([Document("added-1", "a document added to a live index")])
+    live = single.refresh()
+    assert type(live.index).__name__ == "SegmentedIndex" and type(single.index).__name__ == "InvertedIndex"
+    for engine in (single, live):
+        assert isinstance(engine.parts, IndexParts) and isinstance(engine.index, SparseSide)
+        assert isinstance(engine.docs, DocumentSource) and isinstance(engine.dense, DenseSide)
+    assert [h.id for h in live.search("a document added to a live index", k=1)] == ["added-1"]

@@ -22,6 +22,7 @@ pytest.importorskip("ray")
 from lsr import Engine  # noqa: E402
 from lsr.cli import app  # noqa: E402
 from lsr.corpus import CorpusError, Document  # noqa: E402
+from lsr.protocols import DenseSide, DocumentSource, IndexParts, SparseSide  # noqa: E402
 from lsr.sharded.build import build_sharded  # noqa: E402
 from lsr.sharded.ray_runtime import init_ray  # noqa: E402
 from lsr.sharded.search import ShardSet  # noqa: E402
@@ -173,6 +174,8 @@ def test_documents_vectors_and_errors(sharded, single):
     assert info["documents"] == single.info()["documents"] and info["num_shards"] == 2
     assert info["terms"] == single.info()["terms"]
     assert sharded.docs.ids() == single.docs.ids()  # global numbers order documents like a single index
+    assert isinstance(sharded.parts, IndexParts) and isinstance(sharded.index, SparseSide)
+    assert isinstance(sharded.docs, DocumentSource) and isinstance(sharded.dense, DenseSide)
 
 
 def test_sharded_index_refuses_changes(sharded):

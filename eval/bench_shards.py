@@ -103,7 +103,6 @@ def bench_latency(dataset: Path, index: Path, work: Path, shards: int, n_queries
     from lsr import Engine
     from lsr.corpus import read_queries
     from lsr.sharded.build import build_sharded
-    from lsr.sharded.search import ShardedEngine
     from lsr.evaluation import read_qrels
 
     source = Engine.open(index)
@@ -119,7 +118,7 @@ def bench_latency(dataset: Path, index: Path, work: Path, shards: int, n_queries
     t = time.time()
     build_sharded(vectors, work / "sharded", shards, structures=structures, progress=False, encoder=encoder)
     sharded_build = time.time() - t
-    sharded = ShardedEngine.open(work / "sharded", encoder=encoder).start()
+    sharded = Engine.open(work / "sharded", encoder=encoder).start()
     shard_engines = [Engine.open(work / "sharded" / s["dir"]) for s in sharded.manifest["shards"]]
 
     qrels = read_qrels(dataset / "qrels" / "test.tsv")
@@ -175,7 +174,7 @@ def bench_latency(dataset: Path, index: Path, work: Path, shards: int, n_queries
         print(f"{mode}: single {row['single_ms']['mean']:.3f} ms, sharded {row['sharded_ms']['mean']:.3f} ms, "
               f"identical {row['identical_results']}", flush=True)
     # the serial part of a fan-out: submitting one request (the coordinator does it once per shard)
-    actor, (qterms, qweights, _) = sharded.actors[0], sharded.index.quantize(*queries[0])
+    actor, (qterms, qweights, _) = sharded.parts.actors[0], sharded.index.quantize(*queries[0])
     refs, t = [], time.perf_counter()
     for _ in range(200):
         refs.append(actor.search.remote([(qterms, qweights)], 10, "exact", {}))
@@ -186,7 +185,7 @@ def bench_latency(dataset: Path, index: Path, work: Path, shards: int, n_queries
     out["receive_ms_per_answer"] = round((time.perf_counter() - t) / 200 * 1e3, 4)
     one = work / "sharded-1"  # the coordinator's cost with one shard (same documents as the single index)
     build_sharded(vectors, one, 1, progress=False, encoder=encoder)
-    one_shard = ShardedEngine.open(one, encoder=encoder).start()
+    one_shard = Engine.open(one, encoder=encoder).start()
     _, t_one = time_each(lambda q: one_shard.index.search(*q, k=10), queries, WARMUP)
     one_shard.close()
     out["one_shard_exact_ms"] = latency_summary(t_one, 4)

@@ -227,10 +227,10 @@ def search_cmd(
 
 
 def _open_engine(index: Path, ray_address: Optional[str] = None) -> Engine:
-    """The index at ``index``: a plain one, or a sharded one (lsr.sharded, searched on Ray)."""
-    from lsr.sharded.layout import is_sharded, open_engine
+    """The index at ``index``: a plain, live or sharded one (lsr.sharded, searched on Ray at ``ray_address``)."""
+    from lsr.sharded.layout import is_sharded
 
-    return open_engine(index, address=ray_address) if is_sharded(index) else Engine.open(index)
+    return Engine.open(index, address=ray_address) if is_sharded(index) else Engine.open(index)
 
 
 def parse_params(pairs: list[str]) -> dict[str, float | int]:

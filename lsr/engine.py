@@ -1,4 +1,9 @@
-"""The engine facade: build an index from a corpus, open it, search it (used by CLI, server and eval)."""
+"""The engine facade: build an index from a corpus, open it, search it (used by CLI, server and eval).
+
+An :class:`Engine` is assembled from the parts of an opened index (:mod:`lsr.protocols`): a single or live index
+(:class:`lsr.snapshot.LocalIndex`) or a sharded one (:class:`lsr.sharded.search.ShardSet`), searched alike by
+:class:`lsr.searcher.Searcher`. :meth:`Engine.open` opens all three.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +14,8 @@ import shutil
 import sys
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Union
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -20,41 +24,28 @@ from lsr.index import IndexBuilder, InvertedIndex
 from lsr.index.structures import MODES
 from lsr.index.storage import (IndexFormatError, read_manifest, sha256_file, staged_directory, write_json_atomic,
                            write_manifest, writer_lock)
-from lsr import __version__
 from lsr.corpus import CorpusError, CorpusReader, Document
-from lsr.docstore import DocStore, DuplicateIdError
-from lsr.encoder import SparseBatch, SpladeEncoder
-from lsr.query_encoders import DEFAULT_QUERY_ENCODER, check_query_encoder
+from lsr.docstore import DOCSTORE_FILE, DocStore, document_text
+from lsr.docstore import store_window as _store_window, windows as _windows
+from lsr.encoder import SpladeEncoder
+from lsr.protocols import IndexParts
+from lsr.searcher import Hit, HybridHit, ModelMismatchError, Query, Searcher
+from lsr.sharded.layout import is_sharded, read_only_error
+from lsr.snapshot import LocalIndex, open_local
 from lsr.vectors import is_vector_file, read_vectors, write_vector
+from lsr.version import __version__
 
 log = logging.getLogger("lsr.engine")
 
 DEFAULT_INDEX_DIR = Path("lsr_index")
-DOCSTORE_FILE = "docs.sqlite"
 PROGRESS_FILE = "progress.json"  # the checkpoint of a resumable build, in its staging directory
 
-Query = Union[str, dict[str, float], tuple[Sequence[int], Sequence[float]]]
+__all__ = ["DEFAULT_INDEX_DIR", "DOCSTORE_FILE", "MODES", "BuildStats", "Engine", "Hit", "HybridHit",
+           "ModelMismatchError", "Query", "ResumeError", "document_text"]
 
 
 class ResumeError(ValueError):
     """An interrupted build cannot be resumed as asked (other settings, damaged checkpoint)."""
-
-
-class ModelMismatchError(RuntimeError):
-    """The query encoder is not the model the index was built with."""
-
-
-@dataclass
-class Hit:
-    """One search result."""
-
-    id: str
-    score: float
-    title: str
-    docno: int
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 @dataclass
@@ -67,17 +58,12 @@ class BuildStats:
     postings: int
 
 
-class Engine:
-    """An on-disk learned-sparse index with its document store and query encoder."""
+class Engine(Searcher):
+    """An on-disk learned-sparse index (single, live or sharded) with its document store and query encoders."""
 
-    def __init__(self, index_dir: Path, index: InvertedIndex, docs: DocStore, encoder: SpladeEncoder | None = None):
-        self.index_dir = Path(index_dir)
-        self.index = index
-        self.docs = docs
-        self.manifest = index.manifest
-        self.commit: dict | None = None  # the live-index commit (lsr.live), None for a never-changed index
-        self._encoder = encoder
-        self._stamp = None
+    def __init__(self, parts: IndexParts, encoder: SpladeEncoder | None = None):
+        super().__init__(parts, encoder)
+        self.commit: dict | None = parts.commit if isinstance(parts, LocalIndex) else None  # lsr.live's commit
 
     # ------------------------------------------------------------------ build / open
     @classmethod
@@ -193,67 +179,61 @@ class Engine:
     @classmethod
     def open(
         cls, index_dir: str | os.PathLike = DEFAULT_INDEX_DIR, *, verify: bool = False, checksums: bool = True,
-        encoder: SpladeEncoder | None = None,
+        encoder: SpladeEncoder | None = None, **cluster,
     ) -> "Engine":
         """Open an index directory at its latest commit (memory-mapped); the query encoder loads on first text query.
 
         A live index (documents added or deleted since the build, see :mod:`lsr.live`) opens as all its segments
         minus deleted documents. ``checksums`` (default) checks the sha256 of every file first, so a corrupt
         index fails with the file's name instead of answering wrongly (each file is hashed once per process);
-        ``verify`` also checks the structural invariants (as ``lsr verify``).
+        ``verify`` also checks the structural invariants (as ``lsr verify``). A sharded index (``shards.json``)
+        opens through its shard actors; ``cluster`` options (``address``, ``num_cpus``, ``threads_per_shard``,
+        ``cpus_per_shard``) go to :meth:`lsr.sharded.search.ShardSet.open` and are refused for other indexes.
         """
-        from lsr.live import commit_stamp
+        if is_sharded(index_dir):
+            from lsr.sharded.search import ShardSet
 
-        index_dir = Path(index_dir)
-        for attempt in range(5):
-            stamp = commit_stamp(index_dir)
-            if stamp is None:
-                raise FileNotFoundError(f"no index at {index_dir} (missing manifest.json); "
-                                        "build one with `lsr index CORPUS`")
-            try:
-                engine = cls._open_commit(index_dir, verify, checksums)
-            except (FileNotFoundError, IndexFormatError):
-                if attempt < 4 and commit_stamp(index_dir) != stamp:
-                    continue  # a writer committed while we were opening: open the new commit
-                raise
-            if commit_stamp(index_dir) == stamp:
-                break
-        engine._stamp = stamp
-        if encoder is not None:
-            engine._check_encoder(encoder)
-            engine._encoder = encoder
-        return engine
-
-    @classmethod
-    def _open_commit(cls, index_dir: Path, verify: bool, checksums: bool) -> "Engine":
-        from lsr.live import open_segments, read_commit
-
-        commit = read_commit(index_dir)
-        if commit is None:
-            index = InvertedIndex.open(index_dir, verify=verify, checksums=checksums)
-            return cls(index_dir, index, DocStore(index_dir / index.manifest["documents"]["file"], readonly=True))
-        index, docs, dense = open_segments(index_dir, commit, verify, checksums)
-        engine = cls(index_dir, index, docs)
-        engine._dense_index = dense
-        engine.commit = commit
-        return engine
+            return cls(ShardSet.open(index_dir, verify=verify, **cluster), encoder)
+        if cluster:
+            raise TypeError(f"{index_dir} is not a sharded index: options {', '.join(sorted(cluster))} apply only "
+                            "to sharded indexes")
+        return cls(open_local(index_dir, verify, checksums), encoder)
 
     def refresh(self) -> "Engine":
         """The engine of the index's latest commit: ``self`` if nothing was committed since this one opened (or if
         the new commit cannot be opened yet: the previous snapshot stays usable)."""
-        from lsr.live import commit_stamp
-
-        if commit_stamp(self.index_dir) == self._stamp:
+        if self.parts.is_current():
             return self
         try:
             engine = Engine.open(self.index_dir, encoder=self._encoder)
         except (FileNotFoundError, IndexFormatError) as err:  # e.g. caught between the two renames of a compaction
             log.warning("%s changed but cannot be opened now (%s); keeping the previous snapshot", self.index_dir, err)
             return self
-        if self.__dict__.get("_dense_encoder") is not None and engine.dense is not None \
+        if self._dense_encoder is not None and engine.dense is not None \
                 and engine.dense.model.get("sha256") == self._dense_encoder.hash:
             engine._dense_encoder = self._dense_encoder
         return engine
+
+    def start(self) -> "Engine":
+        """Acquire what searching needs now (a sharded index: start its shard actors) instead of on first use."""
+        self.parts.start()
+        return self
+
+    def close(self) -> None:
+        """Release what searching acquired (a sharded index: stop its shard actors)."""
+        self.parts.close()
+
+    def info(self) -> dict:
+        """Counts, sizes, model and build details (live index: segments, deleted documents, generation; sharded
+        index: per-shard rows)."""
+        return self.parts.info()
+
+    def _local(self, what: str) -> Path:
+        """The directory of this single or live index, for an operation a sharded index cannot do."""
+        if not isinstance(self.parts, LocalIndex):
+            raise read_only_error(self.index_dir, what)
+        return self.index_dir
+
 
     # ------------------------------------------------------------------ live changes (lsr.live)
     def add_documents(self, docs: Sequence[Document], *, update: bool = False, batch_size: int = 32,
@@ -262,15 +242,14 @@ class Engine:
         Returns the counts; call :meth:`refresh` to search the new commit."""
         from lsr.live import add_documents
 
-        return add_documents(self.index_dir, docs, update=update, encoder=self._encoder,
-                             dense_encoder=self.__dict__.get("_dense_encoder"), batch_size=batch_size,
-                             progress=progress)
+        return add_documents(self._local("add documents"), docs, update=update, encoder=self._encoder,
+                             dense_encoder=self._dense_encoder, batch_size=batch_size, progress=progress)
 
     def delete_documents(self, ids: Sequence[str], *, missing_ok: bool = False) -> dict:
         """Delete documents by id (tombstones, one commit); call :meth:`refresh` to search the new commit."""
         from lsr.live import delete_documents
 
-        return delete_documents(self.index_dir, ids, missing_ok=missing_ok)
+        return delete_documents(self._local("delete documents"), ids, missing_ok=missing_ok)
 
     def add_structures(self, names: Sequence[str], reorder: str | None = None, **params) -> "Engine":
         """Add pruning structures (and optionally reorder documents) to this index; return the reopened engine.
@@ -290,6 +269,7 @@ class Engine:
     def add_inference_free(self) -> "Engine":
         """Add the inference-free query table (IDF from this index's posting lists, the model's tokenizer) to this
         index; return the reopened engine. Written beside the arrays and recorded by an atomic manifest rewrite."""
+        self._local("add the inference-free query table")
         if self._encoder is not None:
             _add_inference_free_in(self.index_dir, self._encoder)
         else:
@@ -311,196 +291,14 @@ class Engine:
 
     def _require_one_segment(self, what: str) -> None:
         """Index-wide additions rewrite the first segment only: refuse them while documents were added or deleted."""
+        self._local(what)
         if self.commit and (self.commit["segments"] or self.commit.get("deletes")):
             raise ValueError(f"{self.index_dir} has added segments or deletions (see `lsr info`); run `lsr compact "
                              f"--index {self.index_dir}` first, then {what}")
 
-    # ------------------------------------------------------------------ dense side
-    @property
-    def dense(self):
-        """The index's dense vectors (:class:`lsr.dense.DenseIndex`), or None if it has none."""
-        if "_dense_index" not in self.__dict__:
-            from lsr.dense import DenseIndex
-
-            self._dense_index = DenseIndex.open(self.index_dir, self.manifest)
-        return self._dense_index
-
-    def require_dense(self):
-        """The dense vectors, or a ValueError saying how to add them."""
-        if self.dense is None:
-            raise ValueError(f"index {self.index_dir} has no dense vectors; add them with `lsr index --dense` "
-                             "or Engine.add_dense()")
-        return self.dense
-
-    @property
-    def dense_encoder(self):
-        """The dense model the index's vectors were made with (loaded lazily, checked against its hash)."""
-        if self.__dict__.get("_dense_encoder") is None:
-            from lsr.dense import DenseEncoder, check_dense_encoder
-
-            info = self.require_dense().info
-            model = info["model"]
-            encoder = DenseEncoder(model["name"], max_length=model["max_length"],
-                                   query_max_length=model["query_max_length"])
-            check_dense_encoder(encoder, info, self.index_dir)
-            self._dense_encoder = encoder
-        return self._dense_encoder
-
-    def dense_query_vectors(self, queries: Sequence[str]) -> np.ndarray:
-        """Dense embeddings [n, dim] of text queries."""
-        if not all(isinstance(q, str) for q in queries):
-            raise ValueError("dense and hybrid retrieval need text queries")
-        return self.dense_encoder.encode_queries(list(queries))
-
-    # ------------------------------------------------------------------ encoder
-    @property
-    def encoder(self) -> SpladeEncoder:
-        """The model the index was built with (loaded lazily and checked against the recorded hash)."""
-        if self._encoder is None:
-            info = self.manifest["model"]
-            encoder = SpladeEncoder(info["name"], doc_max_length=info["doc_max_length"],
-                                    query_max_length=info["query_max_length"], doc_top_k=info["doc_top_k"])
-            self._check_encoder(encoder)
-            self._encoder = encoder
-        return self._encoder
-
-    @property
-    def inference_free(self):
-        """The tokenizer-only query encoder (:class:`lsr.query_encoders.InferenceFreeEncoder`) stored in the index."""
-        if self.__dict__.get("_inference_free") is None:
-            from lsr.query_encoders import InferenceFreeEncoder
-
-            self._inference_free = InferenceFreeEncoder.open(self.index_dir, self.manifest)
-        return self._inference_free
-
-    def query_encoder(self, name: str = DEFAULT_QUERY_ENCODER):
-        """The query encoder called ``name``: ``model`` (the SPLADE model) or ``inference-free`` (tokenizer + IDF)."""
-        return self.encoder if check_query_encoder(name) == "model" else self.inference_free
-
-    def _check_encoder(self, encoder: SpladeEncoder) -> None:
-        recorded = self.manifest["model"]
-        if encoder.hash != recorded["sha256"]:
-            raise ModelMismatchError(
-                f"index {self.index_dir} was built with model {recorded['name']!r} (sha256 {recorded['sha256'][:12]}…) "
-                f"but {encoder.name!r} has sha256 {encoder.hash[:12]}…; queries must be encoded by the indexing model"
-            )
-
-    def query_vector(self, query: Query, query_encoder: str = DEFAULT_QUERY_ENCODER) -> tuple[np.ndarray, np.ndarray]:
-        """Term ids and weights of a query given as text, ``{token: weight}`` or ``(term_ids, weights)``.
-
-        Text is encoded by ``query_encoder``: ``model`` (SPLADE) or ``inference-free`` (tokenizer and IDF table)."""
-        if isinstance(query, str):
-            return self.query_encoder(query_encoder).encode_query(query)
-        if isinstance(query, dict):
-            ids = self.encoder.token_ids(query.keys())
-            pairs = [(i, w) for i, w in zip(ids, query.values()) if i is not None]
-            return (np.array([p[0] for p in pairs], np.uint32), np.array([p[1] for p in pairs], np.float32))
-        term_ids, weights = query
-        return np.asarray(term_ids, np.uint32), np.asarray(weights, np.float32)
-
-    # ------------------------------------------------------------------ search
-    def search(self, query: Query, k: int = 10, mode: str = "exact", *, retriever: str = "sparse",
-               fusion=None, alpha: float | None = None, filter: dict | None = None,
-               query_encoder: str = DEFAULT_QUERY_ENCODER, **params) -> list[Hit]:
-        """Top-k documents for one query; ``params`` are the mode's knobs (e.g. BMP's alpha/beta).
-
-        ``retriever="dense"|"hybrid"`` uses the dense vectors (hybrid: fused with :mod:`lsr.fusion`; ``fusion``
-        is ``"convex"``, ``"rrf"`` or a :class:`lsr.fusion.FusionConfig`, ``alpha`` the sparse weight);
-        ``filter`` keeps documents whose metadata equals every ``{field: value}``. ``query_encoder`` encodes text
-        for the sparse side: ``model`` (SPLADE) or ``inference-free`` (tokenizer + the index's IDF table, no model).
-        """
-        check_query_encoder(query_encoder)
-        if retriever != "sparse" or fusion is not None or alpha is not None or filter:
-            from lsr import fusion as _fusion
-
-            sparse = None
-            if query_encoder != DEFAULT_QUERY_ENCODER and retriever != "dense":
-                sparse = self.query_vector(query, query_encoder)
-            return _fusion.search(self, query, k, mode=mode, retriever=retriever, fusion=fusion, alpha=alpha,
-                                  filter=filter, params=params, sparse_vector=sparse)
-        _check_search_args(k, mode)
-        ids, scores = self.index.search(*self.query_vector(query, query_encoder), k=k, mode=mode, **params)
-        return self._hits(ids, scores)
-
-    def search_batch(
-        self, queries: Sequence[Query], k: int = 10, mode: str = "exact", threads: int | None = None, *,
-        retriever: str = "sparse", fusion=None, alpha: float | None = None, filter: dict | None = None,
-        query_encoder: str = DEFAULT_QUERY_ENCODER, **params
-    ) -> list[list[Hit]]:
-        """Top-k documents for many queries (text queries encoded in batches, search parallel over queries)."""
-        check_query_encoder(query_encoder)
-        if retriever != "sparse" or fusion is not None or alpha is not None or filter:
-            from lsr import fusion as _fusion
-
-            sparse = None
-            if query_encoder != DEFAULT_QUERY_ENCODER and retriever != "dense":
-                sparse = self.query_vectors(queries, query_encoder)
-            return _fusion.search_many(self, queries, k, mode=mode, retriever=retriever, fusion=fusion, alpha=alpha,
-                                       filter=filter, threads=threads, params=params, sparse_vectors=sparse)
-        _check_search_args(k, mode)
-        vectors = self.query_vectors(queries, query_encoder)
-        results = self.index.search_batch(vectors, k=k, threads=threads, mode=mode, **params)
-        return [self._hits(ids, scores) for ids, scores in results]
-
-    def query_vectors(self, queries: Sequence[Query], query_encoder: str = DEFAULT_QUERY_ENCODER
-                      ) -> list[tuple[np.ndarray, np.ndarray]]:
-        """Vectors of many queries; text queries are encoded together in batches."""
-        texts = [q for q in queries if isinstance(q, str)]
-        encoder = self.query_encoder(query_encoder) if texts else None
-        batch = encoder.encode_queries(texts, batch_size=64) if texts else SparseBatch.concat([])
-        vectors, t = [], 0
-        for q in queries:
-            if isinstance(q, str):
-                vectors.append(batch.row(t))
-                t += 1
-            else:
-                vectors.append(self.query_vector(q))
-        return vectors
-
-    def _hits(self, ids: np.ndarray, scores: np.ndarray) -> list[Hit]:
-        headers = self.docs.headers([int(i) for i in ids])
-        return [Hit(headers[int(i)][0], float(s), headers[int(i)][1], int(i)) for i, s in zip(ids, scores)]
-
-    # ------------------------------------------------------------------ documents and info
-    def document(self, doc_id: str) -> Document:
-        """A stored document by external id (KeyError if unknown)."""
-        return self.docs.get(self.docs.docno(doc_id))
-
-    def document_vector(self, doc_id: str, top: int | None = None) -> dict[str, float]:
-        """A document's indexed (quantized) term weights, decoded to tokens."""
-        terms, weights = self.index.doc_vector(self.docs.docno(doc_id))
-        return self.encoder.decode(terms, weights, top)
-
-    def info(self) -> dict:
-        """Counts, sizes, model and build details (for a live index: segments, deleted documents, generation)."""
-        m = self.manifest
-        segments = getattr(self.index, "segments", [self.index])
-        df = np.add.reduce([np.diff(seg.array("postings_offsets")) for seg in segments])
-        size = sum(f.stat().st_size for f in self.index_dir.rglob("*") if f.is_file())
-        postings = sum(seg.num_postings for seg in segments)
-        return {
-            "index": str(self.index_dir.resolve()),
-            "format_version": m["format_version"],
-            "documents": self.index.num_docs,
-            "terms": int(np.count_nonzero(df)),
-            "vocab_size": m["vocab_size"],
-            "postings": postings,
-            "avg_terms_per_doc": round(postings / max(sum(seg.num_docs for seg in segments), 1), 1),
-            "size_bytes": size,
-            "segments": len(segments),
-            "deleted": int(len(getattr(self.index, "deleted", ()))),
-            "generation": (self.commit or {}).get("generation", 0),
-            "quantization": m["quantization"],
-            "model": m["model"],
-            "built_at": m["built_at"],
-            "build_seconds": m["build_seconds"],
-            "corpus": m["corpus"],
-            "dense": m.get("dense"),
-            "inference_free": m.get("inference_free"),
-        }
-
     def export_vectors(self, path: str | os.PathLike, with_text: bool = False) -> int:
         """Write every indexed document's (dequantized) vector as ``{"id", "vector": {token: weight}}`` JSONL."""
+        self._local("export vectors")
         count = 0
         with open(path, "w", encoding="utf-8") as fh:
             for docno in tqdm(range(self.index.num_docs), desc="exporting", unit="doc"):
@@ -511,42 +309,7 @@ class Engine:
         return count
 
 
-# ---------------------------------------------------------------------- helpers
-def _check_search_args(k: int, mode: str) -> None:
-    if not 1 <= k <= 10_000:
-        raise ValueError(f"k must be between 1 and 10000, got {k}")
-    if mode not in MODES:
-        raise ValueError(f"unknown mode {mode!r}; available: {', '.join(MODES)}")
-
-
-def document_text(doc: Document) -> str:
-    """The text a document is encoded from: title and body."""
-    return f"{doc.title} {doc.text}".strip() if doc.title else doc.text
-
-
-def _windows(docs: Iterator[Document], size: int) -> Iterator[list[Document]]:
-    window: list[Document] = []
-    for doc in docs:
-        window.append(doc)
-        if len(window) == size:
-            yield window
-            window = []
-    if window:
-        yield window
-
-
-def _store_window(window: list[Document], store: DocStore, first_docno: int, on_error) -> list[Document]:
-    """Store documents with consecutive doc numbers; duplicates go to ``on_error`` (raise or skip)."""
-    accepted: list[Document] = []
-    for doc in window:
-        try:
-            store.add(first_docno + len(accepted), doc)
-            accepted.append(doc)
-        except DuplicateIdError:
-            on_error(CorpusError(doc.source, doc.line, "id", f"duplicate id {doc.id!r}"))
-    return accepted
-
-
+# ---------------------------------------------------------------------- build helpers
 def _add_corpus(reader: CorpusReader, encoder: SpladeEncoder, builder: IndexBuilder, store: DocStore,
                 batch_size: int, window: int, progress: bool, ckpt: "_Checkpoint") -> None:
     records = ckpt.records

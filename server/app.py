@@ -184,21 +184,19 @@ class ServerState:
     def load(self) -> None:
         """Open the index, load its encoders and warm the kernels up; sets ``ready`` (or ``error``)."""
         from lsr.engine import Engine
-        from lsr.sharded.layout import index_size_bytes, is_sharded, open_engine  # a sharded index: lsr.sharded
+        from lsr.sharded.layout import index_size_bytes
 
         try:
             started = time.time()
             _single_threaded_blas()
-            engine = open_engine(self.index_dir) if is_sharded(self.index_dir) else Engine.open(self.index_dir)
+            engine = Engine.open(self.index_dir)  # plain, live or sharded
             engine.encoder  # noqa: B018 - load the sparse model now, not on the first request
             if engine.dense is not None:
                 engine.dense_encoder  # noqa: B018
             if self.warmup:
-                from lsr import fusion
-
-                fusion.search(engine, "warm up", 10)
+                engine.retrieve(["warm up"], 10)
                 if engine.dense is not None:
-                    fusion.search(engine, "warm up", 10, retriever="hybrid")
+                    engine.retrieve(["warm up"], 10, retriever="hybrid")
             self.size_bytes = index_size_bytes(self.index_dir)  # shards included
             self.engine = engine
             self.ready = True
@@ -293,12 +291,11 @@ class ServerState:
     def _search_sync(self, queries: list[str], opts: SearchOptions, sparse_vecs, dense_vecs) -> list[list[dict]]:
         """Runs on a search thread: rank with the library, then render the hits."""
         from lsr.index.storage import IndexFormatError
-        from lsr import fusion
 
         engine = self.engine  # one snapshot for the whole request, even if a newer commit is swapped in meanwhile
         try:
-            ranked = fusion.search_many(
-                engine, queries, opts.k, mode=opts.mode, retriever=opts.retriever, fusion=opts.fusion,
+            ranked = engine.retrieve(
+                queries, opts.k, mode=opts.mode, retriever=opts.retriever, fusion=opts.fusion,
                 alpha=opts.alpha, normalization=opts.normalization, depth=opts.depth, rrf_k=opts.rrf_k,
                 filter=opts.filter, sparse_vectors=sparse_vecs, dense_vectors=dense_vecs, threads=1,
                 params=opts.params or {},

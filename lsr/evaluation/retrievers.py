@@ -50,8 +50,6 @@ def nnz_stats(engine, query_lengths: Sequence[int]) -> dict:
 @register_retriever("dense")
 def dense_retriever(ctx: EvalContext) -> Retrieval:
     """Dense vectors stored in the index (``lsr.dense``): exact inner product, or HNSW on large collections."""
-    from lsr import fusion
-
     engine = eval_engine(ctx, "exact", dense=True)
     encoder = engine.dense_encoder
 
@@ -60,7 +58,8 @@ def dense_retriever(ctx: EvalContext) -> Retrieval:
 
     def search(encoded, k):
         text, vector = encoded
-        return [(h.id, h.score) for h in fusion.search(engine, text, k, retriever="dense", dense_vector=vector)]
+        hits = engine.retrieve([text], k, retriever="dense", dense_vectors=vector[None, :])[0]
+        return [(h.id, h.score) for h in hits]
 
     sizes = index_sizes(engine)
     return timed_queries(
@@ -86,8 +85,6 @@ def fusion_config(ctx: EvalContext):
 @register_retriever("hybrid")
 def hybrid_retriever(ctx: EvalContext) -> Retrieval:
     """Sparse (in ``--mode``) and dense fused by ``lsr.fusion`` exactly as the engine and server do."""
-    from lsr import fusion
-
     config = fusion_config(ctx)
     engine = eval_engine(ctx, ctx.mode, dense=True)
     sparse_encoder, dense_encoder = engine.query_encoder(ctx.query_encoder), engine.dense_encoder
@@ -98,9 +95,9 @@ def hybrid_retriever(ctx: EvalContext) -> Retrieval:
 
     def search(encoded, k):
         text, sv, dv = encoded
-        return [(h.id, h.score) for h in fusion.search(engine, text, k, mode=ctx.mode, retriever="hybrid",
-                                                       fusion=config, sparse_vector=sv, dense_vector=dv,
-                                                       params=params)]
+        hits = engine.retrieve([text], k, mode=ctx.mode, retriever="hybrid", fusion=config, sparse_vectors=[sv],
+                               dense_vectors=dv[None, :], params=params)[0]
+        return [(h.id, h.score) for h in hits]
 
     sizes = index_sizes(engine)
     return timed_queries(

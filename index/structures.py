@@ -1,6 +1,6 @@
 """Pruning structures stored beside the inverted index, and the search modes that use them.
 
-A structure is a class with this contract (see ``index/bmp.py`` and ``index/seismic.py``)::
+A structure is a class with this contract (see ``index/bmp.py`` and ``index/seismic/structure.py``)::
 
     NAME: str                                   # key in manifest["structures"]
     MODES: tuple[str, ...]                      # search modes it serves

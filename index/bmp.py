@@ -232,10 +232,10 @@ def _bound_terms(qterms, qweights, beta):
 
 
 @njit(cache=True, nogil=True)
-def bmp_top_k(qterms, qweights, k, col, alpha, beta,
-              layout, t_off, t_blocks, t_max, kth,
+def bmp_top_k(layout, t_off, t_blocks, t_max, kth,
               b_off, e_off, packed, shift, bitmap,
               p_off, p_docs, p_imps, num_docs, block_size,
+              qterms, qweights, k, col, alpha, beta,
               ub, cand_key, cand_blk, bacc, top_scores, top_docs):
     """Top-k of one quantized query by block-max pruning into ``top_*[:n]`` (sorted); return n (an
     :mod:`index.batch` kernel).

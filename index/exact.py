@@ -19,7 +19,7 @@ _TOUCHED_FRACTION = 32
 
 
 @njit(cache=True, nogil=True)
-def exact_top_k(qterms, qweights, k, offsets, docs, impacts, acc, touched, top_scores, top_docs):
+def exact_top_k(offsets, docs, impacts, qterms, qweights, k, acc, touched, top_scores, top_docs):
     """Exact top-k of one quantized query into ``top_*[:n]`` (sorted); return n (an :mod:`index.batch` kernel).
 
     Scratch: ``acc`` (int32 per doc, zero on entry, left zero) and ``touched`` (uint32 per doc)."""

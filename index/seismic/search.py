@@ -55,10 +55,9 @@ def _prefetch_doc(f_off, f_terms, f_imp, d):
 
 
 @njit(cache=True, nogil=True)
-def seismic_top_k(qterms, qweights, k, query_cut, heap_factor,
-                  list_blocks, block_offsets, sdocs, block_step,
-                  list_comps, comp_terms, comp_offsets, sum_blocks, sum_values,
-                  f_off, f_terms, f_imp, qdense, visited, acc, top_scores, top_docs):
+def seismic_top_k(list_blocks, block_offsets, sdocs, block_step,
+                  list_comps, comp_terms, comp_offsets, sum_blocks, sum_values, f_off, f_terms, f_imp,
+                  qterms, qweights, k, query_cut, heap_factor, qdense, visited, acc, top_scores, top_docs):
     """Seismic top-k of one quantized query (terms ascending) into ``top_*[:n]`` (sorted); return n (an
     :mod:`index.batch` kernel).
 

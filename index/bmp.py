@@ -50,6 +50,7 @@ from numba import njit, prange
 
 from .batch import QueryRunner
 from .bsearch import lower_bound
+from .params import check_int, check_number
 from .storage import IndexFormatError, open_array, read_manifest, write_array
 from .topk import heap_offer, heap_replace_top, heap_sort, heapify
 
@@ -319,11 +320,7 @@ def _check_params(mode: str, params: dict) -> tuple[float, float]:
     if unknown:
         raise ValueError(f"unknown parameters for mode 'bmp-approx': {', '.join(unknown)} (known: alpha, beta)")
     values = {**APPROX_DEFAULTS, **params}
-    for name in ("alpha", "beta"):
-        v = values[name]
-        if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) or not 0 < v <= 1:
-            raise ValueError(f"{name} must be a number in (0, 1], got {v!r}")
-    return float(values["alpha"]), float(values["beta"])
+    return check_number("alpha", values["alpha"], 0.0, 1.0), check_number("beta", values["beta"], 0.0, 1.0)
 
 
 class BmpIndex:
@@ -368,12 +365,9 @@ class BmpIndex:
     @classmethod
     def build(cls, index, block_size: int = DEFAULT_BLOCK_SIZE, layout: str = DEFAULT_LAYOUT) -> dict:
         """Compute the block maxima (and the layout's block postings) and write them into the index directory."""
-        if isinstance(block_size, bool) or not isinstance(block_size, (int, np.integer)) \
-                or not 1 <= block_size <= _MAX_BLOCK_SIZE:
-            raise ValueError(f"block_size must be an integer in [1, {_MAX_BLOCK_SIZE}], got {block_size!r}")
+        block_size = check_int("block_size", block_size, 1, _MAX_BLOCK_SIZE)
         if layout not in LAYOUTS:
             raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
-        block_size = int(block_size)
         num_docs, vocab = index.num_docs, index.vocab_size
         num_blocks = max(1, -(-num_docs // block_size))
         offsets = np.ascontiguousarray(index.array("postings_offsets"))

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
-import numpy as np
+from ..params import check_int, check_number
 
 BUILD_DEFAULTS = {
     "n_postings": None,  # None: chosen from the collection size, see auto_n_postings
@@ -97,18 +97,8 @@ def _known(given: dict, defaults: dict, what: str) -> dict:
 
 
 def _int(params: dict, name: str, low: int) -> int:
-    value = params[name]
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-        raise ValueError(f"seismic {name} must be an integer >= {low}, got {value!r}")
-    return int(value)
+    return check_int(f"seismic {name}", params[name], low)
 
 
 def _number(params: dict, name: str, low: float, high: float, low_open: bool = True) -> float:
-    value = params[name]
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise ValueError(f"seismic {name} must be a number, got {value!r}")
-    value = float(value)
-    if not math.isfinite(value) or value > high or value < low or (low_open and value == low):
-        bound = f"({low}, {high}]" if low_open else f"[{low}, {high}]"
-        raise ValueError(f"seismic {name} must lie in {bound}, got {value!r}")
-    return value
+    return check_number(f"seismic {name}", params[name], low, high, low_open)

@@ -6,9 +6,10 @@ A *query kernel* is a Numba function compiled with ``nogil=True`` and called as 
 
 ``data`` are the arrays and constants of the index or structure; ``qterms`` (uint32, ascending, unique)
 and ``qweights`` (int32, > 0) a quantized query (:func:`index.search.quantize_query`); ``knobs`` the
-search parameters of the call; ``scratch`` work arrays, all zero on entry and left zero. (Data first:
-LLVM compiles the exact and BMP kernels ~8% faster with this argument order than with the query first.) The kernel writes its top ``n <= k`` documents, best first (:mod:`index.topk`: score desc, then
-doc id asc), to ``top_docs[:n]`` / ``top_scores[:n]`` (uint32 / int32).
+search parameters of the call; ``scratch`` work arrays, all zero on entry and left zero. The kernel
+writes its top ``n <= k`` documents, best first (:mod:`index.topk`: score desc, then doc id asc), to
+``top_docs[:n]`` / ``top_scores[:n]`` (uint32 / int32). Data come first: LLVM compiles the exact and
+BMP kernels ~8% faster with this argument order than with the query first.
 
 A batch deals its queries round-robin to ``threads`` workers of a process-wide thread pool; the
 kernels release the GIL, so the workers run in parallel.

@@ -153,7 +153,7 @@ class InvertedIndex:
         return quantize_query(terms, weights, self._max_level)
 
     def search_quantized(self, qterms: np.ndarray, qweights: np.ndarray, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
-        """Exact top-k for an already quantized query (see :func:`quantize_query`); return (doc ids uint32, int32 scores)."""
+        """Exact top-k for an already quantized query (see :func:`quantize_query`): (doc ids uint32, int32 scores)."""
         qterms = np.ascontiguousarray(qterms, dtype=np.uint32)
         qweights = np.ascontiguousarray(qweights, dtype=np.int32)
         if qterms.ndim != 1 or qweights.shape != qterms.shape:

@@ -372,6 +372,7 @@ def add_documents(index_dir: str | os.PathLike, docs: Iterable[Document], *, upd
     with writer_lock(index_dir, "add documents"):
         engine = Engine.open(index_dir, encoder=encoder)
         commit = read_commit(index_dir) or _new_commit(index_dir)
+        _collect_garbage(index_dir, commit)  # e.g. the segment of a writer killed before its commit: same name
         segment_name = f"{commit['generation'] + 1:06d}"
         root = index_dir / SEGMENTS_DIR
         root.mkdir(exist_ok=True)

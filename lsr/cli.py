@@ -15,6 +15,7 @@ import typer
 from lsr.corpus import CorpusError, read_queries
 from lsr.engine import DEFAULT_INDEX_DIR, MODES, Engine, Hit, ModelMismatchError
 from lsr.models import ModelNotFoundError
+from lsr.pipeline import BuildSettings
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Learned sparse retrieval: index, search, serve, evaluate.")
 
@@ -131,25 +132,20 @@ def index_cmd(
         return
     if corpus is None:
         raise ValueError("give a CORPUS to index (or --add-structures for an existing index)")
-    if shards is not None:
-        _index_sharded(corpus, index, shards, ray_address, workers, model=model, batch_size=batch_size,
-                       doc_max_length=max_length, query_max_length=query_max_length, doc_top_k=doc_top_k,
-                       quant_bits=quant_bits, id_field=id_field, text_field=text_field, title_field=title_field,
-                       skip_bad=skip_bad, structures=_split_names(structures), reorder=reorder, dense=dense,
-                       dense_model=dense_model, hnsw_threshold=hnsw_threshold, encoder_threads=threads or 1)
-        return
     if dense is None:  # on by default when the dense model is at hand (and the corpus has text to embed)
         from lsr.dense import dense_model_available
         from lsr.vectors import is_vector_file
 
         dense = dense_model is not None or (dense_model_available() and not is_vector_file(corpus))
-    engine = Engine.build(
-        corpus, index, model=model, batch_size=batch_size, doc_max_length=max_length,
-        query_max_length=query_max_length, doc_top_k=doc_top_k, quant_bits=quant_bits, id_field=id_field,
-        text_field=text_field, title_field=title_field, skip_bad=skip_bad,
-        structures=_split_names(structures), reorder=reorder,
-        dense=dense, dense_model=dense_model, hnsw_threshold=hnsw_threshold, window=window, resume=resume,
-    )
+    settings = BuildSettings(
+        model=model, batch_size=batch_size, doc_max_length=max_length, query_max_length=query_max_length,
+        doc_top_k=doc_top_k, quant_bits=quant_bits, id_field=id_field, text_field=text_field,
+        title_field=title_field, skip_bad=skip_bad, structures=_split_names(structures), reorder=reorder,
+        window=window, dense=dense, dense_model=dense_model, hnsw_threshold=hnsw_threshold)
+    if shards is not None:
+        _index_sharded(corpus, index, shards, ray_address, workers, settings, encoder_threads=threads or 1)
+        return
+    engine = Engine.build(corpus, index, settings, resume=resume)
     info = engine.info()
     skipped = engine.manifest.get("skipped_records", 0)
     typer.echo(
@@ -159,19 +155,16 @@ def index_cmd(
 
 
 def _index_sharded(corpus: Path, index: Path, shards: int, address: Optional[str], workers: Optional[int],
-                   dense: Optional[bool], dense_model: Optional[str], **options) -> None:
-    """``lsr index --shards N``: encode on Ray workers into N shards (lsr.sharded)."""
-    from lsr.sharded.build import build_sharded
+                   settings: BuildSettings, encoder_threads: int) -> None:
+    """``lsr index --shards N``: encode on Ray workers into N shards (lsr.sharded; windows of its own size)."""
+    from dataclasses import replace
+
+    from lsr.sharded.build import DEFAULT_WINDOW, build_sharded
     from lsr.sharded.layout import index_size_bytes
 
-    if dense is None:
-        from lsr.dense import dense_model_available
-        from lsr.vectors import is_vector_file
-
-        dense = dense_model is not None or (dense_model_available() and not is_vector_file(corpus))
     started = time.time()
-    manifest = build_sharded(corpus, index, shards, address=address, workers=workers, dense=dense,
-                             dense_model=dense_model, **options)
+    manifest = build_sharded(corpus, index, shards, replace(settings, window=DEFAULT_WINDOW), address=address,
+                             workers=workers, encoder_threads=encoder_threads)
     enc = manifest["encoding"]
     skipped = manifest.get("skipped_records", 0)
     typer.echo(
@@ -342,11 +335,7 @@ def encode_cmd(
     """Encode a corpus into precomputed vectors (the Pyserini/Seismic JSONL format), streaming and resumable."""
     from itertools import islice
 
-    from tqdm.auto import tqdm
-
-    from lsr.corpus import CorpusReader
-    from lsr.encoder import SpladeEncoder
-    from lsr.engine import _windows, document_text
+    from lsr.pipeline import encode_documents, progress_bar, text_windows
     from lsr.vectors import write_vector
 
     part, _, parts = shard.partition("/")
@@ -355,21 +344,22 @@ def encode_cmd(
     part, parts = int(part), int(parts)
     _set_threads(threads)
     done = _complete_lines(out) if resume and out.exists() else 0
-    encoder = SpladeEncoder(model, doc_max_length=max_length)
-    reader = CorpusReader(corpus, skip_bad=skip_bad)
+    settings = BuildSettings(model=model, batch_size=batch_size, doc_max_length=max_length, skip_bad=skip_bad,
+                             window=1024)
+    encoder = settings.load_encoder()
+    reader = settings.corpus_reader(corpus)
     total = reader.count()
     docs = islice((d for j, d in enumerate(reader) if j % parts == part), done, None)
-    bar = tqdm(total=total // parts - done if total else None, unit="doc", desc="encoding", dynamic_ncols=True)
     written = done
-    with open(out, "a" if resume else "w", encoding="utf-8") as fh:
-        for window in _windows(docs, 1024):
-            batch = encoder.encode_documents([document_text(d) for d in window], batch_size)
-            for i, doc in enumerate(window):
+    with open(out, "a" if resume else "w", encoding="utf-8") as fh, \
+            progress_bar("encoding", total // parts - done if total else None) as bar:
+        for window in text_windows(docs, settings.window):
+            batch = encode_documents(encoder, window.docs, settings.batch_size)
+            for i, doc in enumerate(window.docs):
                 write_vector(fh, doc.id, encoder.decode(*batch.row(i)), doc.text if with_text else None, doc.title)
             fh.flush()
-            written += len(window)
-            bar.update(len(window))
-    bar.close()
+            written += len(window.docs)
+            bar.update(len(window.docs))
     typer.echo(f"{out}: {written} vectors ({written - done} new)")
 
 
@@ -692,13 +682,13 @@ def add_cmd(
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ) -> None:
     """Add documents to an index as a new segment (one atomic commit; searches see all of them or none)."""
-    from lsr.corpus import CorpusReader
     from lsr.live import add_documents
 
-    reader = CorpusReader(corpus, id_field=id_field, text_field=text_field, title_field=title_field,
-                          skip_bad=skip_bad)
+    settings = BuildSettings(batch_size=batch_size, id_field=id_field, text_field=text_field,
+                             title_field=title_field, skip_bad=skip_bad)
+    reader = settings.corpus_reader(corpus)
     started = time.time()
-    report = add_documents(index, iter(reader), update=update, batch_size=batch_size, progress=progress,
+    report = add_documents(index, iter(reader), update=update, batch_size=settings.batch_size, progress=progress,
                            total=reader.count())
     if reader.skipped:
         typer.echo(f"skipped {reader.skipped} bad record(s)")

@@ -8,10 +8,9 @@ import json
 import os
 import shutil
 import sqlite3
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from lsr.corpus import CorpusError, Document
+from lsr.corpus import Document
 
 DOCSTORE_FILE = "docs.sqlite"  # the document store of an index directory
 
@@ -136,33 +135,3 @@ class DocStore:
     def ids(self) -> list[str]:
         """All external ids in doc-number order."""
         return [r[0] for r in self._db.execute("SELECT id FROM docs ORDER BY docno")]
-
-
-def document_text(doc: Document) -> str:
-    """The text a document is encoded from: title and body."""
-    return f"{doc.title} {doc.text}".strip() if doc.title else doc.text
-
-
-def windows(docs: Iterator[Document], size: int) -> Iterator[list[Document]]:
-    """Consecutive lists of ``size`` documents (the last one shorter)."""
-    window: list[Document] = []
-    for doc in docs:
-        window.append(doc)
-        if len(window) == size:
-            yield window
-            window = []
-    if window:
-        yield window
-
-
-def store_window(window: list[Document], store: DocStore, first_docno: int,
-                 on_error: Callable[[CorpusError], None]) -> list[Document]:
-    """Store documents with consecutive doc numbers; duplicates go to ``on_error`` (raise or skip)."""
-    accepted: list[Document] = []
-    for doc in window:
-        try:
-            store.add(first_docno + len(accepted), doc)
-            accepted.append(doc)
-        except DuplicateIdError:
-            on_error(CorpusError(doc.source, doc.line, "id", f"duplicate id {doc.id!r}"))
-    return accepted

@@ -7,55 +7,35 @@ An :class:`Engine` is assembled from the parts of an opened index (:mod:`lsr.pro
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
-import sys
-import time
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 from tqdm.auto import tqdm
 
-from lsr.index import IndexBuilder, InvertedIndex
 from lsr.index.structures import MODES
-from lsr.index.storage import (IndexFormatError, read_manifest, sha256_file, staged_directory, write_json_atomic,
-                           write_manifest, writer_lock)
-from lsr.corpus import CorpusError, CorpusReader, Document
-from lsr.docstore import DOCSTORE_FILE, DocStore, document_text
-from lsr.docstore import store_window as _store_window, windows as _windows
+from lsr.index.storage import IndexFormatError, staged_directory
+from lsr.corpus import Document
+from lsr.docstore import DOCSTORE_FILE
 from lsr.encoder import SpladeEncoder
+from lsr.pipeline import (PROGRESS_FILE, BuildSettings, ResumeError, add_dense_in, add_inference_free_in,
+                          add_structures_in, build_index, document_text)
 from lsr.protocols import IndexParts
 from lsr.searcher import Hit, HybridHit, ModelMismatchError, Query, Searcher
 from lsr.sharded.layout import is_sharded, read_only_error
 from lsr.snapshot import LocalIndex, open_local
-from lsr.vectors import is_vector_file, read_vectors, write_vector
-from lsr.version import __version__
+from lsr.vectors import write_vector
 
 log = logging.getLogger("lsr.engine")
 
 DEFAULT_INDEX_DIR = Path("lsr_index")
-PROGRESS_FILE = "progress.json"  # the checkpoint of a resumable build, in its staging directory
 
-__all__ = ["DEFAULT_INDEX_DIR", "DOCSTORE_FILE", "MODES", "BuildStats", "Engine", "Hit", "HybridHit",
+__all__ = ["DEFAULT_INDEX_DIR", "DOCSTORE_FILE", "MODES", "PROGRESS_FILE", "BuildSettings", "Engine", "Hit", "HybridHit",
            "ModelMismatchError", "Query", "ResumeError", "document_text"]
 
 
-class ResumeError(ValueError):
-    """An interrupted build cannot be resumed as asked (other settings, damaged checkpoint)."""
-
-
-@dataclass
-class BuildStats:
-    """What a build did."""
-
-    documents: int
-    skipped: int
-    seconds: float
-    postings: int
 
 
 class Engine(Searcher):
@@ -71,30 +51,18 @@ class Engine(Searcher):
         cls,
         corpus: str | os.PathLike,
         index_dir: str | os.PathLike = DEFAULT_INDEX_DIR,
+        settings: BuildSettings | None = None,
         *,
-        model: str | None = None,
         encoder: SpladeEncoder | None = None,
-        batch_size: int = 32,
-        doc_max_length: int = 256,
-        query_max_length: int = 64,
-        doc_top_k: int | None = None,
-        quant_bits: int = 8,
-        id_field: str | None = None,
-        text_field: str | None = None,
-        title_field: str | None = None,
-        skip_bad: bool = False,
-        structures: Sequence[str] = (),
-        reorder: str | None = None,
-        window: int = 2048,
         progress: bool = True,
-        dense: bool = False,
-        dense_model: str | None = None,
-        dense_dtype: str = "float16",
-        hnsw_threshold: int | None = None,
-        scale: float | None = None,
         resume: bool = False,
+        **options,
     ) -> "Engine":
         """Index a corpus (BEIR dir, JSONL, CSV/TSV, text tree, or a vectors JSONL) into ``index_dir``.
+
+        ``settings`` (:class:`lsr.pipeline.BuildSettings`), or its fields as keywords (``model``, ``batch_size``,
+        ``doc_max_length``, ``structures``, ``dense``, ``window``, ...); ``encoder``: an already loaded model
+        (then the model options of ``settings`` are its own).
 
         The index is written to a staging directory and moved into place only when complete, so a failed or
         interrupted build never leaves a half-written index and never touches the previous one.
@@ -109,71 +77,10 @@ class Engine(Searcher):
         index as an uninterrupted build. Without ``resume`` an interrupted build is discarded (with a warning).
         One builder or writer per index at a time (``index.storage.writer_lock``).
         """
-        started = time.time()
-        corpus, index_dir = Path(corpus), Path(index_dir)
-        with writer_lock(index_dir, "lsr index"):  # first: a second builder is told at once, not after loading
-            encoder = encoder or SpladeEncoder(
-                model, doc_max_length=doc_max_length, query_max_length=query_max_length, doc_top_k=doc_top_k
-            )
-            reader = CorpusReader(corpus, id_field=id_field, text_field=text_field, title_field=title_field,
-                                  skip_bad=skip_bad) if not is_vector_file(corpus) else None
-            settings = {
-                "corpus": str(corpus.resolve()), "corpus_file": _corpus_fingerprint(corpus, reader),
-                "model": encoder.name, "model_sha256": encoder.hash, "vocab_size": encoder.vocab_size,
-                "doc_max_length": encoder.doc_max_length, "query_max_length": encoder.query_max_length,
-                "doc_top_k": encoder.doc_top_k, "batch_size": batch_size, "window": window, "quant_bits": quant_bits,
-                "scale": scale, "id_field": id_field, "text_field": text_field, "title_field": title_field,
-                "skip_bad": skip_bad, "structures": list(structures), "reorder": reorder, "dense": bool(dense),
-                "dense_model": dense_model, "dense_dtype": dense_dtype, "hnsw_threshold": hnsw_threshold,
-            }
-            ckpt = _Checkpoint.prepare(index_dir, settings, resume)
-            try:
-                with staged_directory(index_dir, staging=ckpt.staging, keep_on=(KeyboardInterrupt,)) as staging:
-                    builder = IndexBuilder(staging, encoder.vocab_size, quant_bits=quant_bits,
-                                           resume=ckpt.builder_state())
-                    store = DocStore(staging / DOCSTORE_FILE)
-                    try:
-                        ckpt.truncate_store(store)
-                        if reader is None:
-                            skipped = _add_vectors(corpus, encoder, builder, store, skip_bad, window, progress, ckpt)
-                        else:
-                            _add_corpus(reader, encoder, builder, store, batch_size, window, progress, ckpt)
-                            skipped = reader.skipped
-                    except BaseException:
-                        store.abandon()  # uncommitted documents roll back; a resume in this process reopens it
-                        raise
-                    num_docs = builder.num_docs
-                    store.close()
-                    if num_docs == 0:
-                        raise CorpusError(corpus, 0, None, "no documents to index")
-                    builder.finalize({
-                        "lsr_version": __version__,
-                        "model": encoder.describe(),
-                        "documents": {"file": DOCSTORE_FILE, "count": num_docs,
-                                      "sha256": sha256_file(staging / DOCSTORE_FILE)},
-                        "corpus": str(corpus.resolve()),
-                        "skipped_records": skipped,
-                        "truncated_documents": ckpt.truncated,
-                        "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                        "build_seconds": round(ckpt.elapsed + time.time() - started, 3),
-                    }, scale=scale, keep_chunks=True)  # the chunks stay until the end: a resume re-finalizes them
-                    _add_inference_free_in(staging, encoder)
-                    if reorder is not None:
-                        ckpt.discard()  # the document store gets renumbered: an interruption from here starts over
-                    _add_structures_in(staging, structures, reorder)
-                    if dense:
-                        _add_dense_in(staging, dense_model, batch_size, dense_dtype, hnsw_threshold, progress)
-                    ckpt.discard()
-            except KeyboardInterrupt:
-                if ckpt.path.is_file():
-                    log.warning("interrupted: %d documents of %s are committed; `lsr index ... --resume` (the same "
-                                "command with --resume) continues the build", ckpt.num_docs, index_dir)
-                raise
-        if skipped:
-            log.warning("skipped %d bad record(s) in %s", skipped, corpus)
-        if ckpt.truncated:
-            log.warning("%d document(s) reached the model's length limit (%d tokens): only their start is indexed",
-                        ckpt.truncated, encoder.doc_max_length)
+        if settings is not None and options:
+            raise TypeError(f"Engine.build: give settings or their fields ({', '.join(options)}), not both")
+        encoder = build_index(corpus, index_dir, settings or BuildSettings(**options), encoder=encoder,
+                              progress=progress, resume=resume)
         return cls.open(index_dir, encoder=encoder)
 
     @classmethod
@@ -259,11 +166,11 @@ class Engine(Searcher):
         """
         self._require_one_segment("add structures")
         if reorder is None:
-            _add_structures_in(self.index_dir, names, None, **params)
+            add_structures_in(self.index_dir, names, None, **params)
         else:
             with staged_directory(self.index_dir) as staging:
                 shutil.copytree(self.index_dir, staging, dirs_exist_ok=True)
-                _add_structures_in(staging, names, reorder, **params)
+                add_structures_in(staging, names, reorder, **params)
         return Engine.open(self.index_dir, encoder=self._encoder)
 
     def add_inference_free(self) -> "Engine":
@@ -271,7 +178,7 @@ class Engine(Searcher):
         index; return the reopened engine. Written beside the arrays and recorded by an atomic manifest rewrite."""
         self._local("add the inference-free query table")
         if self._encoder is not None:
-            _add_inference_free_in(self.index_dir, self._encoder)
+            add_inference_free_in(self.index_dir, self._encoder)
         else:
             from lsr.query_encoders import add_inference_free
 
@@ -286,7 +193,8 @@ class Engine(Searcher):
         previous dense vectors). An HNSW graph is built when the collection reaches ``hnsw_threshold`` documents.
         """
         self._require_one_segment("add dense vectors")
-        _add_dense_in(self.index_dir, model, batch_size, dtype, hnsw_threshold, progress)
+        add_dense_in(self.index_dir, model, batch_size=batch_size, dtype=dtype, hnsw_threshold=hnsw_threshold,
+                     progress=progress)
         return Engine.open(self.index_dir, encoder=self._encoder)
 
     def _require_one_segment(self, what: str) -> None:
@@ -309,260 +217,3 @@ class Engine(Searcher):
         return count
 
 
-# ---------------------------------------------------------------------- build helpers
-def _add_corpus(reader: CorpusReader, encoder: SpladeEncoder, builder: IndexBuilder, store: DocStore,
-                batch_size: int, window: int, progress: bool, ckpt: "_Checkpoint") -> None:
-    records = ckpt.records
-    docs = iter(reader)
-    if records:  # resume: the committed windows' records are read again (cheap) and passed over, not encoded
-        previous = logging.getLogger("lsr.corpus").disabled
-        logging.getLogger("lsr.corpus").disabled = True  # their skips were reported the first time
-        try:
-            _fast_forward(docs, records, reader.path)
-        finally:
-            logging.getLogger("lsr.corpus").disabled = previous
-        reader.skipped = ckpt.skipped
-    with tqdm(total=reader.count(), initial=records, unit="doc", desc="indexing", disable=not progress,
-              dynamic_ncols=True) as bar:  # closed on errors too, so a message never runs into the bar
-        for docs_window in _windows(docs, window):
-            accepted = _store_window(docs_window, store, builder.num_docs, reader.skip_error)
-            batch = encoder.encode_documents([document_text(d) for d in accepted], batch_size)
-            builder.add(batch.indptr, batch.indices, batch.values)
-            ckpt.truncated += batch.truncated
-            records += len(docs_window)
-            ckpt.commit(builder, store, records, reader.skipped)
-            bar.update(len(docs_window))
-
-
-def _add_vectors(path: Path, encoder: SpladeEncoder, builder: IndexBuilder, store: DocStore, skip_bad: bool,
-                 window: int, progress: bool, ckpt: "_Checkpoint") -> int:
-    skipped = 0
-    passing_over = False
-
-    def on_error(err: CorpusError) -> None:
-        nonlocal skipped
-        if passing_over:  # a committed window's skip, counted in the checkpoint
-            return
-        if not skip_bad:
-            raise err
-        log.warning("skipping bad record: %s", err)
-        skipped += 1
-
-    vocab = encoder.tokenizer.get_vocab()
-    records = ckpt.records
-    vectors = iter(read_vectors(path, on_error))
-    if records:  # resume: pass over the committed windows' records
-        passing_over = True
-        _fast_forward(vectors, records, path)
-        passing_over = False
-        skipped = ckpt.skipped
-    bar = tqdm(initial=records, unit="doc", desc="indexing vectors", disable=not progress, dynamic_ncols=True)
-    pending: list[tuple[Document, dict[str, float]]] = []
-
-    def flush() -> None:
-        accepted = {id(d) for d in _store_window([d for d, _ in pending], store, builder.num_docs, on_error)}
-        rows = [vec for doc, vec in pending if id(doc) in accepted]
-        indptr = np.zeros(len(rows) + 1, np.int64)
-        np.cumsum([len(r) for r in rows], out=indptr[1:])
-        terms = np.fromiter((vocab[t] for r in rows for t in r), np.uint32, count=int(indptr[-1]))
-        weights = np.fromiter((w for r in rows for w in r.values()), np.float32, count=int(indptr[-1]))
-        builder.add(indptr, terms, weights)
-        ckpt.commit(builder, store, records, skipped)
-        bar.update(len(pending))
-        pending.clear()
-
-    for doc, vector in vectors:
-        records += 1
-        unknown = next((t for t in vector if t not in vocab), None)
-        if unknown is not None:
-            on_error(CorpusError(path, doc.line, f"vector.{unknown}", f"token not in the vocabulary of model {encoder.name!r}"))
-            continue
-        pending.append((doc, vector))
-        if len(pending) == window:
-            flush()
-    if pending:
-        flush()
-    bar.close()
-    return skipped
-
-
-def _fast_forward(records: Iterator, count: int, path: Path) -> None:
-    """Pass over the first ``count`` records of an iterator (a resumed build's committed windows)."""
-    for done in range(count):
-        if next(records, None) is None:
-            raise ResumeError(f"{path} has only {done} records, the interrupted build had read {count}; "
-                              "run without --resume to start over")
-
-
-def _corpus_fingerprint(corpus: Path, reader: CorpusReader | None) -> dict | None:
-    """Size and modification time of a single-file corpus (a resumed build must read the same records)."""
-    file = corpus if reader is None else getattr(reader, "_file", None)
-    if file is None or not Path(file).is_file():
-        return None  # a folder of text files: not fingerprinted
-    stat = Path(file).stat()
-    return {"file": str(Path(file).resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
-
-
-class _Checkpoint:
-    """The committed progress of a resumable build: ``progress.json`` in its staging directory ``.{name}.building``.
-
-    After each window the builder's postings are spilled as a chunk of their own (fsynced, renamed into place),
-    the document store is committed, then ``progress.json`` is replaced atomically: it names the chunks that count,
-    the number of documents and of corpus records read, and the settings a resume must repeat. Chunks not listed
-    and documents numbered from ``num_docs`` on (a kill between those steps) are dropped on resume.
-    """
-
-    def __init__(self, staging: Path, settings: dict, state: dict | None):
-        self.staging = staging
-        self.path = staging / PROGRESS_FILE
-        self.settings = settings
-        state = state or {}
-        self.records = int(state.get("records", 0))
-        self.num_docs = int(state.get("num_docs", 0))
-        self.skipped = int(state.get("skipped", 0))
-        self.truncated = int(state.get("truncated", 0))
-        self.windows = int(state.get("windows", 0))
-        self.elapsed = float(state.get("elapsed_seconds", 0.0))
-        self.chunks: list[dict] = list(state.get("chunks", []))
-        self._resumed = bool(state)
-        self._started = time.time()
-
-    @classmethod
-    def prepare(cls, index_dir: Path, settings: dict, resume: bool) -> "_Checkpoint":
-        """The checkpoint to continue (``resume`` and one to resume), else a fresh, empty staging directory."""
-        staging = index_dir.parent / f".{index_dir.name}.building"
-        state = _read_progress(staging / PROGRESS_FILE)
-        if state is not None and resume:
-            _check_resumable(index_dir, staging, state, settings)
-            log.warning("resuming the interrupted build of %s: %d documents (%d windows) were done",
-                        index_dir, state["num_docs"], state["windows"])
-            return cls(staging, settings, state)
-        if state is not None:
-            log.warning("found an interrupted build of %s (%d documents done); starting over — use --resume to "
-                        "continue it", index_dir, state["num_docs"])
-        elif resume:
-            log.warning("nothing to resume for %s: building it from the start", index_dir)
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir(parents=True)
-        return cls(staging, settings, None)
-
-    def builder_state(self) -> tuple[list[str], int] | None:
-        """``IndexBuilder(resume=...)`` of this checkpoint (None for a fresh build)."""
-        return ([c["file"] for c in self.chunks], self.num_docs) if self._resumed else None
-
-    def truncate_store(self, store: DocStore) -> None:
-        """Drop documents committed to the store after the checkpoint (killed before progress.json was written)."""
-        if self._resumed:
-            store.truncate(self.num_docs)
-
-    def commit(self, builder: IndexBuilder, store: DocStore, records: int, skipped: int) -> None:
-        """Commit a window: its postings as a chunk, the document store, then progress.json (atomically)."""
-        known = {c["file"]: c for c in self.chunks}
-        chunks = [known.get(p.name) or {"file": p.name, "sha256": sha256_file(p)} for p in builder.checkpoint()]
-        store.commit()
-        torch = sys.modules.get("torch")
-        write_json_atomic(self.path, {
-            "format": "lsr-build-progress", "version": 1, "settings": self.settings,
-            "records": records, "num_docs": builder.num_docs, "skipped": skipped, "windows": self.windows + 1,
-            "truncated": self.truncated,
-            "chunks": chunks, "elapsed_seconds": round(self.elapsed + time.time() - self._started, 3),
-            "torch_threads": torch.get_num_threads() if torch is not None else None,
-            "updated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        })
-        self.records, self.num_docs, self.skipped = records, builder.num_docs, skipped
-        self.windows += 1
-        self.chunks = chunks
-
-    def discard(self) -> None:
-        """The build can no longer be resumed from here (finished, or about to change what was committed)."""
-        self.path.unlink(missing_ok=True)  # first: without it the chunks below are never trusted again
-        shutil.rmtree(self.staging / "_chunks", ignore_errors=True)
-
-
-def _read_progress(path: Path) -> dict | None:
-    try:
-        state = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as exc:
-        log.warning("ignoring unreadable build checkpoint %s (%s)", path, exc)
-        return None
-    if not isinstance(state, dict) or state.get("format") != "lsr-build-progress" or state.get("version") != 1:
-        log.warning("ignoring build checkpoint %s: not a version-1 lsr build checkpoint", path)
-        return None
-    return state
-
-
-def _check_resumable(index_dir: Path, staging: Path, state: dict, settings: dict) -> None:
-    """Raise :class:`ResumeError` unless ``state`` was made by the same job with intact chunk files."""
-    before = state.get("settings", {})
-    differ = [key for key in sorted(before.keys() | settings.keys()) if before.get(key) != settings.get(key)]
-    if "corpus_file" in differ and before.get("corpus") == settings.get("corpus"):
-        differ.remove("corpus_file")
-        raise ResumeError(f"cannot resume the interrupted build of {index_dir}: the corpus {settings['corpus']} "
-                          "changed since (size or modification time); run without --resume to start over")
-    if differ:
-        changes = "; ".join(f"{key} was {before.get(key)!r}, now {settings.get(key)!r}" for key in differ)
-        raise ResumeError(f"cannot resume the interrupted build of {index_dir} with other settings: {changes} "
-                          "(repeat the interrupted command with --resume, or run without --resume to start over)")
-    for chunk in state.get("chunks", []):
-        path = staging / "_chunks" / chunk["file"]
-        if not path.is_file() or sha256_file(path) != chunk["sha256"]:
-            raise ResumeError(f"cannot resume the interrupted build of {index_dir}: its checkpoint file {path} is "
-                              "missing or damaged; run without --resume to start over")
-    torch = sys.modules.get("torch")
-    threads = torch.get_num_threads() if torch is not None else None
-    if state.get("torch_threads") not in (None, threads):
-        log.warning("the interrupted build encoded with %s torch threads, this run with %s: vectors may differ in "
-                    "the last float bits from an uninterrupted build", state["torch_threads"], threads)
-
-
-def _add_structures_in(index_dir: Path, names: Sequence[str], reorder: str | None, **params) -> None:
-    """Reorder documents (renumbering the document store to match), then build the named structures."""
-    from lsr.index.structures import add_structure
-
-    if reorder is not None:
-        from lsr.index.reorder import reorder_index
-
-        new_to_old = reorder_index(index_dir, reorder)
-        store = DocStore(index_dir / DOCSTORE_FILE)
-        store.renumber(new_to_old)
-        store.close()
-        from lsr.dense import permute_dense
-
-        permute_dense(index_dir, new_to_old)
-        manifest = read_manifest(index_dir)
-        manifest["documents"]["sha256"] = sha256_file(index_dir / DOCSTORE_FILE)
-        write_manifest(index_dir, manifest)
-    if names:
-        index = InvertedIndex.open(index_dir)
-        for name in names:
-            add_structure(index, name, **params.get(name, {}))
-            index = InvertedIndex.open(index_dir)
-
-
-def _add_inference_free_in(index_dir: Path, encoder: SpladeEncoder) -> None:
-    """Write the inference-free query table of an index directory, taking the tokenizer of its model."""
-    from lsr.query_encoders import write_inference_free
-
-    tokenizer = encoder.tokenizer
-    if getattr(tokenizer, "is_fast", False):
-        write_inference_free(index_dir, tokenizer.backend_tokenizer.to_str())
-    else:
-        log.warning("model %s has no fast tokenizer: index built without the inference-free query table",
-                    encoder.name)
-
-
-def _add_dense_in(index_dir: Path, model: str | None, batch_size: int, dtype: str, hnsw_threshold: int | None,
-                  progress: bool) -> None:
-    """Encode the documents of an index directory (in doc-number order) with a dense model and store them."""
-    from lsr.dense import DEFAULT_HNSW_THRESHOLD, DenseEncoder, encode_store, write_dense
-
-    encoder = DenseEncoder(model)
-    store = DocStore(index_dir / DOCSTORE_FILE, readonly=True)
-    count = len(store)
-    texts = (document_text(store.get(docno)) for docno in range(count))
-    vectors = encode_store(texts, encoder, count, batch_size=batch_size, progress=progress)
-    del store, texts  # read-only connection: nothing to commit
-    write_dense(index_dir, vectors, encoder.describe(), dtype=dtype,
-                hnsw_threshold=DEFAULT_HNSW_THRESHOLD if hnsw_threshold is None else hnsw_threshold)

@@ -26,14 +26,16 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from lsr.index import IndexBuilder, InvertedIndex
 from lsr.index.segments import SegmentedIndex
 from lsr.index.storage import (IndexFormatError, WriterLockedError, fsync_tree, read_manifest, sha256_file,
                            staged_directory, write_array, write_json_atomic, writer_lock)
-from lsr.corpus import CorpusError, Document
-from lsr.docstore import DOCSTORE_FILE, DocStore, document_text, store_window, windows
+from lsr.corpus import Document
+from lsr.docstore import DOCSTORE_FILE, DocStore
+from lsr.encoder import SparseBatch
+from lsr.faults import fault_point
+from lsr.pipeline import Window, WindowIndexer, document_text, progress_bar, raise_error, text_windows
 from lsr.searcher import Searcher
 from lsr.snapshot import (LIVE_FILE, LIVE_FORMAT, LIVE_FORMAT_VERSION, SEGMENTS_DIR, load_deletes, open_local,
                           read_commit, segment_dirs)
@@ -187,6 +189,7 @@ def add_documents(index_dir: str | os.PathLike, docs: Iterable[Document], *, upd
     with writer_lock(index_dir, "add documents"):
         engine = Searcher(open_local(index_dir), encoder=encoder)
         commit = read_commit(index_dir) or _new_commit(index_dir)
+        _collect_garbage(index_dir, commit)  # e.g. the segment of a writer killed before its commit: same name
         segment_name = f"{commit['generation'] + 1:06d}"
         root = index_dir / SEGMENTS_DIR
         root.mkdir(exist_ok=True)
@@ -201,6 +204,7 @@ def add_documents(index_dir: str | os.PathLike, docs: Iterable[Document], *, upd
             fsync_tree(root, files=False)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
+        fault_point("add.segment_ready")
         deleted = None
         if replaced:
             deleted = np.union1d(load_deletes(index_dir, commit), np.asarray(replaced, np.int64))
@@ -229,18 +233,15 @@ def _build_segment(engine, docs: Iterable[Document], staging: Path, *, update: b
     manifest = engine.manifest
     builder = IndexBuilder(staging, manifest["vocab_size"], quant_bits=manifest["quantization"]["bits"])
     store = DocStore(staging / DOCSTORE_FILE)
+    indexer = WindowIndexer(builder, store, engine.encoder, batch_size, raise_error)
     dense_vectors = []
     if engine.dense is not None and dense_encoder is None:
         dense_encoder = engine.dense_encoder
     replaced: list[int] = []
-    truncated = 0
-    def raise_error(err: CorpusError) -> None:
-        raise err
-
-    with tqdm(total=total, unit="doc", desc="adding", disable=not progress, dynamic_ncols=True) as bar:
-        for window in windows(iter(docs), ADD_WINDOW):
+    with progress_bar("adding", total, progress=progress) as bar:
+        for window in text_windows(docs, ADD_WINDOW):
             existing = []
-            for doc in window:
+            for doc in window.docs:
                 try:
                     existing.append((doc, engine.docs.docno(doc.id)))
                 except KeyError:
@@ -253,15 +254,13 @@ def _build_segment(engine, docs: Iterable[Document], staging: Path, *, update: b
                     f"{' …' if len(existing) > 5 else ''}); use --update (\"update\": true) to replace them",
                     [d.id for d, _ in existing])
             replaced += [docno for _, docno in existing]
-            accepted = store_window(window, store, builder.num_docs, raise_error)
-            texts = [document_text(d) for d in accepted]
-            batch = engine.encoder.encode_documents(texts, batch_size)
-            builder.add(batch.indptr, batch.indices, batch.values)
-            truncated += batch.truncated
+            indexer.add(window)
             if dense_encoder is not None:
-                dense_vectors.append(dense_encoder.encode_documents(texts, batch_size))
+                dense_vectors.append(dense_encoder.encode_documents([document_text(d) for d in window.docs],
+                                                                    batch_size))
             store.commit()
-            bar.update(len(window))
+            fault_point("add.window")
+            bar.update(window.records)
     count = builder.num_docs
     store.close()
     if count == 0:
@@ -270,13 +269,13 @@ def _build_segment(engine, docs: Iterable[Document], staging: Path, *, update: b
         "model": manifest["model"],
         "documents": {"file": DOCSTORE_FILE, "count": count, "sha256": sha256_file(staging / DOCSTORE_FILE)},
         "segment_of": str(engine.index_dir.resolve()),
-        "truncated_documents": truncated,
+        "truncated_documents": indexer.truncated,
         "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }, scale=float(manifest["quantization"]["scale"]))
     _copy_structures(manifest, staging)
     if dense_encoder is not None:
         _write_dense_like(engine.dense.info, staging, np.concatenate(dense_vectors))
-    return count, replaced, truncated
+    return count, replaced, indexer.truncated
 
 
 def _copy_structures(manifest: dict, target: Path) -> None:
@@ -350,6 +349,7 @@ def compact(index_dir: str | os.PathLike, *, progress: bool = True) -> dict:
             if base.get("inference_free"):
                 add_inference_free(staging)
             fsync_tree(staging)
+            fault_point("compact.before_exchange")
         after = {"segments": 1, "deleted": 0, "documents": engine.index.num_docs}
     return {"compacted": True, "before": before, "after": after}
 
@@ -389,19 +389,20 @@ def _write_merged(engine, segment_numbers: Iterable[int], target: Path, extra: d
     segment_numbers = list(segment_numbers)
     builder = IndexBuilder(target, base["vocab_size"], quant_bits=base["quantization"]["bits"])
     store = DocStore(target / DOCSTORE_FILE)
+    indexer = WindowIndexer(builder, store, None, 0, raise_error)
     vectors = []
     total = sum(int((~index.dead_masks[s]).sum()) for s in segment_numbers)
-    with tqdm(total=total, unit="doc", desc="merging", disable=not progress, dynamic_ncols=True) as bar:
+    with progress_bar("merging", total, progress=progress) as bar:
         for s in segment_numbers:
             seg = index.segments[s]
             live = np.flatnonzero(~index.dead_masks[s])
             for chunk in np.array_split(live, max(1, len(live) // ADD_WINDOW)):
                 if not len(chunk):
                     continue
-                for j, local in enumerate(chunk):
-                    store.add(builder.num_docs + j, engine.docs.stores[s].get(int(local)))
-                builder.add(*_forward_rows(seg, chunk))
+                docs = [engine.docs.stores[s].get(int(local)) for local in chunk]
+                indexer.add(Window(docs, len(docs), _forward_rows(seg, chunk)))
                 store.commit()
+                fault_point("merge.window")
                 if engine.dense is not None:
                     vectors.append(np.asarray(engine.dense.parts[s].vectors[chunk], np.float32))
                 bar.update(len(chunk))
@@ -422,12 +423,12 @@ def _write_merged(engine, segment_numbers: Iterable[int], target: Path, extra: d
     return count
 
 
-def _forward_rows(seg: InvertedIndex, locals_: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """CSR (indptr, term ids, float weights = impact * scale) of some documents of a segment."""
+def _forward_rows(seg: InvertedIndex, locals_: np.ndarray) -> SparseBatch:
+    """CSR (term ids, float weights = impact * scale) of some documents of a segment."""
     offsets = seg.array("forward_offsets")
     starts, ends = offsets[locals_], offsets[locals_ + 1]
     indptr = np.zeros(len(locals_) + 1, np.int64)
     np.cumsum(ends - starts, out=indptr[1:])
     terms = np.concatenate([seg.array("forward_terms")[a:b] for a, b in zip(starts, ends)])
     impacts = np.concatenate([seg.array("forward_impacts")[a:b] for a, b in zip(starts, ends)])
-    return indptr, terms, impacts.astype(np.float64) * seg.scale
+    return SparseBatch(indptr, terms, impacts.astype(np.float64) * seg.scale)

@@ -32,7 +32,7 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from lsr.index.structures import MODES
-from lsr import __version__
+from lsr.version import __version__
 from lsr.fusion import MAX_DEPTH
 from lsr.server.batching import MicroBatcher
 from lsr.server.schemas import (

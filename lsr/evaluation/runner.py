@@ -8,7 +8,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from lsr import __version__
+from lsr.version import __version__
 from lsr.evaluation.base import EvalError, default_cache_dir
 from lsr.evaluation.datasets import DEFAULT_SPLIT, load_dataset
 from lsr.evaluation.index_cache import adopt_index

@@ -91,7 +91,7 @@ def _quantize_kernel(terms, w, budget):
 
 
 @njit(cache=True, nogil=True)
-def _score_docs(offsets, fterms, fimpacts, qterms, qweights, docs, out):
+def score_docs_kernel(offsets, fterms, fimpacts, qterms, qweights, docs, out):
     """Integer score of each document in ``docs`` against a quantized query (sorted unique ``qterms``)."""
     n = qterms.shape[0]
     for i in range(docs.shape[0]):
@@ -161,7 +161,7 @@ class InvertedIndex:
         if qterms.size and (qterms.max() >= self.vocab_size or qweights.min() <= 0
                             or int(qweights.sum(dtype=np.int64)) * self._max_level > _INT32_MAX):
             raise ValueError("quantized query needs terms < vocab_size and weights > 0 whose scores fit int32")
-        return self._exact.search(qterms, qweights, _check_k(k, self.num_docs))
+        return self._exact.search(qterms, qweights, check_k(k, self.num_docs))
 
     def structure(self, name: str):
         """A pruning structure (see :mod:`index.structures`) stored with this index, loaded on first use."""
@@ -178,7 +178,7 @@ class InvertedIndex:
                **params) -> tuple[np.ndarray, np.ndarray]:
         """Top-k in ``mode`` (exact, bmp, bmp-approx, seismic); (doc ids uint32, float32 scores) by (score desc, id asc)."""
         qterms, qweights, qscale = self._quantize(term_ids, weights)
-        k = _check_k(k, self.num_docs)
+        k = check_k(k, self.num_docs)
         ids, scores = self._searcher(mode).search(qterms, qweights, k, mode=mode, **params)
         return ids, self._dequantize(scores, qscale)
 
@@ -186,7 +186,7 @@ class InvertedIndex:
                      threads: int | None = None, mode: str = "exact", **params) -> list[tuple[np.ndarray, np.ndarray]]:
         """:meth:`search` for many queries in parallel over ``threads`` workers (default: numba's setting)."""
         check_threads(threads)
-        k = _check_k(k, self.num_docs)
+        k = check_k(k, self.num_docs)
         quantized = [self._quantize(terms, weights) for terms, weights in queries]
         results = self._searcher(mode).search_batch(quantized, k, mode=mode, threads=threads, **params)
         return [(ids, self._dequantize(scores, q[2])) for (ids, scores), q in zip(results, quantized)]
@@ -203,7 +203,7 @@ class InvertedIndex:
             raise IndexError(f"doc ids must be in [0, {self.num_docs})")
         out = np.zeros(len(docnos), np.int64)
         if len(qterms):
-            _score_docs(self._arrays["forward_offsets"], self._arrays["forward_terms"],
+            score_docs_kernel(self._arrays["forward_offsets"], self._arrays["forward_terms"],
                         self._arrays["forward_impacts"], qterms, qweights, docnos, out)
         return (out * (self.scale / qscale)).astype(np.float32).astype(np.float64)
 
@@ -218,7 +218,7 @@ class InvertedIndex:
         return terms, weights
 
 
-def _check_k(k: int, num_docs: int) -> int:
+def check_k(k: int, num_docs: int) -> int:
     """Validate k and cap it at num_docs."""
     if k < 1:
         raise ValueError("k must be >= 1")

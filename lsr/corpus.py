@@ -67,7 +67,7 @@ def _open_binary(path: Path):
     return gzip.open(path, "rb") if path.name.lower().endswith(".gz") else open(path, "rb")
 
 
-def _read_lines(path: Path, on_error) -> Iterator[tuple[int, str]]:
+def read_lines(path: Path, on_error) -> Iterator[tuple[int, str]]:
     """Yield (1-based line number, decoded line) from a plain or gzipped file.
 
     Undecodable lines are passed to `on_error` (which raises or records the skip) and omitted.
@@ -149,7 +149,8 @@ class CorpusReader:
         if fmt is not None and fmt not in FORMATS:
             raise CorpusError(self.path, 0, None, f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
         self.format: str = fmt or self._detect()
-        self._file = self._beir_file() if self.format == "beir" and self.path.is_dir() else self.path
+        # the one file read (None: a folder of text files)
+        self.file: Path | None = self._beir_file() if self.format == "beir" and self.path.is_dir() else self.path
 
     def _beir_file(self) -> Path | None:
         for name in ("corpus.jsonl", "corpus.jsonl.gz"):
@@ -185,10 +186,10 @@ class CorpusReader:
         """Cheap estimate of the number of records (for progress bars); None if unknown."""
         if self.format == "text":
             return len(self._text_files())
-        if self._file is None or self._file.name.lower().endswith(".gz"):
+        if self.file is None or self.file.name.lower().endswith(".gz"):
             return None
         lines, last = 0, b"\n"
-        with open(self._file, "rb") as f:
+        with open(self.file, "rb") as f:
             while chunk := f.read(1 << 20):
                 lines += chunk.count(b"\n")
                 last = chunk[-1:]
@@ -199,12 +200,12 @@ class CorpusReader:
         self.skipped = 0
         if self.format == "text":
             records = self._iter_text()
-        elif self._file is None:
+        elif self.file is None:
             raise CorpusError(self.path, 0, None, "directory has no corpus.jsonl or corpus.jsonl.gz")
         elif self.format in ("csv", "tsv"):
-            records = self._iter_csv(self._file)
+            records = self._iter_csv(self.file)
         else:
-            records = self._iter_jsonl(self._file)
+            records = self._iter_jsonl(self.file)
         produced = 0
         for doc in records:
             produced += 1
@@ -243,7 +244,7 @@ class CorpusReader:
         )
 
     def _iter_jsonl(self, path: Path) -> Iterator[Document]:
-        for lineno, line in _read_lines(path, self.skip_error):
+        for lineno, line in read_lines(path, self.skip_error):
             if not line.strip():
                 continue
             try:
@@ -257,7 +258,7 @@ class CorpusReader:
                 self.skip_error(err)
 
     def _iter_csv(self, path: Path) -> Iterator[Document]:
-        lines = _read_lines(path, self.skip_error)
+        lines = read_lines(path, self.skip_error)
         numbered = _LineTracker(lines)
         # TSV is read without quote processing: raw TSV corpora often contain unbalanced quotes.
         dialect = {"delimiter": "\t", "quoting": csv.QUOTE_NONE} if self.format == "tsv" else {}
@@ -368,7 +369,7 @@ def read_queries(path: str | os.PathLike, *, require_text: bool = False) -> Iter
         raise err
 
     first = True
-    for lineno, line in _read_lines(path, fail):
+    for lineno, line in read_lines(path, fail):
         if not line.strip():
             continue
         maybe_header, first = first, False

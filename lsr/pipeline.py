@@ -378,7 +378,7 @@ def _write_index(staging: Path, corpus: Path, source: Source, settings: BuildSet
 
 def _corpus_fingerprint(corpus: Path, source: Source) -> dict | None:
     """Size and modification time of a single-file corpus (a resumed build must read the same records)."""
-    file = corpus if isinstance(source, VectorSource) else getattr(source.reader, "_file", None)
+    file = corpus if isinstance(source, VectorSource) else source.reader.file
     if file is None or not Path(file).is_file():
         return None  # a folder of text files: not fingerprinted
     stat = Path(file).stat()

@@ -129,6 +129,22 @@ def test_index_knows_nothing_of_the_rest():
     assert _imports_from("lsr.index", outside="lsr") == {}
 
 
+def _private_imports(path: Path) -> list[str]:
+    """``from lsr… import _name`` in a source file (another module's private name)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+    return [f"{node.module}.{alias.name}" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+            and (node.level or (node.module or "").split(".")[0] == "lsr")
+            for alias in node.names if alias.name.startswith("_") and not alias.name.startswith("__")]
+
+
+def test_no_module_imports_another_modules_private_names(tmp_path):
+    found = {module: names for module, path in MODULES.items() if (names := _private_imports(path))}
+    assert found == {}
+    probe = tmp_path / "probe.py"
+    probe.write_text("from lsr.corpus import _hidden\nfrom .search import check_k, _kernel\n")
+    assert _private_imports(probe) == ["lsr.corpus._hidden", "search._kernel"]
+
+
 def test_fusion_is_pure_ranking():
     assert GRAPH["lsr.fusion"] == set()
 

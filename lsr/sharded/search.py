@@ -122,12 +122,12 @@ class _ShardServer:
 
     def sparse_totals(self, qterms: np.ndarray, qweights: np.ndarray, keys) -> np.ndarray:
         """Integer scores of the given documents for a quantized query (as :meth:`index.search.InvertedIndex.score_docs`)."""
-        from lsr.index.search import _score_docs
+        from lsr.index.search import score_docs_kernel
 
         local = self._local(keys)
         out = np.zeros(len(local), np.int64)
         if len(qterms) and len(local):
-            _score_docs(self.index.array("forward_offsets"), self.index.array("forward_terms"),
+            score_docs_kernel(self.index.array("forward_offsets"), self.index.array("forward_terms"),
                         self.index.array("forward_impacts"), np.ascontiguousarray(qterms, np.uint32),
                         np.ascontiguousarray(qweights, np.int32), np.ascontiguousarray(local, np.int64), out)
         return out

@@ -7,7 +7,7 @@ from typing import Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, field_validator
 
-from lsr.index.structures import MODES
+from lsr.engine import MODES
 from lsr.fusion import NORMALIZATIONS, MAX_DEPTH
 
 MAX_K = 1000

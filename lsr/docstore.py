@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import sqlite3
+import threading
 from pathlib import Path
 
 from lsr.corpus import Document
@@ -48,20 +49,35 @@ def _disk_errors(method):
 
 
 class DocStore:
-    """SQLite table of documents keyed by internal doc number (the index's doc id)."""
+    """SQLite table of documents keyed by internal doc number (the index's doc id).
+
+    A read-only store gives every thread its own connection, so concurrent readers (a server's search threads)
+    never wait for each other on one connection's lock; a writable store has a single connection.
+    """
 
     @_disk_errors
     def __init__(self, path: Path, readonly: bool = False) -> None:
         self.path = Path(path)
+        self.readonly = readonly
         if readonly:
             if not self.path.is_file():
                 raise FileNotFoundError(f"document store {self.path} is missing")
-            self._db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, check_same_thread=False)
+            self._local = threading.local()
         else:
-            self._db = sqlite3.connect(self.path, check_same_thread=False)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.execute(_SCHEMA)
+            self._writer = sqlite3.connect(self.path, check_same_thread=False)
+            self._writer.execute("PRAGMA journal_mode=WAL")
+            self._writer.execute("PRAGMA synchronous=NORMAL")
+            self._writer.execute(_SCHEMA)
+
+    @property
+    def _db(self) -> sqlite3.Connection:
+        """This thread's connection (read-only store), or the store's one connection (writable store)."""
+        if not self.readonly:
+            return self._writer
+        db = getattr(self._local, "db", None)
+        if db is None:
+            db = self._local.db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True)
+        return db
 
     @_disk_errors
     def add(self, docno: int, doc: Document) -> None:

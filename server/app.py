@@ -10,6 +10,7 @@ endpoints), :mod:`.operations` (what they do), :mod:`.rendering` (hits, snippets
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from contextlib import asynccontextmanager
@@ -29,6 +30,7 @@ from lsr.server.state import REFRESH_INTERVAL_S, ServerState
 
 __all__ = ["READ_ONLY_DETAIL", "app_from_env", "create_app", "serve"]
 log = logging.getLogger("lsr.server")
+SERVE_OPTIONS_ENV = "LSR_SERVE_OPTIONS"
 
 
 def create_app(index_dir: str | os.PathLike = "lsr_index", *, max_batch: int = 32, search_threads: int | None = None,
@@ -89,19 +91,37 @@ def create_app(index_dir: str | os.PathLike = "lsr_index", *, max_batch: int = 3
 
 
 def app_from_env() -> FastAPI:
-    """``uvicorn --factory lsr.server.app:app_from_env`` with LSR_INDEX (and LSR_MAX_BATCH, LSR_API_KEY,
-    LSR_READ_API_KEY, LSR_TIMEOUT) in the environment."""
+    """``uvicorn --factory lsr.server.app:app_from_env``: the app of LSR_INDEX, configured by LSR_MAX_BATCH,
+    LSR_TIMEOUT, LSR_API_KEY, LSR_READ_API_KEY and LSR_SERVE_OPTIONS (JSON: :func:`create_app`'s keyword
+    arguments; how ``lsr serve --workers N`` configures its worker processes)."""
+    options = json.loads(os.environ.get(SERVE_OPTIONS_ENV) or "{}")
+    options.setdefault("max_batch", int(os.environ.get("LSR_MAX_BATCH", "32")))
     timeout = os.environ.get("LSR_TIMEOUT")
-    return create_app(os.environ.get("LSR_INDEX", "lsr_index"), max_batch=int(os.environ.get("LSR_MAX_BATCH", "32")),
-                      timeout_s=float(timeout) if timeout else DEFAULT_TIMEOUT_S)
+    if timeout:
+        options.setdefault("timeout_s", float(timeout))
+    return create_app(os.environ.get("LSR_INDEX", "lsr_index"), **options)
 
 
-def serve(index_dir: str | os.PathLike, host: str = "127.0.0.1", port: int = 8000, *, max_batch: int = 32,
-          search_threads: int | None = None, encode_threads: int = 1, log_level: str = "info",
-          **options: Any) -> None:
-    """Run the server with uvicorn (blocking); ``options`` go to :func:`create_app` (keys, limits, timeout)."""
+def serve(index_dir: str | os.PathLike, host: str = "127.0.0.1", port: int = 8000, *, workers: int = 1,
+          log_level: str = "info", **options: Any) -> None:
+    """Run the server with uvicorn (blocking); ``options`` go to :func:`create_app` (batching, threads, keys,
+    limits, timeout).
+
+    ``workers`` > 1 runs that many server processes on the one port (uvicorn's workers): each loads the models and
+    memory-maps the index, whose pages the processes share through the operating system's page cache. A worker
+    checks the commit file on every request (two ``stat`` calls), so a write through one worker is searchable on
+    all of them once it returns; writes queue across the workers (see ``ServerState.serialized_writes``).
+    """
     import uvicorn
 
-    app = create_app(index_dir, max_batch=max_batch, search_threads=search_threads, encode_threads=encode_threads,
-                     **options)
-    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)
+    if workers == 1:
+        uvicorn.run(create_app(index_dir, **options), host=host, port=port, log_level=log_level, access_log=False)
+        return
+    for name, env in (("api_key", "LSR_API_KEY"), ("read_api_key", "LSR_READ_API_KEY")):
+        if name in options:  # keys go to the workers through their own variables, not in the options JSON
+            os.environ[env] = options.pop(name) or ""
+    options.setdefault("refresh_interval_s", 0.0)
+    os.environ["LSR_INDEX"] = str(index_dir)
+    os.environ[SERVE_OPTIONS_ENV] = json.dumps(options)
+    uvicorn.run("lsr.server.app:app_from_env", factory=True, workers=workers, host=host, port=port,
+                log_level=log_level, access_log=False)

@@ -1,5 +1,9 @@
 """What the endpoints do, through the Engine's public methods only: search (queries micro-batched into the
-encoders, ranked and rendered on the search pool), batch search, document fetch, add and delete."""
+encoders, ranked and rendered on the search pool), batch search, document fetch, add and delete.
+
+Searches and document fetches run as cancellable jobs (:mod:`lsr.server.workers`): when a request times out its
+job stops at its next check and its search thread is replaced at once. Writes run on the writer thread, one at a
+time, never cancelled: a write that was started is finished (and answered), never abandoned half-way."""
 
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ from lsr.server.rendering import needs_sparse_vector, render_hits, search_respon
 from lsr.server.schemas import (AddDocumentsRequest, BatchSearchRequest, DocumentResponse, SearchOptions,
                                 SearchResponse, BatchSearchResponse)
 from lsr.server.state import ServerState
+from lsr.server.workers import Cancellation
 
 INFERENCE_FREE = "inference-free"
 
@@ -35,9 +40,9 @@ async def search(state: ServerState, q: Optional[str], opts: SearchOptions) -> S
     )
     if need_sparse and free:
         sparse_vec = engine.query_vectors([q], INFERENCE_FREE)[0]
-    hits = await asyncio.get_running_loop().run_in_executor(
-        state.search_pool, _rank_and_render, engine, [q], opts, None if sparse_vec is None else [sparse_vec],
-        None if dense_vec is None else np.asarray(dense_vec)[None, :])
+    hits = await state.search_pool.run(_rank_and_render, state, engine, [q], opts,
+                                       None if sparse_vec is None else [sparse_vec],
+                                       None if dense_vec is None else np.asarray(dense_vec)[None, :])
     took = time.perf_counter() - started
     state.record(took)
     return search_response(q, opts, hits[0], took)
@@ -51,15 +56,12 @@ async def search_batch(state: ServerState, body: BatchSearchRequest) -> BatchSea
     engine = state.engine
     _check_options(engine, body)
     need_sparse, need_dense = needs_sparse_vector(body), body.retriever != "sparse"
-    loop = asyncio.get_running_loop()
     if need_sparse and body.query_encoder == INFERENCE_FREE:
         sparse_vecs = engine.query_vectors(queries, INFERENCE_FREE)
     else:
-        sparse_vecs = (await loop.run_in_executor(state.encode_pool, state.encode_sparse, queries)
-                       if need_sparse else None)
-    dense_vecs = await loop.run_in_executor(state.encode_pool, state.encode_dense, queries) if need_dense else None
-    results = await loop.run_in_executor(state.search_pool, _rank_and_render, engine, queries, body, sparse_vecs,
-                                         dense_vecs)
+        sparse_vecs = await state.encode_pool.run(state.encode_sparse_chunked, queries) if need_sparse else None
+    dense_vecs = await state.encode_pool.run(state.encode_dense_chunked, queries) if need_dense else None
+    results = await state.search_pool.run(_rank_and_render, state, engine, queries, body, sparse_vecs, dense_vecs)
     took = time.perf_counter() - started
     state.record(took, len(queries))
     return BatchSearchResponse(took_ms=round(took * 1000, 3), results=[
@@ -75,9 +77,11 @@ def _check_options(engine: Engine, opts: SearchOptions) -> None:
                              f"none (add it with `lsr index --add-inference-free --index {engine.index_dir}`)")
 
 
-def _rank_and_render(engine: Engine, queries: list[str], opts: SearchOptions, sparse_vecs,
-                     dense_vecs) -> list[list[dict]]:
-    """Runs on a search thread: rank with the engine, then render the hits."""
+def _rank_and_render(cancellation: Cancellation, state: ServerState, engine: Engine, queries: list[str],
+                     opts: SearchOptions, sparse_vecs, dense_vecs) -> list[list[dict]]:
+    """Runs on a search thread: rank with the engine, then render the hits (stops once abandoned)."""
+    state.reached("search")
+    cancellation.check()
     try:
         ranked = engine.search_encoded(
             queries, opts.k, sparse_vectors=sparse_vecs, dense_vectors=dense_vecs, mode=opts.mode,
@@ -85,7 +89,7 @@ def _rank_and_render(engine: Engine, queries: list[str], opts: SearchOptions, sp
             depth=opts.depth, rrf_k=opts.rrf_k, filter=opts.filter, params=opts.params, threads=1)
     except (ValueError, TypeError, IndexFormatError) as err:  # bad mode knobs, mode without its structure
         raise UserError(422, str(err)) from err
-    return [render_hits(engine, q, hits, opts, None if sparse_vecs is None else sparse_vecs[i])
+    return [render_hits(engine, q, hits, opts, None if sparse_vecs is None else sparse_vecs[i], cancellation)
             for i, (q, hits) in enumerate(zip(queries, ranked))]
 
 
@@ -96,17 +100,20 @@ async def _none():
 # ---------------------------------------------------------------------- documents
 async def fetch_document(state: ServerState, doc_id: str, terms: int) -> DocumentResponse:
     """A stored document by id (404 if unknown), with its ``terms`` heaviest indexed terms if asked."""
-    engine = state.engine
+    return await state.search_pool.run(_fetch, state, state.engine, doc_id, terms)
 
-    def fetch() -> DocumentResponse:
-        try:
-            doc = engine.document(doc_id)
-        except KeyError:
-            raise UserError(404, f"no document with id {doc_id!r}") from None
-        vector = engine.document_vector(doc_id, top=terms) if terms else None
-        return DocumentResponse(id=doc.id, title=doc.title, text=doc.text, metadata=doc.metadata, terms=vector)
 
-    return await asyncio.get_running_loop().run_in_executor(state.search_pool, fetch)
+def _fetch(cancellation: Cancellation, state: ServerState, engine: Engine, doc_id: str, terms: int
+           ) -> DocumentResponse:
+    state.reached("document")
+    cancellation.check()
+    try:
+        doc = engine.document(doc_id)
+    except KeyError:
+        raise UserError(404, f"no document with id {doc_id!r}") from None
+    cancellation.check()
+    vector = engine.document_vector(doc_id, top=terms) if terms else None
+    return DocumentResponse(id=doc.id, title=doc.title, text=doc.text, metadata=doc.metadata, terms=vector)
 
 
 # ---------------------------------------------------------------------- writes
@@ -131,14 +138,12 @@ async def _write(state: ServerState, fn, *args) -> dict:
     if not state.engine.writable:
         raise UserError(409, "this server serves a sharded index, which it cannot write to; add documents "
                              "to a single index")
-    # On the encoder thread: the write encodes with the server's models, whose tokenizers must not be used by two
-    # threads at once; it also queues writes behind each other. Not under the request timeout: a write that was
-    # started is finished (and answered), never abandoned half-way.
-    return await asyncio.get_running_loop().run_in_executor(state.encode_pool, fn, *args)
+    return await asyncio.get_running_loop().run_in_executor(state.write_pool, fn, *args)
 
 
 def _add_sync(state: ServerState, docs: list[Document], update: bool) -> dict:
-    with state.write_lock:
+    with state.serialized_writes():
+        state.reached("write")
         try:
             result = state.engine.add_documents(docs, update=update)
         except Engine.WriterLockedError as err:
@@ -147,19 +152,23 @@ def _add_sync(state: ServerState, docs: list[Document], update: bool) -> dict:
             raise UserError(409, f"{err} (send \"update\": true to replace them)") from None
         except ValueError as err:  # a document the library refuses
             raise UserError(422, str(err)) from None
-        state.writes += 1
-        state.refresh()
-        return result
+        return _committed(state, result)
 
 
 def _delete_sync(state: ServerState, doc_id: str) -> dict:
-    with state.write_lock:
+    with state.serialized_writes():
+        state.reached("write")
         try:
             result = state.engine.delete_documents([doc_id])
         except Engine.WriterLockedError as err:
             raise UserError(423, f"the index is locked by another writer: {err}") from None
         except Engine.DocumentNotFoundError:
             raise UserError(404, f"no document with id {doc_id!r}") from None
-        state.writes += 1
-        state.refresh()
-        return result
+        return _committed(state, result)
+
+
+def _committed(state: ServerState, result: dict) -> dict:
+    """After a write's commit: count it and serve the new commit before answering (searchable on return)."""
+    state.writes += 1
+    state.reload()
+    return result

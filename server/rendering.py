@@ -14,6 +14,7 @@ from lsr.engine import Engine
 from lsr.explain import snippet
 from lsr.fusion import FusionConfig
 from lsr.server.schemas import DEFAULT_FIELDS, SearchHit, SearchOptions, SearchResponse
+from lsr.server.workers import Cancellation
 
 STATIC_DIR = Path(__file__).parent / "static"
 EXPLAIN_TERMS = 10
@@ -34,15 +35,18 @@ def needs_sparse_vector(opts: SearchOptions) -> bool:
     return opts.retriever != "dense" or opts.explain or "highlights" in set(opts.fields or DEFAULT_FIELDS)
 
 
-def render_hits(engine: Engine, q: str, hits, opts: SearchOptions, sparse_vec) -> list[dict]:
+def render_hits(engine: Engine, q: str, hits, opts: SearchOptions, sparse_vec,
+                cancellation: Cancellation | None = None) -> list[dict]:
     """The requested fields of each hit; snippets highlight the terms behind the score (the query's own words for
-    a dense hit without a sparse vector)."""
+    a dense hit without a sparse vector). ``cancellation`` is checked before each hit."""
     fields = hit_fields(opts)
     wants_doc = fields & {"snippet", "highlights", "text", "metadata"}
     own = engine.query_tokens(q) if fields & {"explain", "snippet", "highlights"} else None
     own_ids = None if own is None else set(own)
     out = []
     for hit in hits:
+        if cancellation is not None:
+            cancellation.check()
         row: dict[str, Any] = {"id": hit.id}
         if "score" in fields:
             row["score"] = hit.score

@@ -69,11 +69,10 @@ router = APIRouter()
 # ---------------------------------------------------------------------- endpoints
 @router.get("/healthz", response_model=Health, response_model_exclude_none=True, responses={503: {"model": Health}})
 async def healthz(state: State):
-    """200 when the index is loaded and searchable, 503 while loading (or if loading failed)."""
-    if state.ready:
-        return Health(status="ok")
-    body = Health(status="error", detail=state.error) if state.error else Health(status="loading")
-    return JSONResponse(body.model_dump(exclude_none=True), status_code=503)
+    """200 when the index is loaded and searchable (status ``degraded``, with the reason, while its newest commit
+    cannot be opened and the previous one is served), 503 while loading (or if loading failed)."""
+    body, status = state.health()
+    return JSONResponse(body.model_dump(exclude_none=True), status_code=status)
 
 
 @router.get("/limits", response_model=Limits)

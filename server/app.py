@@ -5,7 +5,8 @@ background thread at start-up; until it is ready every endpoint that needs it an
 the :class:`lsr.engine.Engine` only. Its parts: :mod:`.state` (the engine snapshot, loading, newer commits, pools,
 counters), :mod:`.auth` (API keys), :mod:`.limits` (body, query, batch limits and timeouts), :mod:`.routes` (the
 endpoints), :mod:`.operations` (what they do), :mod:`.rendering` (hits, snippets, the page), :mod:`.batching`
-(micro-batched query encoding) and :mod:`.errors` (JSON error bodies).
+(micro-batched query encoding), :mod:`.workers` (worker threads whose jobs a timeout gives up) and :mod:`.errors`
+(JSON error bodies).
 """
 
 from __future__ import annotations

@@ -449,6 +449,9 @@ def serve_cmd(
                                           help="Queries per POST /search/batch (422 above)."),
     max_documents: int = typer.Option(1000, "--max-documents", min=1, max=1000,
                                       help="Documents per POST /documents (422 above)."),
+    workers: int = typer.Option(1, "--workers", min=1,
+                                help="Server processes on the port (each loads the models; the memory-mapped index "
+                                     "is shared through the page cache)."),
 ) -> None:
     """Serve the index over HTTP: search page at /, JSON API (/search, /documents/ID, /stats), docs at /docs.
 
@@ -461,6 +464,9 @@ def serve_cmd(
     if is_sharded(index):
         from lsr.sharded.ray_runtime import init_ray
 
+        if workers > 1:
+            raise ValueError("a sharded index is served by one process (--workers 1): its shard actors search in "
+                             "parallel already")
         read_sharded_manifest(index)  # fail now on a broken directory
         init_ray(ray_address)  # the server's loader then starts one actor per shard in this runtime
     elif shards is not None:
@@ -475,8 +481,8 @@ def serve_cmd(
                "read-only: no API key (--api-key or LSR_API_KEY enables POST/DELETE /documents)")
     if read_api_key:
         typer.echo("reads need an API key too (--read-api-key)")
-    serve(index, host=host, port=port, max_batch=max_batch, search_threads=search_threads, encode_threads=threads,
-          log_level="warning", api_key=api_key or None, read_api_key=read_api_key or None,
+    serve(index, host=host, port=port, workers=workers, max_batch=max_batch, search_threads=search_threads,
+          encode_threads=threads, log_level="warning", api_key=api_key or None, read_api_key=read_api_key or None,
           timeout_s=timeout or None, max_body_bytes=max_body_bytes, max_query_chars=max_query_chars,
           max_batch_queries=max_batch_queries, max_documents=max_documents)
 

@@ -13,6 +13,7 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 from tqdm.auto import tqdm
 
 from lsr.index.structures import MODES
@@ -25,7 +26,7 @@ from lsr.pipeline import (PROGRESS_FILE, BuildSettings, ResumeError, add_dense_i
 from lsr.protocols import IndexParts
 from lsr.searcher import Hit, HybridHit, ModelMismatchError, Query, Searcher
 from lsr.sharded.layout import is_sharded, read_only_error
-from lsr.snapshot import LocalIndex, open_local
+from lsr.snapshot import LocalIndex, commit_stamp, open_local
 from lsr.vectors import write_vector
 
 log = logging.getLogger("lsr.engine")
@@ -112,14 +113,10 @@ class Engine(Searcher):
         if self.parts.is_current():
             return self
         try:
-            engine = Engine.open(self.index_dir, encoder=self._encoder)
+            return self.reopen()
         except (FileNotFoundError, IndexFormatError) as err:  # e.g. caught between the two renames of a compaction
             log.warning("%s changed but cannot be opened now (%s); keeping the previous snapshot", self.index_dir, err)
             return self
-        if self._dense_encoder is not None and engine.dense is not None \
-                and engine.dense.model.get("sha256") == self._dense_encoder.hash:
-            engine._dense_encoder = self._dense_encoder
-        return engine
 
     def start(self) -> "Engine":
         """Acquire what searching needs now (a sharded index: start its shard actors) instead of on first use."""
@@ -215,5 +212,119 @@ class Engine(Searcher):
                 write_vector(fh, doc.id, self.encoder.decode(terms, weights), doc.text if with_text else None, doc.title)
                 count += 1
         return count
+
+    # ------------------------------------------------------------------ serving (the surface lsr.server goes through)
+    # What add_documents / delete_documents raise, so callers catch ``Engine.DuplicateDocumentError`` and so on
+    # without importing lsr.live or lsr.index (as Django models carry their ``DoesNotExist``).
+    from lsr.index.storage import WriterLockedError
+    from lsr.live import DocumentNotFoundError, DuplicateDocumentError
+
+    @property
+    def writable(self) -> bool:
+        """Whether :meth:`add_documents` and :meth:`delete_documents` can change this index (a sharded index is
+        rebuilt instead)."""
+        return isinstance(self.parts, LocalIndex)
+
+    def warm_up(self, search: bool = True) -> None:
+        """Load the query encoders now instead of on the first query; ``search`` also runs one query per retriever,
+        so the search kernels are compiled before the first real one."""
+        self.encoder  # noqa: B018
+        if self.dense is not None:
+            self.dense_encoder  # noqa: B018
+        if search:
+            self.search("warm up", 10)
+            if self.dense is not None:
+                self.search("warm up", 10, retriever="hybrid")
+
+    def query_encoder_names(self) -> list[str]:
+        """The query encoders this index supports: ``model``, and ``inference-free`` if it has the query table."""
+        return ["model"] + (["inference-free"] if self.manifest.get("inference_free") else [])
+
+    def search_modes(self) -> list[str]:
+        """The sparse search modes this index has the structures for."""
+        have = set(self.manifest.get("structures", {}))
+        return [mode for mode, needs in MODES.items() if needs is None or needs in have]
+
+    def size_bytes(self) -> int:
+        """Bytes on disk of the index directory (segments and shards included; files replaced meanwhile skipped)."""
+        total = 0
+        for root, _, files in os.walk(self.index_dir):
+            for name in files:
+                try:
+                    total += os.stat(os.path.join(root, name)).st_size
+                except FileNotFoundError:
+                    continue
+        return total
+
+    def status(self) -> dict:
+        """What a server reports about the snapshot it serves: documents, commit generation, models, dense search,
+        modes, query encoders and size on disk."""
+        dense = self.dense
+        return {
+            "documents": int(self.index.num_docs),
+            "generation": self.generation,
+            "model": self.manifest["model"],
+            "dense_model": None if dense is None else dense.model,
+            "dense_search": None if dense is None else ("hnsw" if dense.uses_hnsw else "exact"),
+            "modes": self.search_modes(),
+            "query_encoders": self.query_encoder_names(),
+            "size_bytes": self.size_bytes(),
+        }
+
+    @property
+    def generation(self) -> int:
+        """The generation of the commit this engine serves (0: as built, never changed)."""
+        return (self.commit or {}).get("generation", 0)
+
+    def newest_commit(self) -> tuple | None:
+        """What identifies the index's newest commit on disk (two ``stat`` calls); differs from
+        :attr:`opened_commit` once something was committed since this engine opened."""
+        return commit_stamp(self.index_dir) if self.writable else None
+
+    @property
+    def opened_commit(self) -> tuple | None:
+        """The commit this engine serves, as :meth:`newest_commit` identified it when it opened."""
+        return self.parts.stamp if isinstance(self.parts, LocalIndex) else None
+
+    def reopen(self) -> "Engine":
+        """The engine of the newest commit, sharing this engine's loaded encoders. Unlike :meth:`refresh` it
+        raises when that commit cannot be opened (the caller decides whether to retry)."""
+        engine = Engine.open(self.index_dir, encoder=self._encoder)
+        dense_encoder = self._dense_encoder
+        if dense_encoder is not None and engine.dense is not None \
+                and engine.dense.model.get("sha256") == dense_encoder.hash:
+            engine._dense_encoder = dense_encoder
+        return engine
+
+    def search_encoded(self, queries: Sequence[Query], k: int = 10, *, sparse_vectors: Sequence | None = None,
+                       dense_vectors: np.ndarray | None = None, mode: str = "exact", retriever: str = "sparse",
+                       fusion=None, alpha: float | None = None, normalization: str | None = None,
+                       depth: int | None = None, rrf_k: int | None = None, filter: dict | None = None,
+                       params: dict | None = None, threads: int | None = None) -> list[list[Hit]]:
+        """:meth:`search_batch` with the queries' vectors already encoded (e.g. in a server's micro-batches:
+        ``sparse_vectors`` as ``(term ids, weights)`` per query, ``dense_vectors`` [n, dim]) and every fusion knob
+        (``normalization``, ``depth``, ``rrf_k``); hits carry their sparse and dense scores."""
+        return self.retrieve(queries, k, mode=mode, retriever=retriever, fusion=fusion, alpha=alpha,
+                             normalization=normalization, depth=depth, rrf_k=rrf_k, filter=filter,
+                             sparse_vectors=sparse_vectors, dense_vectors=dense_vectors, threads=threads,
+                             params=params or {})
+
+    def stored_document(self, docno: int) -> Document:
+        """The stored document with internal number ``docno`` (a hit's ``docno``; KeyError if none)."""
+        return self.docs.get(docno)
+
+    def query_tokens(self, text: str) -> dict[int, str]:
+        """The query's own tokens under the sparse model's tokenizer (special tokens dropped): id -> token."""
+        from lsr.explain import query_token_ids
+
+        return {i: self.encoder.token(i) for i in sorted(query_token_ids(self, text))}
+
+    def explain(self, query_vector: tuple[np.ndarray, np.ndarray], docno: int, *,
+                own_tokens: set[int] | None = None, top: int | None = 10) -> list:
+        """Why a document matched a query vector: the shared terms by contribution (query weight x document
+        weight, heaviest first), terms outside ``own_tokens`` marked as expansion (:func:`lsr.explain.explain`)."""
+        from lsr.explain import explain
+
+        return explain(self, query_vector, docno, own_tokens=own_tokens, top=top)
 
 

@@ -36,9 +36,9 @@ def _reference(tmp_path, records: list[dict], scale: float, encoder, name: str, 
     return Engine.build(root, tmp_path / name, encoder=encoder, progress=False, scale=scale, **kwargs)
 
 
-def _results(engine: Engine, mode: str, params: dict, k: int = 10, **kwargs):
+def _results(engine: Engine, mode: str, params: dict, k: int = 10, queries=QUERIES, **kwargs):
     out = []
-    for q in QUERIES:
+    for q in queries:
         hits = engine.search(q, k=k, mode=mode, **params, **kwargs)
         out.append([(h.id, round(h.score, 5)) for h in hits])
     return out
@@ -126,14 +126,16 @@ def test_compact_equals_from_scratch_and_searches_keep_working(live, tmp_path, e
     index_dir = tmp_path / "index"
     shutil.copytree(engine.index_dir, index_dir)
     old = Engine.open(index_dir, encoder=encoder)
-    want = _results(old, "exact", {})
+    # encoded once: the loop checks the index under compaction, not torch's float sums on another thread
+    vectors = [old.query_vector(q) for q in QUERIES]
+    want = _results(old, "exact", {}, queries=vectors)
     errors: list[BaseException] = []
     stop = threading.Event()
 
     def search_loop():
         try:
             while not stop.is_set():
-                assert _results(old, "exact", {}) == want
+                assert _results(old, "exact", {}, queries=vectors) == want
         except BaseException as err:  # surfaced below
             errors.append(err)
 

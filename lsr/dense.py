@@ -54,6 +54,8 @@ def dense_model_available(model: str | None = None) -> bool:
 class DenseEncoder:
     """Encode texts into L2-normalised embeddings (sentence-transformers style) with ``transformers``."""
 
+    runtime = "torch"  # query runtime (lsr.onnx_encoders has the ONNX ones)
+
     def __init__(self, model: str | None = None, *, max_length: int | None = None, query_max_length: int = 64,
                  device: str | None = None, normalize: bool = True) -> None:
         import torch

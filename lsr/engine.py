@@ -24,6 +24,7 @@ from lsr import __version__
 from lsr.corpus import CorpusError, CorpusReader, Document
 from lsr.docstore import DocStore, DuplicateIdError
 from lsr.encoder import SparseBatch, SpladeEncoder
+from lsr.onnx_encoders import DEFAULT_QUERY_RUNTIME, check_query_runtime
 from lsr.query_encoders import DEFAULT_QUERY_ENCODER, check_query_encoder
 from lsr.vectors import is_vector_file, read_vectors, write_vector
 
@@ -78,6 +79,8 @@ class Engine:
         self.commit: dict | None = None  # the live-index commit (lsr.live), None for a never-changed index
         self._encoder = encoder
         self._stamp = None
+        self.query_runtime = DEFAULT_QUERY_RUNTIME  # what runs text queries through a model: torch, onnx, onnx-int8
+        self._onnx_encoders: dict[tuple[str, str], object] = {}  # (sparse|dense, runtime) -> ONNX query encoder
 
     # ------------------------------------------------------------------ build / open
     @classmethod
@@ -193,9 +196,12 @@ class Engine:
     @classmethod
     def open(
         cls, index_dir: str | os.PathLike = DEFAULT_INDEX_DIR, *, verify: bool = False, checksums: bool = True,
-        encoder: SpladeEncoder | None = None,
+        encoder: SpladeEncoder | None = None, query_runtime: str | None = None,
     ) -> "Engine":
         """Open an index directory at its latest commit (memory-mapped); the query encoder loads on first text query.
+
+        ``query_runtime`` (default :data:`lsr.onnx_encoders.DEFAULT_QUERY_RUNTIME`) runs text queries through the
+        model: ``torch``, ``onnx`` (fp32 export) or ``onnx-int8`` (see :mod:`lsr.onnx_encoders`).
 
         A live index (documents added or deleted since the build, see :mod:`lsr.live`) opens as all its segments
         minus deleted documents. ``checksums`` (default) checks the sha256 of every file first, so a corrupt
@@ -219,6 +225,7 @@ class Engine:
             if commit_stamp(index_dir) == stamp:
                 break
         engine._stamp = stamp
+        engine.query_runtime = check_query_runtime(query_runtime or DEFAULT_QUERY_RUNTIME)
         if encoder is not None:
             engine._check_encoder(encoder)
             engine._encoder = encoder
@@ -246,13 +253,14 @@ class Engine:
         if commit_stamp(self.index_dir) == self._stamp:
             return self
         try:
-            engine = Engine.open(self.index_dir, encoder=self._encoder)
+            engine = Engine.open(self.index_dir, encoder=self._encoder, query_runtime=self.query_runtime)
         except (FileNotFoundError, IndexFormatError) as err:  # e.g. caught between the two renames of a compaction
             log.warning("%s changed but cannot be opened now (%s); keeping the previous snapshot", self.index_dir, err)
             return self
         if self.__dict__.get("_dense_encoder") is not None and engine.dense is not None \
                 and engine.dense.model.get("sha256") == self._dense_encoder.hash:
             engine._dense_encoder = self._dense_encoder
+        engine._onnx_encoders = self._onnx_encoders  # same models: every commit of an index has the build's
         return engine
 
     # ------------------------------------------------------------------ live changes (lsr.live)
@@ -346,11 +354,15 @@ class Engine:
             self._dense_encoder = encoder
         return self._dense_encoder
 
-    def dense_query_vectors(self, queries: Sequence[str]) -> np.ndarray:
+    def dense_query_encoder(self, runtime: str | None = None):
+        """The dense query encoder in ``runtime`` (default: the engine's ``query_runtime``)."""
+        return self._runtime_encoder("dense", runtime)
+
+    def dense_query_vectors(self, queries: Sequence[str], query_runtime: str | None = None) -> np.ndarray:
         """Dense embeddings [n, dim] of text queries."""
         if not all(isinstance(q, str) for q in queries):
             raise ValueError("dense and hybrid retrieval need text queries")
-        return self.dense_encoder.encode_queries(list(queries))
+        return self.dense_query_encoder(query_runtime).encode_queries(list(queries))
 
     # ------------------------------------------------------------------ encoder
     @property
@@ -373,9 +385,28 @@ class Engine:
             self._inference_free = InferenceFreeEncoder.open(self.index_dir, self.manifest)
         return self._inference_free
 
-    def query_encoder(self, name: str = DEFAULT_QUERY_ENCODER):
-        """The query encoder called ``name``: ``model`` (the SPLADE model) or ``inference-free`` (tokenizer + IDF)."""
-        return self.encoder if check_query_encoder(name) == "model" else self.inference_free
+    def query_encoder(self, name: str = DEFAULT_QUERY_ENCODER, runtime: str | None = None):
+        """The query encoder called ``name``: ``model`` (the SPLADE model, run by ``runtime``, default the engine's
+        ``query_runtime``) or ``inference-free`` (tokenizer + IDF)."""
+        return self._runtime_encoder("sparse", runtime) if check_query_encoder(name) == "model" else self.inference_free
+
+    def _runtime_encoder(self, kind: str, runtime: str | None):
+        """The ``sparse`` or ``dense`` model's query encoder in a query runtime (ONNX ones loaded once, hash-checked)."""
+        runtime = check_query_runtime(runtime or self.query_runtime)
+        if runtime == "torch":
+            return self.encoder if kind == "sparse" else self.dense_encoder
+        if (kind, runtime) not in self._onnx_encoders:
+            from lsr.dense import check_dense_encoder
+            from lsr.onnx_encoders import open_onnx_encoder
+
+            info = self.manifest["model"] if kind == "sparse" else self.require_dense().info["model"]
+            encoder = open_onnx_encoder(kind, info, runtime)
+            if kind == "sparse":
+                self._check_encoder(encoder)
+            else:
+                check_dense_encoder(encoder, self.require_dense().info, self.index_dir)
+            self._onnx_encoders[kind, runtime] = encoder
+        return self._onnx_encoders[kind, runtime]
 
     def _check_encoder(self, encoder: SpladeEncoder) -> None:
         recorded = self.manifest["model"]
@@ -385,12 +416,14 @@ class Engine:
                 f"but {encoder.name!r} has sha256 {encoder.hash[:12]}…; queries must be encoded by the indexing model"
             )
 
-    def query_vector(self, query: Query, query_encoder: str = DEFAULT_QUERY_ENCODER) -> tuple[np.ndarray, np.ndarray]:
+    def query_vector(self, query: Query, query_encoder: str = DEFAULT_QUERY_ENCODER,
+                     query_runtime: str | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Term ids and weights of a query given as text, ``{token: weight}`` or ``(term_ids, weights)``.
 
-        Text is encoded by ``query_encoder``: ``model`` (SPLADE) or ``inference-free`` (tokenizer and IDF table)."""
+        Text is encoded by ``query_encoder``: ``model`` (SPLADE, run by ``query_runtime``) or ``inference-free``
+        (tokenizer and IDF table)."""
         if isinstance(query, str):
-            return self.query_encoder(query_encoder).encode_query(query)
+            return self.query_encoder(query_encoder, query_runtime).encode_query(query)
         if isinstance(query, dict):
             ids = self.encoder.token_ids(query.keys())
             pairs = [(i, w) for i, w in zip(ids, query.values()) if i is not None]
@@ -401,52 +434,59 @@ class Engine:
     # ------------------------------------------------------------------ search
     def search(self, query: Query, k: int = 10, mode: str = "exact", *, retriever: str = "sparse",
                fusion=None, alpha: float | None = None, filter: dict | None = None,
-               query_encoder: str = DEFAULT_QUERY_ENCODER, **params) -> list[Hit]:
+               query_encoder: str = DEFAULT_QUERY_ENCODER, query_runtime: str | None = None, **params) -> list[Hit]:
         """Top-k documents for one query; ``params`` are the mode's knobs (e.g. BMP's alpha/beta).
 
         ``retriever="dense"|"hybrid"`` uses the dense vectors (hybrid: fused with :mod:`lsr.fusion`; ``fusion``
         is ``"convex"``, ``"rrf"`` or a :class:`lsr.fusion.FusionConfig`, ``alpha`` the sparse weight);
         ``filter`` keeps documents whose metadata equals every ``{field: value}``. ``query_encoder`` encodes text
         for the sparse side: ``model`` (SPLADE) or ``inference-free`` (tokenizer + the index's IDF table, no model).
+        ``query_runtime`` (``torch``, ``onnx``, ``onnx-int8``; default: the engine's) runs the models on text queries.
         """
         check_query_encoder(query_encoder)
         if retriever != "sparse" or fusion is not None or alpha is not None or filter:
             from lsr import fusion as _fusion
 
-            sparse = None
-            if query_encoder != DEFAULT_QUERY_ENCODER and retriever != "dense":
-                sparse = self.query_vector(query, query_encoder)
+            sparse = dense = None
+            if (query_encoder != DEFAULT_QUERY_ENCODER or query_runtime) and retriever != "dense":
+                sparse = self.query_vector(query, query_encoder, query_runtime)
+            if query_runtime and retriever != "sparse" and isinstance(query, str):
+                dense = self.dense_query_vectors([query], query_runtime)[0]
             return _fusion.search(self, query, k, mode=mode, retriever=retriever, fusion=fusion, alpha=alpha,
-                                  filter=filter, params=params, sparse_vector=sparse)
+                                  filter=filter, params=params, sparse_vector=sparse, dense_vector=dense)
         _check_search_args(k, mode)
-        ids, scores = self.index.search(*self.query_vector(query, query_encoder), k=k, mode=mode, **params)
+        ids, scores = self.index.search(*self.query_vector(query, query_encoder, query_runtime), k=k, mode=mode,
+                                        **params)
         return self._hits(ids, scores)
 
     def search_batch(
         self, queries: Sequence[Query], k: int = 10, mode: str = "exact", threads: int | None = None, *,
         retriever: str = "sparse", fusion=None, alpha: float | None = None, filter: dict | None = None,
-        query_encoder: str = DEFAULT_QUERY_ENCODER, **params
+        query_encoder: str = DEFAULT_QUERY_ENCODER, query_runtime: str | None = None, **params
     ) -> list[list[Hit]]:
         """Top-k documents for many queries (text queries encoded in batches, search parallel over queries)."""
         check_query_encoder(query_encoder)
         if retriever != "sparse" or fusion is not None or alpha is not None or filter:
             from lsr import fusion as _fusion
 
-            sparse = None
-            if query_encoder != DEFAULT_QUERY_ENCODER and retriever != "dense":
-                sparse = self.query_vectors(queries, query_encoder)
+            sparse = dense = None
+            if (query_encoder != DEFAULT_QUERY_ENCODER or query_runtime) and retriever != "dense":
+                sparse = self.query_vectors(queries, query_encoder, query_runtime)
+            if query_runtime and retriever != "sparse":
+                dense = self.dense_query_vectors(queries, query_runtime)
             return _fusion.search_many(self, queries, k, mode=mode, retriever=retriever, fusion=fusion, alpha=alpha,
-                                       filter=filter, threads=threads, params=params, sparse_vectors=sparse)
+                                       filter=filter, threads=threads, params=params, sparse_vectors=sparse,
+                                       dense_vectors=dense)
         _check_search_args(k, mode)
-        vectors = self.query_vectors(queries, query_encoder)
+        vectors = self.query_vectors(queries, query_encoder, query_runtime)
         results = self.index.search_batch(vectors, k=k, threads=threads, mode=mode, **params)
         return [self._hits(ids, scores) for ids, scores in results]
 
-    def query_vectors(self, queries: Sequence[Query], query_encoder: str = DEFAULT_QUERY_ENCODER
-                      ) -> list[tuple[np.ndarray, np.ndarray]]:
+    def query_vectors(self, queries: Sequence[Query], query_encoder: str = DEFAULT_QUERY_ENCODER,
+                      query_runtime: str | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
         """Vectors of many queries; text queries are encoded together in batches."""
         texts = [q for q in queries if isinstance(q, str)]
-        encoder = self.query_encoder(query_encoder) if texts else None
+        encoder = self.query_encoder(query_encoder, query_runtime) if texts else None
         batch = encoder.encode_queries(texts, batch_size=64) if texts else SparseBatch.concat([])
         vectors, t = [], 0
         for q in queries:

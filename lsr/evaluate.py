@@ -279,6 +279,7 @@ class EvalContext:
     batch_size: int = 32
     progress: bool = True
     query_encoder: str = "model"  # sparse side: "model" (SPLADE) or "inference-free" (tokenizer + IDF table)
+    query_runtime: str | None = None  # what runs the models on queries: torch, onnx, onnx-int8 (None: the default)
     _done: dict = field(default_factory=dict, repr=False)
 
     def retrieve(self, name: str) -> Retrieval:
@@ -569,7 +570,7 @@ def sparse_retriever(ctx: EvalContext) -> Retrieval:
     """This package's learned-sparse index in the context's search mode."""
     engine = eval_engine(ctx, ctx.mode)
     params = ctx.search_params()
-    encoder = engine.query_encoder(ctx.query_encoder)
+    encoder = engine.query_encoder(ctx.query_encoder, ctx.query_runtime)
     lengths: list[int] = []
 
     def encode(text):
@@ -605,7 +606,7 @@ def dense_retriever(ctx: EvalContext) -> Retrieval:
     from lsr import fusion
 
     engine = eval_engine(ctx, "exact", dense=True)
-    encoder = engine.dense_encoder
+    encoder = engine.dense_query_encoder(ctx.query_runtime)
 
     def encode(text):
         return text, encoder.encode_query(text)
@@ -642,7 +643,8 @@ def hybrid_retriever(ctx: EvalContext) -> Retrieval:
 
     config = fusion_config(ctx)
     engine = eval_engine(ctx, ctx.mode, dense=True)
-    sparse_encoder, dense_encoder = engine.query_encoder(ctx.query_encoder), engine.dense_encoder
+    sparse_encoder = engine.query_encoder(ctx.query_encoder, ctx.query_runtime)
+    dense_encoder = engine.dense_query_encoder(ctx.query_runtime)
     params = ctx.search_params()
 
     def encode(text):
@@ -831,11 +833,16 @@ def run_eval(
     reorder: str | None = "auto", bm25: str = "auto", cache_dir: str | os.PathLike | None = None,
     progress: bool = True, max_queries: int | None = None, run_out: str | os.PathLike | None = None,
     adopt: str | os.PathLike | None = None, batch_size: int = 32, query_encoder: str = "model",
+    query_runtime: str | None = None,
 ) -> dict:
     """Evaluate one retriever on one dataset split; return the result record (what ``--json`` prints).
 
-    ``query_encoder`` (sparse and hybrid retrievers) is ``model`` or ``inference-free``."""
+    ``query_encoder`` (sparse and hybrid retrievers) is ``model`` or ``inference-free``; ``query_runtime`` runs the
+    models on the queries (:mod:`lsr.onnx_encoders`; the documents are always encoded with torch)."""
     from lsr.index.structures import MODES
+    from lsr.onnx_encoders import DEFAULT_QUERY_RUNTIME, check_query_runtime
+
+    query_runtime = check_query_runtime(query_runtime or DEFAULT_QUERY_RUNTIME)
     from lsr.query_encoders import QUERY_ENCODERS
 
     if query_encoder not in QUERY_ENCODERS:
@@ -852,7 +859,7 @@ def run_eval(
     ds = load_dataset(dataset, split, cache).limit(max_queries)
     ctx = EvalContext(ds, cache, k=k, mode=mode, model=model, fusion=fusion, params=dict(params or {}),
                       reorder=reorder, bm25=bm25, batch_size=batch_size, progress=progress,
-                      query_encoder=query_encoder)
+                      query_encoder=query_encoder, query_runtime=query_runtime)
     if retriever == "hybrid":
         fusion = fusion_config(ctx).method  # bad fusion settings fail before any index is built
     if adopt is not None:
@@ -867,6 +874,7 @@ def run_eval(
         "dataset": ds.name, "split": split, "retriever": retriever,
         "mode": mode if uses_sparse else None, "fusion": fusion if retriever == "hybrid" else None,
         "query_encoder": query_encoder if uses_sparse else None,
+        "query_runtime": query_runtime if retriever in ("sparse", "dense", "hybrid") else None,
         "implementation": r.info.get("implementation"), "model": r.info.get("model"),
         "queries": len(ds.queries), "documents": ds.num_docs, "k": k,
         **{m: round(v, 6) for m, v in metrics.items()},

@@ -76,7 +76,10 @@ class ServerState:
                  read_api_key: Optional[str] = None, timeout_s: Optional[float] = DEFAULT_TIMEOUT_S,
                  max_body_bytes: int = MAX_BODY_BYTES, max_query_chars: int = MAX_QUERY_CHARS,
                  max_batch_queries: int = MAX_BATCH_QUERIES, max_documents: int = MAX_DOCUMENTS_PER_REQUEST,
-                 refresh_interval_s: Optional[float] = REFRESH_INTERVAL_S) -> None:
+                 refresh_interval_s: Optional[float] = REFRESH_INTERVAL_S, query_runtime: Optional[str] = None) -> None:
+        from lsr.onnx_encoders import DEFAULT_QUERY_RUNTIME, check_query_runtime
+
+        self.query_runtime = check_query_runtime(query_runtime or DEFAULT_QUERY_RUNTIME)
         for name, value, ceiling in (("max_query_chars", max_query_chars, MAX_QUERY_CHARS),
                                      ("max_batch_queries", max_batch_queries, MAX_BATCH_QUERIES),
                                      ("max_documents", max_documents, MAX_DOCUMENTS_PER_REQUEST),
@@ -190,9 +193,10 @@ class ServerState:
             started = time.time()
             _single_threaded_blas()
             engine = open_engine(self.index_dir) if is_sharded(self.index_dir) else Engine.open(self.index_dir)
-            engine.encoder  # noqa: B018 - load the sparse model now, not on the first request
+            engine.query_runtime = self.query_runtime
+            engine.query_encoder()  # load the sparse model now, not on the first request
             if engine.dense is not None:
-                engine.dense_encoder  # noqa: B018
+                engine.dense_query_encoder()
             if self.warmup:
                 from lsr import fusion
 
@@ -218,11 +222,11 @@ class ServerState:
 
     # ------------------------------------------------------------------ encoding (runs on the encoder thread)
     def _encode_sparse(self, texts: list[str]) -> list[tuple[np.ndarray, np.ndarray]]:
-        batch = self.engine.encoder.encode_queries(texts, batch_size=max(len(texts), 1))
+        batch = self.engine.query_encoder().encode_queries(texts, batch_size=max(len(texts), 1))
         return [tuple(np.array(a) for a in batch.row(i)) for i in range(len(texts))]
 
     def _encode_dense(self, texts: list[str]) -> np.ndarray:
-        return self.engine.dense_encoder.encode_queries(texts, batch_size=max(len(texts), 1))
+        return self.engine.dense_query_encoder().encode_queries(texts, batch_size=max(len(texts), 1))
 
     # ------------------------------------------------------------------ searching
     def record(self, seconds: float, queries: int = 1) -> None:
@@ -683,7 +687,7 @@ def create_app(index_dir: str | os.PathLike = "lsr_index", *, max_batch: int = 3
                timeout_s: Optional[float] = DEFAULT_TIMEOUT_S, max_body_bytes: int = MAX_BODY_BYTES,
                max_query_chars: int = MAX_QUERY_CHARS, max_batch_queries: int = MAX_BATCH_QUERIES,
                max_documents: int = MAX_DOCUMENTS_PER_REQUEST,
-               refresh_interval_s: Optional[float] = REFRESH_INTERVAL_S) -> FastAPI:
+               refresh_interval_s: Optional[float] = REFRESH_INTERVAL_S, query_runtime: Optional[str] = None) -> FastAPI:
     """The FastAPI app serving ``index_dir``; ``load`` is ``background`` (default), ``now`` or ``never``.
 
     ``max_batch=1`` turns micro-batching off (each query is encoded alone). ``api_key`` enables the write
@@ -692,13 +696,14 @@ def create_app(index_dir: str | os.PathLike = "lsr_index", *, max_batch: int = 3
     ``timeout_s`` per search or document fetch (504; None: none), ``max_body_bytes`` (413), ``max_query_chars``
     (400), ``max_batch_queries`` and ``max_documents`` per request (422); they can be lowered from the defaults,
     not raised. ``refresh_interval_s``: how often searches check for commits made by other processes.
+    ``query_runtime``: what runs the models on queries (``torch``, ``onnx``, ``onnx-int8``; default: the latter).
     """
     api_key, read_api_key = _key_from(api_key, "LSR_API_KEY"), _key_from(read_api_key, "LSR_READ_API_KEY")
     state = ServerState(index_dir, max_batch=max_batch, search_threads=search_threads,
                         encode_threads=encode_threads, warmup=warmup, api_key=api_key, read_api_key=read_api_key,
                         timeout_s=timeout_s, max_body_bytes=max_body_bytes, max_query_chars=max_query_chars,
                         max_batch_queries=max_batch_queries, max_documents=max_documents,
-                        refresh_interval_s=refresh_interval_s)
+                        refresh_interval_s=refresh_interval_s, query_runtime=query_runtime)
     if state.read_only:
         log.warning("lsr server is read-only: no API key configured (start it with --api-key or LSR_API_KEY to "
                     "enable POST/DELETE /documents)")
@@ -875,10 +880,11 @@ def _short(value: Any, limit: int = 200) -> str:
 
 def app_from_env() -> FastAPI:
     """``uvicorn --factory server.app:app_from_env`` with LSR_INDEX (and LSR_MAX_BATCH, LSR_API_KEY,
-    LSR_READ_API_KEY, LSR_TIMEOUT) in the environment."""
+    LSR_READ_API_KEY, LSR_TIMEOUT, LSR_QUERY_RUNTIME) in the environment."""
     timeout = os.environ.get("LSR_TIMEOUT")
     return create_app(os.environ.get("LSR_INDEX", "lsr_index"), max_batch=int(os.environ.get("LSR_MAX_BATCH", "32")),
-                      timeout_s=float(timeout) if timeout else DEFAULT_TIMEOUT_S)
+                      timeout_s=float(timeout) if timeout else DEFAULT_TIMEOUT_S,
+                      query_runtime=os.environ.get("LSR_QUERY_RUNTIME"))
 
 
 def serve(index_dir: str | os.PathLike, host: str = "127.0.0.1", port: int = 8000, *, max_batch: int = 32,

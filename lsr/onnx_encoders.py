@@ -12,8 +12,8 @@ export is reused while the source hash, the export format and every file's sha25
 SPLADE graph: the masked-LM body and head transform give token states ``h`` [batch, tokens, hidden]; padding
 positions get a copy of the first token's state (so the max over tokens needs no mask on the [tokens, vocabulary]
 logits); the output projection, a max over tokens and the bias give the max-pooled logits; ``log(1 + relu(x))`` is
-applied in numpy to the few positive ones. The int8 variant quantizes only the projection (per-channel weights,
-dynamic per-tensor activations) and also returns ``h``: every term whose int8 logit is within a bound of the
+applied in numpy to the few positive ones. The int8 variant quantizes only the projection (per-channel 7-bit
+weights, which cannot saturate the int16 sums of AVX2 kernels; dynamic per-tensor activations) and also returns ``h``: every term whose int8 logit is within a bound of the
 quantization error of 0 is rescored exactly in fp32, so it yields the fp32 vector (same terms, same weights up to
 float rounding) at the int8 cost. Dense graph: the transformer, the checkpoint's pooling and L2 normalisation; its
 int8 variant quantizes every MatMul with a constant weight but the feed-forward down-projections (per-channel).
@@ -41,7 +41,7 @@ log = logging.getLogger("lsr.onnx")
 QUERY_RUNTIMES = ("torch", "onnx", "onnx-int8")
 DEFAULT_QUERY_RUNTIME = "onnx-int8"
 CACHE_ENV = "LSR_ONNX_CACHE"
-EXPORT_FORMAT = 2  # bump when a graph changes: older cached exports are then made again
+EXPORT_FORMAT = 3  # bump when a graph changes: older cached exports are then made again
 OPSET = 17
 
 
@@ -137,8 +137,9 @@ def _export_graph(module, out: Path, outputs: list[str], sample: dict) -> None:
                           opset_version=OPSET, dynamo=False)
 
 
-def _quantize(source: Path, out: Path, nodes: list[str] | None = None) -> None:
-    """Dynamic int8 quantization (per-channel int8 weights) of the MatMuls ``nodes`` (None: all)."""
+def _quantize(source: Path, out: Path, nodes: list[str] | None = None, reduce_range: bool = False) -> None:
+    """Dynamic int8 quantization (per-channel int8 weights, 7-bit with ``reduce_range``) of the MatMuls ``nodes``
+    (None: all)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     quiet = logging.Filter()
@@ -146,7 +147,7 @@ def _quantize(source: Path, out: Path, nodes: list[str] | None = None) -> None:
     logging.getLogger().addFilter(quiet)
     try:
         quantize_dynamic(str(source), str(out), weight_type=QuantType.QInt8, per_channel=True,
-                         nodes_to_quantize=nodes, op_types_to_quantize=["MatMul"])
+                         reduce_range=reduce_range, nodes_to_quantize=nodes, op_types_to_quantize=["MatMul"])
     finally:
         logging.getLogger().removeFilter(quiet)
 
@@ -205,7 +206,7 @@ def _export_splade(ref: ModelRef, directory: Path) -> tuple[dict, dict]:
     fp32, int8 = directory / "splade-fp32.onnx", directory / "splade-int8.onnx"
     _export_graph(SpladeGraph().eval(), fp32, ["pooled", "states"], sample)
     node = _projection_node(fp32, tuple(weight.t().shape))
-    _quantize(fp32, int8, [node.name])
+    _quantize(fp32, int8, [node.name], reduce_range=True)  # 7-bit weights: no int16 saturation on AVX2 CPUs
     np.save(directory / "splade-projection.npy", weight.numpy())
     np.save(directory / "splade-bias.npy", bias.numpy())
     np.save(directory / "splade-int8-error.npy", _int8_error(int8, node.input[1], weight.numpy()))
@@ -353,8 +354,8 @@ class OnnxSpladeEncoder(_OnnxQueryEncoder):
         if int8:
             self._projection = np.load(self._file("projection"))  # [vocab, hidden] fp32, for the exact rescoring
             self._bias = np.load(self._file("bias"))
-            self._weight_norm = np.linalg.norm(self._projection, axis=1).astype(np.float32)
-            self._int8_error = np.load(self._file("int8_error"))
+            self._int8_error = np.load(self._file("int8_error"))  # per term: |dequantized int8 row - fp32 row|
+            self._error_factor = np.linalg.norm(self._projection, axis=1).astype(np.float32) + self._int8_error
 
     def encode_query(self, text: str) -> tuple[np.ndarray, np.ndarray]:
         """Term ids (uint32, sorted) and weights (float32 > 0) of one query."""
@@ -387,37 +388,44 @@ class OnnxSpladeEncoder(_OnnxQueryEncoder):
         scale, the weights ``e_v`` (per row, L2); so ``|int8 - fp32| <= sqrt(H) s (|w_v| + e_v) + |h| e_v``.
         """
         step = (max(float(states.max()), 0.0) - min(float(states.min()), 0.0)) / 255.0
-        activation_error = np.sqrt(states.shape[-1]) * step
-        out = []
-        for row, n in enumerate(lengths):
-            tokens = np.ascontiguousarray(states[row, :n])
-            norm = float(np.sqrt((tokens * tokens).sum(axis=1)).max())
-            bound = activation_error * (self._weight_norm + self._int8_error) + norm * self._int8_error + 1e-3
-            candidates = np.flatnonzero(pooled[row] + bound > 0)
-            logits = _max_logits(tokens, self._projection, self._bias, candidates)
-            keep = logits > 0
-            out.append((candidates[keep], logits[keep]))
-        return out
+        activation_error = np.float32(np.sqrt(states.shape[-1]) * step)
+        return [_rescore_row(pooled[row], np.ascontiguousarray(states[row, :n]), self._projection, self._bias,
+                             self._error_factor, self._int8_error, activation_error)
+                for row, n in enumerate(lengths)]
 
     def describe(self) -> dict:
         return {"name": self.name, "sha256": self.hash, "runtime": self.runtime, "vocab_size": self.vocab_size,
                 "query_max_length": self.query_max_length, "export": str(self.directory)}
 
 
-@njit(cache=True, nogil=True)
-def _max_logits(tokens: np.ndarray, weight: np.ndarray, bias: np.ndarray, terms: np.ndarray) -> np.ndarray:
-    """``max over tokens of tokens @ weight[term] + bias[term]`` for each term (fp32, one thread)."""
-    out = np.empty(len(terms), np.float32)
-    for j in range(len(terms)):
-        row = weight[terms[j]]
-        best = -np.inf
+@njit(cache=True, nogil=True, fastmath=True)
+def _rescore_row(approx: np.ndarray, tokens: np.ndarray, weight: np.ndarray, bias: np.ndarray,
+                 error_factor: np.ndarray, weight_error: np.ndarray, activation_error: np.float32
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Terms whose exact ``max over tokens of tokens @ weight[term] + bias[term]`` is positive, and those logits,
+    computed in fp32 for the terms whose int8 logit ``approx`` plus its error bound is positive (one thread)."""
+    norm = np.float32(0.0)
+    for t in range(tokens.shape[0]):
+        norm = max(norm, np.sqrt(np.sum(tokens[t] * tokens[t])))
+    terms = np.empty(len(approx), np.int64)
+    logits = np.empty(len(approx), np.float32)
+    found = 0
+    for v in range(len(approx)):
+        if approx[v] + activation_error * error_factor[v] + norm * weight_error[v] + np.float32(1e-3) <= 0:
+            continue
+        row = weight[v]
+        best = np.float32(-np.inf)
         for t in range(tokens.shape[0]):
             acc = np.float32(0.0)
             for d in range(tokens.shape[1]):
                 acc += tokens[t, d] * row[d]
             best = max(best, acc)
-        out[j] = best + bias[terms[j]]
-    return out
+        best += bias[v]
+        if best > 0:
+            terms[found] = v
+            logits[found] = best
+            found += 1
+    return terms[:found].copy(), logits[:found].copy()
 
 
 class OnnxDenseEncoder(_OnnxQueryEncoder):

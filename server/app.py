@@ -194,7 +194,8 @@ class ServerState:
             _single_threaded_blas()
             engine = open_engine(self.index_dir) if is_sharded(self.index_dir) else Engine.open(self.index_dir)
             engine.query_runtime = self.query_runtime
-            engine.query_encoder()  # load the sparse model now, not on the first request
+            engine.encoder  # noqa: B018 - load the sparse model now (highlights, writes), not on the first request
+            engine.query_encoder()  # and the query runtime's encoders
             if engine.dense is not None:
                 engine.dense_query_encoder()
             if self.warmup:

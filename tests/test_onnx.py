@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -80,6 +83,18 @@ def test_changed_model_or_corrupt_file_is_exported_again(tmp_path):
     third = OnnxSpladeEncoder(str(model), cache_dir=cache)  # sha256 mismatch: made again, and it works
     assert int8_file.stat().st_size > 1000
     assert third.encode_query("gzip")[0].size > 0
+
+
+def test_cached_export_needs_no_torch(engine, splade_int8):
+    code = ("import sys\n"
+            "from lsr import Engine\n"
+            f"e = Engine.open({str(engine.index_dir)!r}, query_runtime='onnx-int8')\n"
+            "hits = e.search('send email over smtp', k=3)\n"
+            "print(hits[0].id, e.query_encoder().runtime, 'torch' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300,
+                         env=os.environ)  # the module's cache, where splade_int8 exported the model
+    doc, runtime, torch_loaded = out.stdout.split()
+    assert doc.startswith("module:smtplib") and runtime == "onnx-int8" and torch_loaded == "False"
 
 
 def test_fp32_and_int8_vectors_match_torch(encoder, splade_fp32, splade_int8):

@@ -444,7 +444,10 @@ class OnnxDenseEncoder(_OnnxQueryEncoder):
         return self.encode_queries([text])[0]
 
     def encode_queries(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
-        """Embeddings [n, dim] float32."""
+        """Embeddings [n, dim] float32. The int8 graph encodes one text per run: its activations are quantized with
+        one scale per run, which would make a query's embedding depend on the queries batched with it."""
+        if self.runtime == "onnx-int8":
+            batch_size = 1
         out = np.zeros((len(texts), self.dim), np.float32)
         ids = self._token_ids(texts) if texts else []
         for chosen, input_ids, mask in self._batches(texts, ids, batch_size, skip_blank=False):

@@ -123,7 +123,8 @@ def run(queries: Path, max_queries: int, models: list[str], repeat: int = 3) -> 
                          "batch32_ms_per_query": batch_ms_per_query(encoder, texts),
                          "agreement": agree(reference, vectors)})
             print(json.dumps(rows[-1]), flush=True)
-    return {"queries": str(queries.name), "num_queries": len(texts), "threads": 1, "repeat": repeat, "rows": rows,
+    return {"queries": f"{queries.parent.name}/{queries.name}", "num_queries": len(texts), "threads": 1,
+            "repeat": repeat, "rows": rows,
             "machine": {"python": platform.python_version(), "cpus": os.cpu_count(),
                         "load_average": [round(x, 2) for x in os.getloadavg()],
                         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}}

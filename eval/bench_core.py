@@ -8,6 +8,8 @@
   the same vectors (when the ``bench`` extra is installed); peak RSS of each build measured in a child process.
 * Exact search: per-query latency (mean/p50/p99, one thread) and batch queries/s (all threads) vs scipy's
   sparse product + argpartition over the same quantized postings.
+* Query encoding one query at a time on one thread: the SPLADE model vs inference-free (tokenizer + the index's
+  IDF table, when the index has it).
 
 Writes ``eval/results/bench_core_<name>.json`` and prints a markdown table.
 """
@@ -30,9 +32,10 @@ from lsr.index import IndexBuilder, InvertedIndex
 from lsr import Engine
 from lsr.corpus import CorpusReader, read_queries
 from lsr.engine import document_text
+from lsr.evaluation.results import portable_path
 
 from .peers import peak_rss_mb
-from .timing import latency_summary
+from .timing import latency_summary, time_each
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -171,6 +174,19 @@ def bench_search(index: InvertedIndex, queries: list[tuple[np.ndarray, np.ndarra
     }
 
 
+# ---------------------------------------------------------------------------------------------- query encoders
+def bench_query_encoders(engine: Engine, texts: list[str]) -> dict:
+    """Per-query encoding latency (one at a time, one thread) of the model and of inference-free queries."""
+    torch.set_num_threads(1)
+    _, model = time_each(engine.encoder.encode_query, texts)
+    out = {"queries": len(texts), "model_ms": latency_summary(model), "inference_free_ms": None, "speedup": None}
+    if engine.manifest.get("inference_free"):
+        _, free = time_each(engine.inference_free.encode_query, texts)
+        out["inference_free_ms"] = latency_summary(free)
+        out["speedup"] = out["model_ms"]["mean"] / out["inference_free_ms"]["mean"]
+    return out
+
+
 # ---------------------------------------------------------------------------------------------- main
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -184,7 +200,9 @@ def main() -> None:
 
     engine = Engine.open(args.index)
     name = args.name or args.index.name
-    result: dict = {"name": name, "index": engine.info()}
+    info = engine.info()
+    result: dict = {"name": name, "index": {**info, "index": portable_path(info["index"]),
+                                            "corpus": info["corpus"] and portable_path(info["corpus"])}}
     print(f"[{name}] encoding benchmark on {args.docs} documents …", flush=True)
     result["encoding"] = bench_encoding(engine, Path(engine.manifest["corpus"]), args.docs)
 
@@ -203,6 +221,8 @@ def main() -> None:
     result["query_encoding_ms_per_query"] = (time.perf_counter() - started) * 1000 / len(texts)
     print(f"[{name}] exact search on {len(texts)} queries …", flush=True)
     result["search"] = bench_search(engine.index, queries, args.k)
+    print(f"[{name}] query encoding, model vs inference-free …", flush=True)
+    result["query_encoders"] = bench_query_encoders(engine, texts)
 
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"bench_core_{name}.json").write_text(json.dumps(result, indent=2))
@@ -227,6 +247,10 @@ def render(r: dict) -> str:
         seis = f"{seis_b['seconds']:.2f} s, {seis_b['peak_rss_mb']:.0f} MB (pyseismic-lsr)" if seis_b else "n/a"
         ratio = f"{ours_b['seconds'] / seis_b['seconds']:.2f}" if seis_b else ""
         lines.append(f"| build from vectors: time, peak RSS | {ours_b['seconds']:.2f} s, {ours_b['peak_rss_mb']:.0f} MB | {seis} | {ratio} |")
+    qe = r.get("query_encoders")
+    if qe and qe["inference_free_ms"]:
+        lines.append(f"| query encoding ms/query mean (1 thread) | {qe['inference_free_ms']['mean']:.3f} (inference-free) | "
+                     f"{qe['model_ms']['mean']:.3f} (SPLADE model) | {qe['speedup']:.0f}× faster |")
     lines += ["", f"Encoding: max relative weight difference {e['max_relative_weight_diff']:.2e}, identical top-10 terms for "
               f"{e['identical_top10_fraction']:.1%} of documents. Query encoding {r['query_encoding_ms_per_query']:.2f} ms/query (batched)."]
     return "\n".join(lines)

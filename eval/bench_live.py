@@ -25,6 +25,7 @@ import numpy as np
 from lsr.eval.timing import latency_summary, time_each
 from lsr import Engine
 from lsr.corpus import Document, read_queries
+from lsr.evaluation.results import portable_path
 from lsr.live import compact
 
 
@@ -68,7 +69,7 @@ def main() -> None:
              or (m == "bmp-approx" and "bmp" in engine.manifest.get("structures", {}))]
     queries = [text for _, text in read_queries(args.queries)][: args.max_queries]
     vectors = engine.query_vectors(queries)
-    report: dict = {"index": str(args.index), "documents": engine.index.num_docs, "queries": len(queries),
+    report: dict = {"index": portable_path(args.index), "documents": engine.index.num_docs, "queries": len(queries),
                     "modes": modes, "latency_ms": {}}
     report["latency_ms"]["single"] = {m: time_queries(engine, vectors, m)[0] for m in modes}
 

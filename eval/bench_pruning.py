@@ -1,8 +1,8 @@
 """Pruning benchmark (issue 4): lsr exact / BMP / Seismic against pyseismic-lsr, the BMP authors' ``bmp`` package
 and scipy brute force, all on the same vectors, in one run.
 
-    python -m lsr.eval.bench_pruning --index ~/.cache/lsr/eval/indexes/scifact-splade-tiny-b5712e6cc5ee \\
-        --queries /work/shared/data/beir/scifact/queries.jsonl --name scifact
+    python -m lsr.eval.bench_pruning --index $LSR_CACHE/indexes/scifact-splade-tiny-b5712e6cc5ee \\
+        --queries $LSR_DATA/beir/scifact/queries.jsonl --name scifact
     python -m lsr.eval.bench_pruning --synthetic 1000000 --name synthetic-1m
     python -m lsr.eval.bench_pruning --synthetic 20000 --max-queries 200 --name synthetic-20k     # smoke test
 
@@ -51,6 +51,7 @@ from lsr.index import IndexBuilder, InvertedIndex
 from lsr.index.bmp import DEFAULT_BLOCK_SIZE
 from lsr.index.seismic import BUILD_DEFAULTS as SEISMIC_BUILD_DEFAULTS
 from lsr.index.structures import add_structure
+from lsr.evaluation.results import portable_path
 
 RESULTS = Path(__file__).parent / "results"
 PLOTS = Path(__file__).parent / "plots"
@@ -450,7 +451,7 @@ def run(args, name: str, work: Path) -> dict:
         queries = encoded_queries(args.index, args.queries, args.max_queries,
                                   RESULTS / f"bench_pruning_{name}.queries.npz", manifest["model"]["sha256"])
         np.savez(vectors_path, **dict(zip(("indptr", "terms", "weights"), forward_vectors(source))))
-        origin = {"index": str(args.index.resolve()), "queries": str(args.queries.resolve()),
+        origin = {"index": portable_path(args.index), "queries": portable_path(args.queries),
                   "reordered": "doc_original" in manifest["arrays"]}
         del source
     else:

@@ -2,6 +2,7 @@
 and a cost model for MS MARCO v1 (8.8M passages) and v2 (138M) from the measured numbers.
 
     python -m lsr.eval.bench_shards                                  # scifact, the cached `lsr eval` index, 2 shards
+    python -m lsr.eval.bench_shards --dataset $LSR_DATA/beir/scifact  # a local copy of the dataset
     python -m lsr.eval.bench_shards --encode-docs 400 --synthetic 25000,50000,100000 --queries 300
 
 1. Encoding: the first ``--encode-docs`` documents of the dataset indexed with ``lsr index --shards 2`` (the Ray
@@ -39,12 +40,14 @@ import numpy as np
 from lsr.eval.timing import latency_summary, time_each
 
 RESULTS = Path(__file__).parent / "results"
-DEFAULT_DATASET = Path("/work/shared/data/beir/scifact")
+DEFAULT_DATASET = "scifact"  # a BEIR dataset name (downloaded once into lsr eval's cache) or a directory
 WARMUP = 10
 
 
 def _find_index(dataset: Path) -> Path | None:
-    cache = Path(os.environ.get("LSR_CACHE", Path.home() / ".cache" / "lsr" / "eval")) / "indexes"
+    from lsr.evaluation import default_cache_dir
+
+    cache = default_cache_dir() / "indexes"
     found = sorted(p for p in cache.glob(f"{dataset.name}-splade-tiny-*") if (p / "manifest.json").is_file()
                    and "-bp-" not in p.name)
     return found[0] if found else None
@@ -100,8 +103,7 @@ def bench_latency(dataset: Path, index: Path, work: Path, shards: int, n_queries
     from lsr import Engine
     from lsr.corpus import read_queries
     from lsr.sharded.build import build_sharded
-    from lsr.sharded.search import ShardedEngine
-    from lsr.evaluate import read_qrels
+    from lsr.evaluation import read_qrels
 
     source = Engine.open(index)
     vectors = work / "vectors.jsonl"
@@ -116,7 +118,7 @@ def bench_latency(dataset: Path, index: Path, work: Path, shards: int, n_queries
     t = time.time()
     build_sharded(vectors, work / "sharded", shards, structures=structures, progress=False, encoder=encoder)
     sharded_build = time.time() - t
-    sharded = ShardedEngine.open(work / "sharded", encoder=encoder).start()
+    sharded = Engine.open(work / "sharded", encoder=encoder).start()
     shard_engines = [Engine.open(work / "sharded" / s["dir"]) for s in sharded.manifest["shards"]]
 
     qrels = read_qrels(dataset / "qrels" / "test.tsv")
@@ -172,7 +174,7 @@ def bench_latency(dataset: Path, index: Path, work: Path, shards: int, n_queries
         print(f"{mode}: single {row['single_ms']['mean']:.3f} ms, sharded {row['sharded_ms']['mean']:.3f} ms, "
               f"identical {row['identical_results']}", flush=True)
     # the serial part of a fan-out: submitting one request (the coordinator does it once per shard)
-    actor, (qterms, qweights, _) = sharded.actors[0], sharded.index.quantize(*queries[0])
+    actor, (qterms, qweights, _) = sharded.parts.actors[0], sharded.index.quantize(*queries[0])
     refs, t = [], time.perf_counter()
     for _ in range(200):
         refs.append(actor.search.remote([(qterms, qweights)], 10, "exact", {}))
@@ -183,7 +185,7 @@ def bench_latency(dataset: Path, index: Path, work: Path, shards: int, n_queries
     out["receive_ms_per_answer"] = round((time.perf_counter() - t) / 200 * 1e3, 4)
     one = work / "sharded-1"  # the coordinator's cost with one shard (same documents as the single index)
     build_sharded(vectors, one, 1, progress=False, encoder=encoder)
-    one_shard = ShardedEngine.open(one, encoder=encoder).start()
+    one_shard = Engine.open(one, encoder=encoder).start()
     _, t_one = time_each(lambda q: one_shard.index.search(*q, k=10), queries, WARMUP)
     one_shard.close()
     out["one_shard_exact_ms"] = latency_summary(t_one, 4)
@@ -450,7 +452,7 @@ def markdown(result: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--dataset", type=Path, default=DEFAULT_DATASET)
+    parser.add_argument("--dataset", default=DEFAULT_DATASET, help="BEIR dataset directory or name.")
     parser.add_argument("--index", type=Path, default=None, help="Index of the dataset (default: lsr eval's cache).")
     parser.add_argument("--encode-docs", type=int, default=240)
     parser.add_argument("--queries", type=int, default=300)
@@ -464,22 +466,26 @@ def main() -> None:
 
     import sys
 
+    from lsr.evaluation import resolve_dataset_dir
+    from lsr.evaluation.results import portable_argv, portable_path
     from lsr.sharded.ray_runtime import init_ray
 
-    index = args.index or _find_index(args.dataset)
+    dataset = resolve_dataset_dir(args.dataset)
+    index = args.index or _find_index(dataset)
     if index is None:
-        raise SystemExit(f"no index of {args.dataset}: run `lsr eval {args.dataset}` once or pass --index")
+        raise SystemExit(f"no index of {dataset}: run `lsr eval {args.dataset}` once or pass --index")
     work = args.work or Path(tempfile.mkdtemp(prefix="bench_shards-"))
     work.mkdir(parents=True, exist_ok=True)
-    result = {"argv": " ".join(sys.argv[1:]), "dataset": args.dataset.name, "index": str(index), "cpus": args.cpus,
+    result = {"argv": portable_argv(sys.argv[1:]), "dataset": dataset.name, "index": portable_path(index),
+              "cpus": args.cpus,
               "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
               "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
               "load_before": [round(x, 2) for x in os.getloadavg()]}
     started = time.time()
     init_ray(num_cpus=args.cpus)
     try:
-        result["encoding"] = bench_encoding(args.dataset, args.encode_docs, work, args.shards)
-        result["latency"] = bench_latency(args.dataset, index, work, args.shards, args.queries, args.cpus)
+        result["encoding"] = bench_encoding(dataset, args.encode_docs, work, args.shards)
+        result["latency"] = bench_latency(dataset, index, work, args.shards, args.queries, args.cpus)
         result["shard_size"] = bench_shard_size([int(x) for x in args.synthetic.split(",")], work, args.queries)
         result["cost_model"] = cost_model(result["latency"], result["shard_size"])
     finally:

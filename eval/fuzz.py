@@ -1,7 +1,7 @@
 """API fuzzing with schemathesis against the server's OpenAPI schema: no 5xx, and every 4xx/5xx body is JSON.
 
     python -m lsr.eval.fuzz --index DIR [--max-examples 50] [--out eval/results/fuzz.json]
-    python -m lsr.eval.fuzz --build /tmp/fuzz-index      # build a small index (the sample's module passages) first
+    python -m lsr.eval.fuzz --build fuzz-index           # build a small index (the sample's module passages) first
 
 Starts ``uvicorn`` on 127.0.0.1 (a free port) over a *copy* of the index (the write endpoints are fuzzed too, with
 the server's API key, so documents get added and deleted), runs ``schemathesis run`` on ``/openapi.json`` for
@@ -198,6 +198,7 @@ def _decode(value, limit: int = 400):
 
 def main(argv: list[str] | None = None) -> int:
     from lsr.eval.loadtest import free_port, wait_until_ready
+    from lsr.evaluation.results import portable_argv
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--index", type=Path, help="Index to serve (a copy is fuzzed; the original is untouched).")
@@ -255,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
         tracebacks = [block for marker in ("internal error on ", "Exception in ASGI application")
                       for block in log_text.split(marker)[1:]]
         report = {
-            "command": "python -m lsr.eval.fuzz " + " ".join(argv if argv is not None else sys.argv[1:]),
+            "command": "python -m lsr.eval.fuzz " + portable_argv(argv if argv is not None else sys.argv[1:]),
             "schemathesis": schemathesis.__version__ if hasattr(schemathesis, "__version__") else None,
             "index_documents": _doc_count(args.index),
             "max_examples": args.max_examples, "seed": args.seed, "checks": checks,

@@ -165,6 +165,8 @@ def table(rows: list[dict], label: str) -> str:
 
 
 def main() -> None:
+    from lsr.evaluation.results import portable_path
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--index", type=Path, help="Index to serve (started here on 127.0.0.1).")
     parser.add_argument("--url", help="An already running server on 127.0.0.1 instead of --index.")
@@ -220,7 +222,8 @@ def main() -> None:
                 server.stop()
 
     summary = {
-        "index": str(args.index) if args.index else args.url, "queries": str(args.queries), "k": args.k,
+        "index": portable_path(args.index) if args.index else args.url, "queries": portable_path(args.queries),
+        "k": args.k,
         "duration_s": args.duration, "max_requests": args.max_requests, "cpus": os.cpu_count(), "rows": rows,
         "total_errors": sum(r["errors"] for r in rows),
     }

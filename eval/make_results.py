@@ -15,11 +15,11 @@ import json
 import sys
 from pathlib import Path
 
-from lsr.evaluate import result_key
+from lsr.evaluation import result_key
 
 HERE = Path(__file__).resolve().parent
 
-# (column key as produced by lsr.evaluate.result_key, header)
+# (column key as produced by lsr.evaluation.result_key, header)
 COLUMNS = [
     ("bm25", "BM25"),
     ("sparse-exact", "sparse exact"),
@@ -120,16 +120,18 @@ def render(results: dict[tuple[str, str], dict], plots: list[Path], out_dir: Pat
         "for d in scifact time medline cacm lisa npl; do",
         "  for run in \"--retriever bm25\" \"--retriever sparse\" \"--mode bmp\" \"--mode seismic\" \"--retriever dense\" \\",
         "             \"--retriever hybrid --fusion rrf\" \"--retriever hybrid --fusion convex\"; do",
-        "    lsr eval /work/shared/data/beir/$d $run --results-dir eval/results",
+        "    lsr eval $LSR_DATA/beir/$d $run --results-dir eval/results",
         "  done",
         "done",
-        "lsr eval /work/shared/data/corpora/wn-gcide --retriever bm25 --results-dir eval/results",
-        "lsr eval /work/shared/data/corpora/wn-gcide --adopt-index /work/cache/wn-gcide-splade-tiny --results-dir eval/results",
+        "lsr eval $LSR_DATA/corpora/wn-gcide --retriever bm25 --results-dir eval/results",
+        "lsr eval $LSR_DATA/corpora/wn-gcide --adopt-index WN_GCIDE_INDEX --results-dir eval/results",
         "python -m lsr.eval.make_results",
         "```",
         "",
-        "Indexes are cached (`~/.cache/lsr/eval`), so only the first run of a dataset encodes its corpus; BMP runs",
-        "on a copy reordered with `bp`, Seismic with its default build parameters.",
+        "`$LSR_DATA` is the directory holding the datasets (result files name dataset paths relative to it);",
+        "`WN_GCIDE_INDEX` is a splade-tiny `lsr index` of wn-gcide built beforehand. Indexes are cached (`$LSR_CACHE`,",
+        "default `~/.cache/lsr/eval`), so only the first run of a dataset encodes its corpus; BMP runs on a copy",
+        "reordered with `bp`, Seismic with its default build parameters.",
         "",
         "Metrics: ir_measures (pytrec_eval), averaged over every judged query of the split (a query without results",
         "scores 0), on the ranking exactly as returned. Sparse model: the embedded splade-tiny unless a record says",

@@ -99,9 +99,9 @@ def seismic_build(vectors_path: str, vocab_size: int, out_path: str | None = Non
     with np.load(vectors_path) as data:
         indptr, terms, weights = data["indptr"], data["terms"], data["weights"]
     if params is None:
-        from lsr.index.seismic import BUILD_DEFAULTS, _auto_n_postings
+        from lsr.index.seismic import BUILD_DEFAULTS, auto_n_postings
 
-        ours = {**BUILD_DEFAULTS, "n_postings": _auto_n_postings(len(indptr) - 1)}
+        ours = {**BUILD_DEFAULTS, "n_postings": auto_n_postings(len(indptr) - 1)}
         params = seismic_params(np.bincount(terms, minlength=vocab_size), ours)
     before = peak_rss_mb()
     started = time.perf_counter()

@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from lsr.eval.loadtest import LocalServer, load_queries
+from lsr.evaluation.results import portable_path
 
 
 def rss_mb(pid: int) -> float:
@@ -175,8 +176,9 @@ def compactor(index: Path, every: float, stop: threading.Event, log: list[dict])
         t0 = time.time()
         proc = subprocess.run([sys.executable, "-m", "lsr.cli", "compact", "--index", str(index), "--no-progress"],
                               capture_output=True, text=True)
+        output = (proc.stdout + proc.stderr).strip().replace(str(index.parent), portable_path(index.parent))
         log.append({"at_s": round(t0 - started, 1), "seconds": round(time.time() - t0, 1), "exit": proc.returncode,
-                    "output": (proc.stdout + proc.stderr).strip()[-300:]})
+                    "output": output[-300:]})
 
 
 def main() -> None:
@@ -242,8 +244,9 @@ def main() -> None:
     verify = subprocess.run([sys.executable, "-m", "lsr.cli", "verify", "--index", str(index)],
                             capture_output=True, text=True)
     summary = rec.summary()
+    verified = verify.stdout.strip().replace(str(scratch), portable_path(scratch))
     report = {
-        "index": str(args.index), "minutes": round(elapsed / 60, 2), "searchers": args.searchers,
+        "index": portable_path(args.index), "minutes": round(elapsed / 60, 2), "searchers": args.searchers,
         "requests": sum(v["requests"] for v in summary.values()),
         "errors": sum(v["errors"] for v in summary.values()), "error_samples": rec.samples,
         "retried_while_locked": rec.retried, "by_type": summary,
@@ -253,7 +256,7 @@ def main() -> None:
                       "deleted": len(writer.deleted), "expected": expected_docs, "server": final["documents"],
                       "match": final["documents"] == expected_docs},
         "deleted_ids_still_found": len(wrong_deleted), "added_ids_missing": len(wrong_live),
-        "compactions": compactions, "verify": {"exit": verify.returncode, "output": verify.stdout.strip()[-200:]},
+        "compactions": compactions, "verify": {"exit": verify.returncode, "output": verified[-200:]},
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

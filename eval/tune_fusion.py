@@ -1,6 +1,6 @@
 """Choose the hybrid fusion defaults of ``lsr.fusion`` on a BEIR train split, report them on the test split.
 
-    python -m lsr.eval.tune_fusion --index INDEX_WITH_DENSE --dataset /path/to/beir/scifact [--out eval/results/fusion-scifact.json]
+    python -m lsr.eval.tune_fusion --index INDEX_WITH_DENSE --dataset $LSR_DATA/beir/scifact [--out eval/results/fusion-scifact.json]
 
 The index must hold dense vectors (``lsr index --dense`` or ``lsr index --add-dense``). Every query is encoded
 once; each retriever's full score vector is computed once, so every configuration of the grid (method,
@@ -22,22 +22,13 @@ import numpy as np
 
 from lsr import Engine
 from lsr.corpus import read_queries
+from lsr.evaluation import read_qrels
+from lsr.evaluation.results import portable_path
 from lsr.fusion import FusionConfig, fuse
 
 ALPHAS = [round(a, 2) for a in np.arange(0.0, 1.0001, 0.05)]
 DEPTHS = [20, 50, 100, 200, 500]
 RRF_KS = [10, 30, 60, 100]
-
-
-def read_qrels(path: Path) -> dict[str, dict[str, int]]:
-    qrels: dict[str, dict[str, int]] = {}
-    with open(path, encoding="utf-8") as fh:
-        for i, line in enumerate(fh):
-            parts = line.rstrip("\n").split("\t")
-            if i == 0 and not parts[-1].lstrip("-").isdigit():
-                continue  # header
-            qrels.setdefault(parts[0], {})[parts[1]] = int(parts[2])
-    return qrels
 
 
 def ndcg10(qrels: dict, run: dict[str, dict[str, float]]) -> float:
@@ -111,10 +102,10 @@ def main() -> None:
     engine = Engine.open(args.index)
     engine.require_dense()
     queries = dict(read_queries(args.dataset / "queries.jsonl"))
-    result: dict = {"index": str(args.index), "dataset": str(args.dataset), "metric": "nDCG@10"}
+    result: dict = {"index": portable_path(args.index), "dataset": portable_path(args.dataset), "metric": "nDCG@10"}
     splits = {}
     for name in (args.tune_split, args.test_split):
-        qrels = read_qrels(args.dataset / "qrels" / f"{name}.tsv")
+        qrels = read_qrels(args.dataset / "qrels" / f"{name}.tsv").judgments
         split = Split(engine, [(q, queries[q]) for q in qrels if q in queries], max(DEPTHS))
         splits[name] = (split, qrels)
         print(f"{name}: {len(split.qids)} queries encoded and scored ({time.time() - started:.0f}s)", flush=True)

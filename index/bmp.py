@@ -44,15 +44,15 @@ Arrays (all prefixed ``bmp_``): ``term_offsets`` int64 [V + 1], ``term_blocks`` 
 from __future__ import annotations
 
 import math
-import threading
 
-import numba
 import numpy as np
 from numba import njit, prange
 
-from .parallel import numba_threads
+from .batch import QueryRunner
+from .bsearch import lower_bound
+from .params import check_int, check_number
 from .storage import IndexFormatError, open_array, read_manifest, write_array
-from .topk import heap_offer, heap_sort
+from .topk import heap_offer, heap_replace_top, heap_sort, heapify
 
 NAME = "bmp"
 MODES = ("bmp", "bmp-approx")
@@ -173,29 +173,6 @@ def _block_fill(fwd_off, fwd_terms, fwd_imp, num_docs, block_size, shift, b_off,
 
 
 # ----------------------------------------------------------------------------------- query kernels
-@njit(cache=True, nogil=True, inline="always")
-def _above(u1, b1, u2, b2):
-    """Max-heap order of candidate blocks: larger bound first, then lower block id."""
-    return u1 > u2 or (u1 == u2 and b1 < b2)
-
-
-@njit(cache=True, nogil=True)
-def _sift_max(ub, blk, size, pos):
-    u, b = ub[pos], blk[pos]
-    while True:
-        child = 2 * pos + 1
-        if child >= size:
-            break
-        right = child + 1
-        if right < size and _above(ub[right], blk[right], ub[child], blk[child]):
-            child = right
-        if not _above(ub[child], blk[child], u, b):
-            break
-        ub[pos], blk[pos] = ub[child], blk[child]
-        pos = child
-    ub[pos], blk[pos] = u, b
-
-
 @njit(cache=True, nogil=True)
 def _score_block_bitmap(b, b_off, e_off, packed, shift, bitmap, qterms, qweights, starts, ends, firsts, ws, bacc):
     """Accumulate block b's scores into bacc via the term bitmap (bitmap layout)."""
@@ -233,15 +210,8 @@ def _score_block_postings(d0, d1, p_off, p_docs, p_imps, qterms, qweights, bacc)
     """Accumulate block [d0, d1)'s scores into bacc by binary search in the posting lists (postings layout)."""
     for i in range(qterms.shape[0]):
         t = qterms[i]
-        lo = p_off[t]
-        r = p_off[t + 1]
-        end = r
-        while lo < r:
-            m = (lo + r) >> 1
-            if p_docs[m] < d0:
-                lo = m + 1
-            else:
-                r = m
+        end = p_off[t + 1]
+        lo = lower_bound(p_docs, p_off[t], end, d0)
         w = qweights[i]
         while lo < end and p_docs[lo] < d1:
             bacc[p_docs[lo] - d0] += w * np.int32(p_imps[lo])
@@ -249,16 +219,31 @@ def _score_block_postings(d0, d1, p_off, p_docs, p_imps, qterms, qweights, bacc)
 
 
 @njit(cache=True, nogil=True)
-def _bmp_one(layout, t_off, t_blocks, t_max, kth,
-             b_off, e_off, packed, shift, bitmap,
-             p_off, p_docs, p_imps,
-             num_docs, block_size, qterms, qweights, bterms, bweights, k, col, alpha,
-             ub, cand_ub, cand_blk, bacc, top_scores, top_docs):
-    """Top-k of one quantized query by block-max pruning into ``top_*[:n]`` (sorted); return n.
+def _bound_terms(qterms, qweights, beta):
+    """The ceil(beta * n) highest-weighted query terms (ties: lower term id), for the block upper bounds."""
+    n = qterms.shape[0]
+    if beta >= 1.0 or n == 0:
+        return qterms, qweights
+    keep = max(1, math.ceil(n * beta))
+    key = np.empty(n, np.int64)
+    for i in range(n):  # weight desc, then term id asc
+        key[i] = -np.int64(qweights[i]) * 2**32 + np.int64(qterms[i])
+    order = np.argsort(key, kind="mergesort")[:keep]
+    return qterms[order], qweights[order]
 
-    ``layout`` 0: bitmap, 1: postings. ``bterms/bweights`` are the query terms used for the block
-    upper bounds (all of them in safe mode); documents are scored with all of ``qterms/qweights``.
-    Scratch ``ub`` and ``bacc`` must be zero on entry and are left zeroed.
+
+@njit(cache=True, nogil=True)
+def bmp_top_k(layout, t_off, t_blocks, t_max, kth,
+              b_off, e_off, packed, shift, bitmap,
+              p_off, p_docs, p_imps, num_docs, block_size,
+              qterms, qweights, k, col, alpha, beta,
+              ub, cand_key, cand_blk, bacc, top_scores, top_docs):
+    """Top-k of one quantized query by block-max pruning into ``top_*[:n]`` (sorted); return n (an
+    :mod:`index.batch` kernel).
+
+    ``col``: column of ``kth`` bounding the k-th score (-1: none); ``alpha``, ``beta``: the approximation knobs (1
+    and 1: safe). ``layout`` 0: bitmap, 1: postings. The block upper bounds use the :func:`_bound_terms`;
+    documents are scored with all query terms. Scratch ``ub`` and ``bacc`` must be zero on entry and are left zeroed.
     """
     nb = ub.shape[0]
     nq = qterms.shape[0]
@@ -269,33 +254,34 @@ def _bmp_one(layout, t_off, t_blocks, t_max, kth,
             v = qweights[i] * np.int32(kth[qterms[i], col])
             if v > est:
                 est = v
+    bterms, bweights = _bound_terms(qterms, qweights, beta)
     for i in range(bterms.shape[0]):
         t = bterms[i]
         w = bweights[i]
         for e in range(t_off[t], t_off[t + 1]):
             ub[t_blocks[e]] += w * np.int32(t_max[e])
+    # Candidate blocks in the top-k heap keyed (-bound, last - block): they come out by decreasing
+    # bound, then increasing block id.
+    last = nb - 1
     nc = 0
     for b in range(nb):
         u = ub[b]
         if u >= est:
-            cand_ub[nc] = u
-            cand_blk[nc] = b
+            cand_key[nc] = -u
+            cand_blk[nc] = last - b
             nc += 1
         ub[b] = 0
-    for i in range(nc // 2 - 1, -1, -1):  # heapify: blocks come out by decreasing bound
-        _sift_max(cand_ub, cand_blk, nc, i)
+    heapify(cand_key, cand_blk, nc)
     starts = np.empty(nq, np.int64)
     ends = np.empty(nq, np.int64)
     firsts = np.empty(nq, np.int64)
     ws = np.empty(nq, np.int32)
     size = 0
     while nc > 0:
-        u = cand_ub[0]
-        b = np.int64(cand_blk[0])
+        u = -cand_key[0]
+        b = last - np.int64(cand_blk[0])
         nc -= 1
-        cand_ub[0] = cand_ub[nc]
-        cand_blk[0] = cand_blk[nc]
-        _sift_max(cand_ub, cand_blk, nc, 0)
+        heap_replace_top(cand_key, cand_blk, nc, cand_key[nc], cand_blk[nc])
         d0 = b * block_size
         if size == k:
             bound = alpha * np.float64(u)
@@ -319,26 +305,6 @@ def _bmp_one(layout, t_off, t_blocks, t_max, kth,
     return size
 
 
-@njit(cache=True, nogil=True, parallel=True)
-def _bmp_many(layout, t_off, t_blocks, t_max, kth,
-              b_off, e_off, packed, shift, bitmap,
-              p_off, p_docs, p_imps,
-              num_docs, block_size, qptr, qterms, qweights, bptr, bterms, bweights, k, col, alpha,
-              ub, cand_ub, cand_blk, bacc, top_scores, top_docs, counts):
-    """Query i = g, g + G, ... on worker g with scratch row g (G = ub.shape[0])."""
-    groups = ub.shape[0]
-    for g in prange(groups):
-        for q in range(g, qptr.shape[0] - 1, groups):
-            a, z = qptr[q], qptr[q + 1]
-            c, y = bptr[q], bptr[q + 1]
-            counts[q] = _bmp_one(layout, t_off, t_blocks, t_max, kth,
-                                 b_off, e_off, packed, shift, bitmap,
-                                 p_off, p_docs, p_imps,
-                                 num_docs, block_size, qterms[a:z], qweights[a:z], bterms[c:y], bweights[c:y],
-                                 k, col, alpha, ub[g], cand_ub[g], cand_blk[g], bacc[g],
-                                 top_scores[q], top_docs[q])
-
-
 # ----------------------------------------------------------------------------------- the structure
 def _check_params(mode: str, params: dict) -> tuple[float, float]:
     """(alpha, beta) of a search call; ValueError for unknown or misplaced parameters."""
@@ -354,20 +320,7 @@ def _check_params(mode: str, params: dict) -> tuple[float, float]:
     if unknown:
         raise ValueError(f"unknown parameters for mode 'bmp-approx': {', '.join(unknown)} (known: alpha, beta)")
     values = {**APPROX_DEFAULTS, **params}
-    for name in ("alpha", "beta"):
-        v = values[name]
-        if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) or not 0 < v <= 1:
-            raise ValueError(f"{name} must be a number in (0, 1], got {v!r}")
-    return float(values["alpha"]), float(values["beta"])
-
-
-def _bound_terms(qterms: np.ndarray, qweights: np.ndarray, beta: float) -> tuple[np.ndarray, np.ndarray]:
-    """The ceil(beta * n) highest-weighted query terms (ties: lower term id), for the block bounds."""
-    if beta >= 1.0 or qterms.size == 0:
-        return qterms, qweights
-    keep = max(1, math.ceil(qterms.size * beta))
-    order = np.lexsort((qterms, -qweights.astype(np.int64)))[:keep]
-    return qterms[order], qweights[order]
+    return check_number("alpha", values["alpha"], 0.0, 1.0), check_number("beta", values["beta"], 0.0, 1.0)
 
 
 class BmpIndex:
@@ -383,8 +336,6 @@ class BmpIndex:
         self.layout = params["layout"]
         self.num_blocks = int(params["num_blocks"])
         self.num_docs = int(index.num_docs)
-        self._a = arrays
-        self._local = threading.local()
         # Unused layout arrays are empty read-only stand-ins typed like the memory-mapped ones, so
         # both layouts share one compiled kernel signature.
         empty_i64, empty_imp = _readonly(np.empty(0, np.int64)), _readonly(np.empty(0, arrays["bmp_term_maxes"].dtype))
@@ -399,8 +350,11 @@ class BmpIndex:
             block = (empty_i64, _readonly(np.empty(0, np.uint32)), _readonly(np.empty(0, packed_dtype)), 8,
                      _readonly(np.empty((0, 0, 2), np.uint64)))
             postings = (index.array("postings_offsets"), index.array("postings_docs"), index.array("postings_impacts"))
-        self._kernel_args = (code, arrays["bmp_term_offsets"], arrays["bmp_term_blocks"], arrays["bmp_term_maxes"],
-                             arrays["bmp_term_kth"], *block, *postings)
+        data = (code, arrays["bmp_term_offsets"], arrays["bmp_term_blocks"], arrays["bmp_term_maxes"],
+                arrays["bmp_term_kth"], *block, *postings, self.num_docs, self.block_size)
+        scratch = ((self.num_blocks, np.int32), (self.num_blocks, np.int32), (self.num_blocks, np.uint32),
+                   (self.block_size, np.int32))  # ub, cand_key, cand_blk, bacc
+        self._runner = QueryRunner(bmp_top_k, data, scratch, self.num_docs)
 
     # -------------------------------------------------------------- build / load
     @classmethod
@@ -411,12 +365,9 @@ class BmpIndex:
     @classmethod
     def build(cls, index, block_size: int = DEFAULT_BLOCK_SIZE, layout: str = DEFAULT_LAYOUT) -> dict:
         """Compute the block maxima (and the layout's block postings) and write them into the index directory."""
-        if isinstance(block_size, bool) or not isinstance(block_size, (int, np.integer)) \
-                or not 1 <= block_size <= _MAX_BLOCK_SIZE:
-            raise ValueError(f"block_size must be an integer in [1, {_MAX_BLOCK_SIZE}], got {block_size!r}")
+        block_size = check_int("block_size", block_size, 1, _MAX_BLOCK_SIZE)
         if layout not in LAYOUTS:
             raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
-        block_size = int(block_size)
         num_docs, vocab = index.num_docs, index.vocab_size
         num_blocks = max(1, -(-num_docs // block_size))
         offsets = np.ascontiguousarray(index.array("postings_offsets"))
@@ -481,62 +432,19 @@ class BmpIndex:
         return cls(index, params, arrays)
 
     # -------------------------------------------------------------- search
-    def _scratch(self):
-        local = self._local
-        if not hasattr(local, "ub"):
-            local.ub = np.zeros(self.num_blocks, np.int32)
-            local.cand_ub = np.empty(self.num_blocks, np.int32)
-            local.cand_blk = np.empty(self.num_blocks, np.uint32)
-            local.bacc = np.zeros(self.block_size, np.int32)
-        return local
+    def _knobs(self, k: int, mode: str, params: dict) -> tuple[int, float, float]:
+        alpha, beta = _check_params(mode, params)
+        return _kth_column(min(int(k), self.num_docs)), alpha, beta
 
     def search(self, qterms: np.ndarray, qweights: np.ndarray, k: int, mode: str = "bmp",
                **params) -> tuple[np.ndarray, np.ndarray]:
         """Top-k of one quantized query: (doc ids uint32, int32 scores) by (score desc, id asc)."""
-        alpha, beta = _check_params(mode, params)
-        qterms = np.ascontiguousarray(qterms, np.uint32)
-        qweights = np.ascontiguousarray(qweights, np.int32)
-        k = min(int(k), self.num_docs)
-        if not qterms.size or k < 1:
-            return np.empty(0, np.uint32), np.empty(0, np.int32)
-        bterms, bweights = _bound_terms(qterms, qweights, beta)
-        s = self._scratch()
-        top_scores, top_docs = np.empty(k, np.int32), np.empty(k, np.uint32)
-        n = _bmp_one(*self._kernel_args, self.num_docs, self.block_size, qterms, qweights, bterms, bweights,
-                     k, _kth_column(k), alpha, s.ub, s.cand_ub, s.cand_blk, s.bacc, top_scores, top_docs)
-        return top_docs[:n], top_scores[:n]
+        return self._runner.search(qterms, qweights, k, self._knobs(k, mode, params))
 
     def search_batch(self, quantized: list, k: int, mode: str = "bmp", threads: int | None = None,
                      **params) -> list[tuple[np.ndarray, np.ndarray]]:
         """:meth:`search` for many quantized queries ``(qterms, qweights, qscale)`` over ``threads`` workers."""
-        alpha, beta = _check_params(mode, params)
-        if threads is not None and threads < 1:
-            raise ValueError("threads must be >= 1")
-        k = min(int(k), self.num_docs)
-        nq = len(quantized)
-        if not nq or k < 1:
-            return [(np.empty(0, np.uint32), np.empty(0, np.int32)) for _ in range(nq)]
-        qterms = [np.ascontiguousarray(q[0], np.uint32) for q in quantized]
-        qweights = [np.ascontiguousarray(q[1], np.int32) for q in quantized]
-        bounds = [_bound_terms(t, w, beta) for t, w in zip(qterms, qweights)]
-        qptr = np.zeros(nq + 1, np.int64)
-        np.cumsum([t.size for t in qterms], out=qptr[1:])
-        bptr = np.zeros(nq + 1, np.int64)
-        np.cumsum([b[0].size for b in bounds], out=bptr[1:])
-        groups = min(threads or numba.get_num_threads(), numba.config.NUMBA_NUM_THREADS, nq)
-        ub = np.zeros((groups, self.num_blocks), np.int32)
-        cand_ub = np.empty((groups, self.num_blocks), np.int32)
-        cand_blk = np.empty((groups, self.num_blocks), np.uint32)
-        bacc = np.zeros((groups, self.block_size), np.int32)
-        top_scores = np.empty((nq, k), np.int32)
-        top_docs = np.empty((nq, k), np.uint32)
-        counts = np.empty(nq, np.int64)
-        with numba_threads(groups):
-            _bmp_many(*self._kernel_args, self.num_docs, self.block_size,
-                      qptr, _concat(qterms, np.uint32), _concat(qweights, np.int32),
-                      bptr, _concat([b[0] for b in bounds], np.uint32), _concat([b[1] for b in bounds], np.int32),
-                      k, _kth_column(k), alpha, ub, cand_ub, cand_blk, bacc, top_scores, top_docs, counts)
-        return [(top_docs[i, :n].copy(), top_scores[i, :n].copy()) for i, n in enumerate(counts)]
+        return self._runner.search_batch(quantized, k, threads, self._knobs(k, mode, params))
 
 
 def _readonly(arr: np.ndarray) -> np.ndarray:
@@ -547,7 +455,3 @@ def _readonly(arr: np.ndarray) -> np.ndarray:
 def _kth_column(k: int) -> int:
     """Column of ``bmp_term_kth`` giving a lower bound for the k-th score (-1: none stored)."""
     return next((j for j, kk in enumerate(KTH) if k <= kk), -1)
-
-
-def _concat(parts: list[np.ndarray], dtype) -> np.ndarray:
-    return np.concatenate(parts).astype(dtype, copy=False) if parts else np.empty(0, dtype)

@@ -30,6 +30,7 @@ import numpy as np
 from numba import njit, prange
 
 from .parallel import numba_threads
+from .params import check_int
 from .storage import open_array, read_manifest, write_array, write_manifest
 
 METHODS = ("bp", "terms")
@@ -222,12 +223,6 @@ def _invert_forward(f_off, f_terms, f_imps, p_off, p_docs, p_imps):
             cursor[t] = c + 1
 
 
-def _check_int(name: str, value, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-    return int(value)
-
-
 def reorder_index(index_dir: Path, method: str = "bp", **params) -> np.ndarray:
     """Renumber the documents of an index directory; return perm (perm[new_id] = old_id, int64).
 
@@ -248,10 +243,10 @@ def reorder_index(index_dir: Path, method: str = "bp", **params) -> np.ndarray:
         raise ValueError(f"unknown parameters for reorder method {method!r}: {', '.join(unknown)}")
     threads = params.pop("threads", None)
     if threads is not None:
-        _check_int("threads", threads, 1)
+        check_int("threads", threads, 1)
     settings = {**defaults, **params}
     for name, value in settings.items():
-        settings[name] = _check_int(name, value, 1)
+        settings[name] = check_int(name, value, 1)
 
     manifest = read_manifest(index_dir)
     arrays = {name: open_array(index_dir, manifest, name) for name in _BASE}

@@ -10,22 +10,18 @@ documents with a positive score are returned, so a result has ``min(k, #matching
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 
-import numba
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
-from .parallel import numba_threads
+from .batch import check_threads
+from .bsearch import lower_bound
+from .exact import ExactSearch
 from .storage import IndexFormatError, check_checksums, open_array, read_manifest, verify_index
 from .structures import load_structure, structure_for_mode
-from .topk import heap_offer, heap_sort
 
 _INT32_MAX = 2**31 - 1
-# Collect touched docs instead of scanning the whole accumulator when the query's posting lists
-# hold fewer than num_docs / _TOUCHED_FRACTION postings (measured crossover: ~1/40).
-_TOUCHED_FRACTION = 32
 
 
 def quantize_query(
@@ -95,58 +91,7 @@ def _quantize_kernel(terms, w, budget):
 
 
 @njit(cache=True, nogil=True)
-def _search_one(offsets, docs, impacts, qterms, qweights, k, acc, touched, top_scores, top_docs):
-    """Exact top-k of one quantized query into ``top_*[:n]`` (sorted); return n. Leaves ``acc`` zeroed."""
-    work = 0
-    for i in range(qterms.shape[0]):
-        work += offsets[qterms[i] + 1] - offsets[qterms[i]]
-    size = 0
-    if work * _TOUCHED_FRACTION < acc.shape[0]:
-        n_touched = 0
-        for i in range(qterms.shape[0]):
-            w = qweights[i]
-            for p in range(offsets[qterms[i]], offsets[qterms[i] + 1]):
-                d = docs[p]
-                if acc[d] == 0:
-                    touched[n_touched] = d
-                    n_touched += 1
-                acc[d] += w * np.int32(impacts[p])
-        for j in range(n_touched):
-            d = touched[j]
-            size = heap_offer(top_scores, top_docs, size, k, acc[d], d)
-            acc[d] = 0
-    else:
-        for i in range(qterms.shape[0]):
-            w = qweights[i]
-            for p in range(offsets[qterms[i]], offsets[qterms[i] + 1]):
-                acc[docs[p]] += w * np.int32(impacts[p])
-        # Docs arrive in id order, so once the heap is full only a strictly higher score than
-        # the root can enter (an equal score loses the tie to the root's lower doc id).
-        threshold = 0
-        for d in range(acc.shape[0]):
-            s = acc[d]
-            if s > threshold:
-                size = heap_offer(top_scores, top_docs, size, k, s, d)
-                if size == k:
-                    threshold = top_scores[0]
-        acc[:] = 0
-    heap_sort(top_scores, top_docs, size)
-    return size
-
-
-@njit(cache=True, nogil=True, parallel=True)
-def _search_many(offsets, docs, impacts, qptr, qterms, qweights, k, acc, touched, top_scores, top_docs, counts):
-    """Run query i = g, g + G, ... on worker g with its own scratch row acc[g] (G = acc.shape[0])."""
-    groups = acc.shape[0]
-    for g in prange(groups):
-        for q in range(g, qptr.shape[0] - 1, groups):
-            a, b = qptr[q], qptr[q + 1]
-            counts[q] = _search_one(offsets, docs, impacts, qterms[a:b], qweights[a:b], k,
-                                    acc[g], touched[g], top_scores[q], top_docs[q])
-
-
-@njit(cache=True, nogil=True)
-def _score_docs(offsets, fterms, fimpacts, qterms, qweights, docs, out):
+def score_docs_kernel(offsets, fterms, fimpacts, qterms, qweights, docs, out):
     """Integer score of each document in ``docs`` against a quantized query (sorted unique ``qterms``)."""
     n = qterms.shape[0]
     for i in range(docs.shape[0]):
@@ -154,13 +99,7 @@ def _score_docs(offsets, fterms, fimpacts, qterms, qweights, docs, out):
         total = 0
         for p in range(offsets[d], offsets[d + 1]):
             t = fterms[p]
-            lo, hi = 0, n
-            while lo < hi:
-                mid = (lo + hi) // 2
-                if qterms[mid] < t:
-                    lo = mid + 1
-                else:
-                    hi = mid
+            lo = lower_bound(qterms, 0, n, t)
             if lo < n and qterms[lo] == t:
                 total += np.int64(qweights[lo]) * np.int64(fimpacts[p])
         out[i] = total
@@ -181,11 +120,8 @@ class InvertedIndex:
         self.num_postings = int(manifest["num_postings"])
         self.scale = float(manifest["quantization"]["scale"])
         self._arrays = arrays
-        self._offsets = arrays["postings_offsets"]
-        self._docs = arrays["postings_docs"]
-        self._impacts = arrays["postings_impacts"]
-        self._max_level = int(np.iinfo(self._impacts.dtype).max)
-        self._local = threading.local()
+        self._max_level = int(np.iinfo(arrays["postings_impacts"].dtype).max)
+        self._exact = ExactSearch(self)
         self._structures: dict[str, object] = {}
 
     @classmethod
@@ -216,16 +152,8 @@ class InvertedIndex:
             terms, weights = terms[in_vocab], weights[in_vocab]
         return quantize_query(terms, weights, self._max_level)
 
-    def _scratch(self) -> tuple[np.ndarray, np.ndarray]:
-        """This thread's (accumulator, touched-docs) scratch; the accumulator is all zeros between calls."""
-        local = self._local
-        if not hasattr(local, "acc"):
-            local.acc = np.zeros(self.num_docs, np.int32)
-            local.touched = np.empty(self.num_docs, np.uint32)
-        return local.acc, local.touched
-
     def search_quantized(self, qterms: np.ndarray, qweights: np.ndarray, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k for an already quantized query (see :func:`quantize_query`); return (doc ids uint32, int32 scores)."""
+        """Exact top-k for an already quantized query (see :func:`quantize_query`): (doc ids uint32, int32 scores)."""
         qterms = np.ascontiguousarray(qterms, dtype=np.uint32)
         qweights = np.ascontiguousarray(qweights, dtype=np.int32)
         if qterms.ndim != 1 or qweights.shape != qterms.shape:
@@ -233,16 +161,7 @@ class InvertedIndex:
         if qterms.size and (qterms.max() >= self.vocab_size or qweights.min() <= 0
                             or int(qweights.sum(dtype=np.int64)) * self._max_level > _INT32_MAX):
             raise ValueError("quantized query needs terms < vocab_size and weights > 0 whose scores fit int32")
-        return self._top_k(qterms, qweights, _check_k(k, self.num_docs))
-
-    def _top_k(self, qterms: np.ndarray, qweights: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        if not qterms.size or not k:
-            return np.empty(0, np.uint32), np.empty(0, np.int32)
-        acc, touched = self._scratch()
-        top_scores, top_docs = np.empty(k, np.int32), np.empty(k, np.uint32)
-        n = _search_one(self._offsets, self._docs, self._impacts, qterms, qweights, k,
-                        acc, touched, top_scores, top_docs)
-        return top_docs[:n], top_scores[:n]
+        return self._exact.search(qterms, qweights, check_k(k, self.num_docs))
 
     def structure(self, name: str):
         """A pruning structure (see :mod:`index.structures`) stored with this index, loaded on first use."""
@@ -250,52 +169,27 @@ class InvertedIndex:
             self._structures[name] = load_structure(self, name)
         return self._structures[name]
 
+    def _searcher(self, mode: str):
+        """What answers ``mode``: exact search or the structure serving it."""
+        name = structure_for_mode(mode)
+        return self._exact if name is None else self.structure(name)
+
     def search(self, term_ids: np.ndarray, weights: np.ndarray, k: int = 10, mode: str = "exact",
                **params) -> tuple[np.ndarray, np.ndarray]:
         """Top-k in ``mode`` (exact, bmp, bmp-approx, seismic); (doc ids uint32, float32 scores) by (score desc, id asc)."""
         qterms, qweights, qscale = self._quantize(term_ids, weights)
-        k = _check_k(k, self.num_docs)
-        if structure_for_mode(mode) is None:
-            _reject_params(mode, params)
-            ids, scores = self._top_k(qterms, qweights, k)
-        elif not qterms.size or not k:
-            ids, scores = np.empty(0, np.uint32), np.empty(0, np.int32)
-        else:
-            ids, scores = self.structure(structure_for_mode(mode)).search(qterms, qweights, k, mode=mode, **params)
+        k = check_k(k, self.num_docs)
+        ids, scores = self._searcher(mode).search(qterms, qweights, k, mode=mode, **params)
         return ids, self._dequantize(scores, qscale)
 
     def search_batch(self, queries: list[tuple[np.ndarray, np.ndarray]], k: int = 10,
                      threads: int | None = None, mode: str = "exact", **params) -> list[tuple[np.ndarray, np.ndarray]]:
         """:meth:`search` for many queries in parallel over ``threads`` workers (default: numba's setting)."""
-        if threads is not None and threads < 1:
-            raise ValueError("threads must be >= 1")
-        k = _check_k(k, self.num_docs)
+        check_threads(threads)
+        k = check_k(k, self.num_docs)
         quantized = [self._quantize(terms, weights) for terms, weights in queries]
-        if not quantized or not k:
-            return [(np.empty(0, np.uint32), np.empty(0, np.float32)) for _ in quantized]
-        name = structure_for_mode(mode)
-        if name is None:
-            _reject_params(mode, params)
-        else:
-            results = self.structure(name).search_batch(quantized, k, mode=mode, threads=threads, **params)
-            return [(ids, self._dequantize(scores, q[2])) for (ids, scores), q in zip(results, quantized)]
-        qptr = np.zeros(len(quantized) + 1, np.int64)
-        np.cumsum([q[0].size for q in quantized], out=qptr[1:])
-        qterms = np.concatenate([q[0] for q in quantized])
-        qweights = np.concatenate([q[1] for q in quantized])
-        groups = min(threads or numba.get_num_threads(), numba.config.NUMBA_NUM_THREADS, len(quantized))
-        acc = np.zeros((groups, self.num_docs), np.int32)
-        touched = np.empty((groups, self.num_docs), np.uint32)
-        top_scores = np.empty((len(quantized), k), np.int32)
-        top_docs = np.empty((len(quantized), k), np.uint32)
-        counts = np.empty(len(quantized), np.int64)
-        with numba_threads(groups):
-            _search_many(self._offsets, self._docs, self._impacts, qptr, qterms, qweights, k,
-                         acc, touched, top_scores, top_docs, counts)
-        return [
-            (top_docs[i, :n].copy(), self._dequantize(top_scores[i, :n], qscale))
-            for i, (n, (_, _, qscale)) in enumerate(zip(counts, quantized))
-        ]
+        results = self._searcher(mode).search_batch(quantized, k, mode=mode, threads=threads, **params)
+        return [(ids, self._dequantize(scores, q[2])) for (ids, scores), q in zip(results, quantized)]
 
     def _dequantize(self, int_scores: np.ndarray, qscale: float) -> np.ndarray:
         return (int_scores * (self.scale / qscale)).astype(np.float32)
@@ -309,7 +203,7 @@ class InvertedIndex:
             raise IndexError(f"doc ids must be in [0, {self.num_docs})")
         out = np.zeros(len(docnos), np.int64)
         if len(qterms):
-            _score_docs(self._arrays["forward_offsets"], self._arrays["forward_terms"],
+            score_docs_kernel(self._arrays["forward_offsets"], self._arrays["forward_terms"],
                         self._arrays["forward_impacts"], qterms, qweights, docnos, out)
         return (out * (self.scale / qscale)).astype(np.float32).astype(np.float64)
 
@@ -324,12 +218,7 @@ class InvertedIndex:
         return terms, weights
 
 
-def _reject_params(mode: str, params: dict) -> None:
-    if params:
-        raise ValueError(f"mode {mode!r} takes no parameters, got {', '.join(params)}")
-
-
-def _check_k(k: int, num_docs: int) -> int:
+def check_k(k: int, num_docs: int) -> int:
     """Validate k and cap it at num_docs."""
     if k < 1:
         raise ValueError("k must be >= 1")

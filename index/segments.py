@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .search import InvertedIndex, _check_k
+from .search import InvertedIndex, check_k
 from .storage import IndexFormatError
 
 
@@ -111,7 +111,7 @@ class SegmentedIndex:
     def search(self, term_ids: np.ndarray, weights: np.ndarray, k: int = 10, mode: str = "exact",
                **params) -> tuple[np.ndarray, np.ndarray]:
         """Top-k over the live documents of every segment; (global ids uint32, float32 scores)."""
-        k = _check_k(k, max(self.num_docs, 1))
+        k = check_k(k, max(self.num_docs, 1))
         parts = []
         for s, seg in enumerate(self.segments):
             if seg.num_docs:
@@ -122,7 +122,7 @@ class SegmentedIndex:
     def search_batch(self, queries: list[tuple[np.ndarray, np.ndarray]], k: int = 10, threads: int | None = None,
                      mode: str = "exact", **params) -> list[tuple[np.ndarray, np.ndarray]]:
         """:meth:`search` for many queries (each segment answers the batch in parallel over queries)."""
-        k = _check_k(k, max(self.num_docs, 1))
+        k = check_k(k, max(self.num_docs, 1))
         per_query: list[list] = [[] for _ in queries]
         for s, seg in enumerate(self.segments):
             if not seg.num_docs:

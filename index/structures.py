@@ -1,6 +1,6 @@
 """Pruning structures stored beside the inverted index, and the search modes that use them.
 
-A structure is a class with this contract (see ``index/bmp.py`` and ``index/seismic.py``)::
+A structure is a class with this contract (see ``index/bmp.py`` and ``index/seismic/structure.py``)::
 
     NAME: str                                   # key in manifest["structures"]
     MODES: tuple[str, ...]                      # search modes it serves
@@ -15,7 +15,9 @@ A structure is a class with this contract (see ``index/bmp.py`` and ``index/seis
         -> list[(doc ids uint32, int scores)]
 
 Query weights arrive quantized exactly as for exact search, so the scores of every mode are the same
-integers as exact scoring for the documents they return.
+integers as exact scoring for the documents they return. Exact search (``index/exact.py``) answers through
+the same ``search``/``search_batch`` contract, and every mode runs its query kernel on the shared
+scaffold of ``index/batch.py``.
 """
 
 from __future__ import annotations

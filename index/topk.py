@@ -1,8 +1,11 @@
-"""Numba binary min-heap of (score, doc) pairs for top-k selection.
+"""The top-k queue every query algorithm shares: a Numba binary heap of (score, doc) pairs.
 
 The heap keeps the k best entries with the *worst* one at the root. Ordering is total and
 deterministic: a higher score is better; on equal scores the lower doc id is better.
 Callers own the arrays ``scores``/``docs`` (capacity k) and track the current ``size``.
+
+With negated keys the same heap pops the *largest* entries first: BMP keeps its candidate blocks
+as ``(-bound, last block - block)`` so that the root is the largest bound, lowest block id.
 """
 
 from __future__ import annotations
@@ -52,6 +55,13 @@ def heap_replace_top(scores, docs, size, s, d):
     """Replace the root (worst entry) by (s, d) and restore the heap."""
     scores[0], docs[0] = s, d
     _sift_down(scores, docs, size, 0)
+
+
+@njit(cache=True, nogil=True)
+def heapify(scores, docs, size):
+    """Arrange ``[:size]`` of unordered entries into a heap (worst at the root)."""
+    for pos in range(size // 2 - 1, -1, -1):
+        _sift_down(scores, docs, size, pos)
 
 
 @njit(cache=True, nogil=True)

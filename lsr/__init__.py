@@ -1,8 +1,7 @@
 """lsr: learned sparse retrieval with SPLADE encoders and a Numba inverted index."""
 
-__version__ = "0.1.0"
-
-from lsr.engine import Engine, Hit  # noqa: E402
-from lsr.encoder import SparseBatch, SpladeEncoder  # noqa: E402
+from lsr.encoder import SparseBatch, SpladeEncoder
+from lsr.engine import Engine, Hit
+from lsr.version import __version__
 
 __all__ = ["Engine", "Hit", "SparseBatch", "SpladeEncoder", "__version__"]

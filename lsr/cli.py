@@ -15,6 +15,7 @@ import typer
 from lsr.corpus import CorpusError, read_queries
 from lsr.engine import DEFAULT_INDEX_DIR, MODES, Engine, Hit, ModelMismatchError
 from lsr.models import ModelNotFoundError
+from lsr.pipeline import BuildSettings
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Learned sparse retrieval: index, search, serve, evaluate.")
 
@@ -134,25 +135,20 @@ def index_cmd(
         return
     if corpus is None:
         raise ValueError("give a CORPUS to index (or --add-structures for an existing index)")
-    if shards is not None:
-        _index_sharded(corpus, index, shards, ray_address, workers, model=model, batch_size=batch_size,
-                       doc_max_length=max_length, query_max_length=query_max_length, doc_top_k=doc_top_k,
-                       quant_bits=quant_bits, id_field=id_field, text_field=text_field, title_field=title_field,
-                       skip_bad=skip_bad, structures=_split_names(structures), reorder=reorder, dense=dense,
-                       dense_model=dense_model, hnsw_threshold=hnsw_threshold, encoder_threads=threads or 1)
-        return
     if dense is None:  # on by default when the dense model is at hand (and the corpus has text to embed)
         from lsr.dense import dense_model_available
         from lsr.vectors import is_vector_file
 
         dense = dense_model is not None or (dense_model_available() and not is_vector_file(corpus))
-    engine = Engine.build(
-        corpus, index, model=model, batch_size=batch_size, doc_max_length=max_length,
-        query_max_length=query_max_length, doc_top_k=doc_top_k, quant_bits=quant_bits, id_field=id_field,
-        text_field=text_field, title_field=title_field, skip_bad=skip_bad,
-        structures=_split_names(structures), reorder=reorder,
-        dense=dense, dense_model=dense_model, hnsw_threshold=hnsw_threshold, window=window, resume=resume,
-    )
+    settings = BuildSettings(
+        model=model, batch_size=batch_size, doc_max_length=max_length, query_max_length=query_max_length,
+        doc_top_k=doc_top_k, quant_bits=quant_bits, id_field=id_field, text_field=text_field,
+        title_field=title_field, skip_bad=skip_bad, structures=_split_names(structures), reorder=reorder,
+        window=window, dense=dense, dense_model=dense_model, hnsw_threshold=hnsw_threshold)
+    if shards is not None:
+        _index_sharded(corpus, index, shards, ray_address, workers, settings, encoder_threads=threads or 1)
+        return
+    engine = Engine.build(corpus, index, settings, resume=resume)
     info = engine.info()
     skipped = engine.manifest.get("skipped_records", 0)
     typer.echo(
@@ -162,19 +158,16 @@ def index_cmd(
 
 
 def _index_sharded(corpus: Path, index: Path, shards: int, address: Optional[str], workers: Optional[int],
-                   dense: Optional[bool], dense_model: Optional[str], **options) -> None:
-    """``lsr index --shards N``: encode on Ray workers into N shards (lsr.sharded)."""
-    from lsr.sharded.build import build_sharded
+                   settings: BuildSettings, encoder_threads: int) -> None:
+    """``lsr index --shards N``: encode on Ray workers into N shards (lsr.sharded; windows of its own size)."""
+    from dataclasses import replace
+
+    from lsr.sharded.build import DEFAULT_WINDOW, build_sharded
     from lsr.sharded.layout import index_size_bytes
 
-    if dense is None:
-        from lsr.dense import dense_model_available
-        from lsr.vectors import is_vector_file
-
-        dense = dense_model is not None or (dense_model_available() and not is_vector_file(corpus))
     started = time.time()
-    manifest = build_sharded(corpus, index, shards, address=address, workers=workers, dense=dense,
-                             dense_model=dense_model, **options)
+    manifest = build_sharded(corpus, index, shards, replace(settings, window=DEFAULT_WINDOW), address=address,
+                             workers=workers, encoder_threads=encoder_threads)
     enc = manifest["encoding"]
     skipped = manifest.get("skipped_records", 0)
     typer.echo(
@@ -206,12 +199,14 @@ def search_cmd(
 
     if (query is None) == (queries is None):
         raise ValueError("give either a QUERY argument or --queries FILE")
+    if query is not None and not query.strip():
+        raise ValueError("empty query: give some text to search for")
     check_query_encoder(query_encoder)
     _set_threads(threads, torch_too=query_encoder == "model")
     params = parse_params(param)
     engine = _open_engine(index, ray_address)
     if queries is not None:
-        pairs = list(read_queries(queries))
+        pairs = list(read_queries(queries, require_text=True))
         results = engine.search_batch([text for _, text in pairs], k=k, mode=mode, threads=threads,
                                       query_encoder=query_encoder, query_runtime=query_runtime, **params)
         qids = [qid for qid, _ in pairs]
@@ -230,10 +225,10 @@ def search_cmd(
 
 
 def _open_engine(index: Path, ray_address: Optional[str] = None) -> Engine:
-    """The index at ``index``: a plain one, or a sharded one (lsr.sharded, searched on Ray)."""
-    from lsr.sharded.layout import is_sharded, open_engine
+    """The index at ``index``: a plain, live or sharded one (lsr.sharded, searched on Ray at ``ray_address``)."""
+    from lsr.sharded.layout import is_sharded
 
-    return open_engine(index, address=ray_address) if is_sharded(index) else Engine.open(index)
+    return Engine.open(index, address=ray_address) if is_sharded(index) else Engine.open(index)
 
 
 def parse_params(pairs: list[str]) -> dict[str, float | int]:
@@ -345,11 +340,7 @@ def encode_cmd(
     """Encode a corpus into precomputed vectors (the Pyserini/Seismic JSONL format), streaming and resumable."""
     from itertools import islice
 
-    from tqdm.auto import tqdm
-
-    from lsr.corpus import CorpusReader
-    from lsr.encoder import SpladeEncoder
-    from lsr.engine import _windows, document_text
+    from lsr.pipeline import encode_documents, progress_bar, text_windows
     from lsr.vectors import write_vector
 
     part, _, parts = shard.partition("/")
@@ -358,21 +349,22 @@ def encode_cmd(
     part, parts = int(part), int(parts)
     _set_threads(threads)
     done = _complete_lines(out) if resume and out.exists() else 0
-    encoder = SpladeEncoder(model, doc_max_length=max_length)
-    reader = CorpusReader(corpus, skip_bad=skip_bad)
+    settings = BuildSettings(model=model, batch_size=batch_size, doc_max_length=max_length, skip_bad=skip_bad,
+                             window=1024)
+    encoder = settings.load_encoder()
+    reader = settings.corpus_reader(corpus)
     total = reader.count()
     docs = islice((d for j, d in enumerate(reader) if j % parts == part), done, None)
-    bar = tqdm(total=total // parts - done if total else None, unit="doc", desc="encoding", dynamic_ncols=True)
     written = done
-    with open(out, "a" if resume else "w", encoding="utf-8") as fh:
-        for window in _windows(docs, 1024):
-            batch = encoder.encode_documents([document_text(d) for d in window], batch_size)
-            for i, doc in enumerate(window):
+    with open(out, "a" if resume else "w", encoding="utf-8") as fh, \
+            progress_bar("encoding", total // parts - done if total else None) as bar:
+        for window in text_windows(docs, settings.window):
+            batch = encode_documents(encoder, window.docs, settings.batch_size)
+            for i, doc in enumerate(window.docs):
                 write_vector(fh, doc.id, encoder.decode(*batch.row(i)), doc.text if with_text else None, doc.title)
             fh.flush()
-            written += len(window)
-            bar.update(len(window))
-    bar.close()
+            written += len(window.docs)
+            bar.update(len(window.docs))
     typer.echo(f"{out}: {written} vectors ({written - done} new)")
 
 
@@ -463,6 +455,9 @@ def serve_cmd(
     max_documents: int = typer.Option(1000, "--max-documents", min=1, max=1000,
                                       help="Documents per POST /documents (422 above)."),
     query_runtime: Optional[str] = QueryRuntimeOpt,
+    workers: int = typer.Option(1, "--workers", min=1,
+                                help="Server processes on the port (each loads the models; the memory-mapped index "
+                                     "is shared through the page cache)."),
 ) -> None:
     """Serve the index over HTTP: search page at /, JSON API (/search, /documents/ID, /stats), docs at /docs.
 
@@ -475,6 +470,9 @@ def serve_cmd(
     if is_sharded(index):
         from lsr.sharded.ray_runtime import init_ray
 
+        if workers > 1:
+            raise ValueError("a sharded index is served by one process (--workers 1): its shard actors search in "
+                             "parallel already")
         read_sharded_manifest(index)  # fail now on a broken directory
         init_ray(ray_address)  # the server's loader then starts one actor per shard in this runtime
     elif shards is not None:
@@ -489,8 +487,8 @@ def serve_cmd(
                "read-only: no API key (--api-key or LSR_API_KEY enables POST/DELETE /documents)")
     if read_api_key:
         typer.echo("reads need an API key too (--read-api-key)")
-    serve(index, host=host, port=port, max_batch=max_batch, search_threads=search_threads, encode_threads=threads,
-          log_level="warning", api_key=api_key or None, read_api_key=read_api_key or None,
+    serve(index, host=host, port=port, workers=workers, max_batch=max_batch, search_threads=search_threads,
+          encode_threads=threads, log_level="warning", api_key=api_key or None, read_api_key=read_api_key or None,
           timeout_s=timeout or None, max_body_bytes=max_body_bytes, max_query_chars=max_query_chars,
           max_batch_queries=max_batch_queries, max_documents=max_documents, query_runtime=query_runtime)
 
@@ -533,7 +531,7 @@ def eval_cmd(
     query_runtime: Optional[str] = QueryRuntimeOpt,
 ) -> None:
     """Evaluate a retriever on a BEIR dataset: nDCG@10, Recall@100, MRR@10, MAP@100, latency and index size."""
-    from lsr.evaluate import parse_params, run_eval, save_result
+    from lsr.evaluation import parse_params, run_eval, save_result
 
     result = run_eval(
         dataset, retriever=retriever, mode=mode, split=split, model=model, fusion=fusion, k=k,
@@ -578,7 +576,7 @@ def compare_cmd(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Compare two runs per metric with a paired significance test (B against A)."""
-    from lsr.evaluate import compare_runs, load_qrels_arg, read_run
+    from lsr.evaluation import compare_runs, load_qrels_arg, read_run
 
     report = compare_runs(read_run(run_a), read_run(run_b), load_qrels_arg(qrels, split), test=test, alpha=alpha)
     report.update({"run_a": str(run_a), "run_b": str(run_b)})
@@ -636,8 +634,8 @@ def train_cmd(
     cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", envvar="LSR_CACHE", help="lsr eval's index cache."),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ) -> None:
-    """Fine-tune a masked-LM checkpoint as a SPLADE model on (query, positive) pairs (see lsr/train.py)."""
-    from lsr.train import TrainConfig, evaluate_before_after, train
+    """Fine-tune a masked-LM checkpoint as a SPLADE model on (query, positive) pairs (see lsr/training/)."""
+    from lsr.training import TrainConfig, evaluate_before_after, train
 
     cfg = TrainConfig(
         model=model, epochs=epochs, batch_size=batch_size, lr=lr, lambda_q=lambda_q, lambda_d=lambda_d,
@@ -666,7 +664,7 @@ def train_cmd(
     if evaluate:
         if dataset is None:
             raise ValueError("--eval needs the DATASET directory")
-        from lsr.train import REPORT, RUN_DIR
+        from lsr.training import REPORT, RUN_DIR
 
         ev = evaluate_before_after(model, out, dataset, eval_split, cache_dir=cache_dir, progress=progress)
         report["eval"] = ev
@@ -697,13 +695,13 @@ def add_cmd(
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ) -> None:
     """Add documents to an index as a new segment (one atomic commit; searches see all of them or none)."""
-    from lsr.corpus import CorpusReader
     from lsr.live import add_documents
 
-    reader = CorpusReader(corpus, id_field=id_field, text_field=text_field, title_field=title_field,
-                          skip_bad=skip_bad)
+    settings = BuildSettings(batch_size=batch_size, id_field=id_field, text_field=text_field,
+                             title_field=title_field, skip_bad=skip_bad)
+    reader = settings.corpus_reader(corpus)
     started = time.time()
-    report = add_documents(index, iter(reader), update=update, batch_size=batch_size, progress=progress,
+    report = add_documents(index, iter(reader), update=update, batch_size=settings.batch_size, progress=progress,
                            total=reader.count())
     if reader.skipped:
         typer.echo(f"skipped {reader.skipped} bad record(s)")

@@ -67,7 +67,7 @@ def _open_binary(path: Path):
     return gzip.open(path, "rb") if path.name.lower().endswith(".gz") else open(path, "rb")
 
 
-def _read_lines(path: Path, on_error) -> Iterator[tuple[int, str]]:
+def read_lines(path: Path, on_error) -> Iterator[tuple[int, str]]:
     """Yield (1-based line number, decoded line) from a plain or gzipped file.
 
     Undecodable lines are passed to `on_error` (which raises or records the skip) and omitted.
@@ -96,6 +96,13 @@ def _pick(record: dict, explicit: str | None, candidates: tuple[str, ...]) -> tu
 
 def _field_label(explicit: str | None, candidates: tuple[str, ...]) -> str:
     return explicit or "/".join(candidates)
+
+
+def _describe_fields(record: dict) -> str:
+    """``fields 'a', 'b'`` (at most 10 named), for messages about a record's missing field."""
+    names = [repr(k) for k in list(record)[:10]]
+    more = f" and {len(record) - 10} more" if len(record) > 10 else ""
+    return f"field{'s' if len(record) > 1 else ''} {', '.join(names)}{more}"
 
 
 def _coerce_id(value: Any, path: Path, line: int, label: str) -> str:
@@ -142,7 +149,8 @@ class CorpusReader:
         if fmt is not None and fmt not in FORMATS:
             raise CorpusError(self.path, 0, None, f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
         self.format: str = fmt or self._detect()
-        self._file = self._beir_file() if self.format == "beir" and self.path.is_dir() else self.path
+        # the one file read (None: a folder of text files)
+        self.file: Path | None = self._beir_file() if self.format == "beir" and self.path.is_dir() else self.path
 
     def _beir_file(self) -> Path | None:
         for name in ("corpus.jsonl", "corpus.jsonl.gz"):
@@ -178,10 +186,10 @@ class CorpusReader:
         """Cheap estimate of the number of records (for progress bars); None if unknown."""
         if self.format == "text":
             return len(self._text_files())
-        if self._file is None or self._file.name.lower().endswith(".gz"):
+        if self.file is None or self.file.name.lower().endswith(".gz"):
             return None
         lines, last = 0, b"\n"
-        with open(self._file, "rb") as f:
+        with open(self.file, "rb") as f:
             while chunk := f.read(1 << 20):
                 lines += chunk.count(b"\n")
                 last = chunk[-1:]
@@ -192,12 +200,12 @@ class CorpusReader:
         self.skipped = 0
         if self.format == "text":
             records = self._iter_text()
-        elif self._file is None:
+        elif self.file is None:
             raise CorpusError(self.path, 0, None, "directory has no corpus.jsonl or corpus.jsonl.gz")
         elif self.format in ("csv", "tsv"):
-            records = self._iter_csv(self._file)
+            records = self._iter_csv(self.file)
         else:
-            records = self._iter_jsonl(self._file)
+            records = self._iter_jsonl(self.file)
         produced = 0
         for doc in records:
             produced += 1
@@ -214,7 +222,9 @@ class CorpusReader:
             raise CorpusError(path, line, id_label, "missing id")
         text_hit = _pick(record, self.text_field, TEXT_FIELDS)
         if text_hit is None:
-            raise CorpusError(path, line, text_label, "missing text")
+            raise CorpusError(path, line, text_label,
+                              f"missing text (the record has {_describe_fields(record)}; name the field that holds "
+                              f"the text with --text-field)")
         if not isinstance(text_hit[1], str):
             raise CorpusError(path, line, text_hit[0], f"text must be a string, got {type(text_hit[1]).__name__}")
         title_hit = _pick(record, self.title_field, TITLE_FIELDS)
@@ -234,7 +244,7 @@ class CorpusReader:
         )
 
     def _iter_jsonl(self, path: Path) -> Iterator[Document]:
-        for lineno, line in _read_lines(path, self.skip_error):
+        for lineno, line in read_lines(path, self.skip_error):
             if not line.strip():
                 continue
             try:
@@ -248,7 +258,7 @@ class CorpusReader:
                 self.skip_error(err)
 
     def _iter_csv(self, path: Path) -> Iterator[Document]:
-        lines = _read_lines(path, self.skip_error)
+        lines = read_lines(path, self.skip_error)
         numbered = _LineTracker(lines)
         # TSV is read without quote processing: raw TSV corpora often contain unbalanced quotes.
         dialect = {"delimiter": "\t", "quoting": csv.QUOTE_NONE} if self.format == "tsv" else {}
@@ -288,7 +298,7 @@ class CorpusReader:
             if _pick(record, explicit, candidates) is None:
                 raise CorpusError(
                     path, line, _field_label(explicit, candidates),
-                    f"header has no {what} column (columns: {', '.join(header)})",
+                    f"header has no {what} column (columns: {', '.join(header)}); name it with --{what}-field",
                 )
 
     def _text_files(self) -> list[Path]:
@@ -339,11 +349,12 @@ class _LineTracker:
         self._starting = True
 
 
-def read_queries(path: str | os.PathLike) -> Iterator[tuple[str, str]]:
+def read_queries(path: str | os.PathLike, *, require_text: bool = False) -> Iterator[tuple[str, str]]:
     """(query_id, text) from a BEIR queries.jsonl (`_id`, `text`), a JSONL with id/text, or a TSV `id<TAB>text`.
 
     A BEIR dataset directory reads its queries.jsonl[.gz]. TSV files have no header, but a first
-    line that looks like one ('query-id', 'id', 'qid') is skipped.
+    line that looks like one ('query-id', 'id', 'qid') is skipped. With ``require_text`` an empty or
+    whitespace-only query is an error naming its line.
     """
     path = Path(path)
     if path.is_dir():
@@ -358,7 +369,7 @@ def read_queries(path: str | os.PathLike) -> Iterator[tuple[str, str]]:
         raise err
 
     first = True
-    for lineno, line in _read_lines(path, fail):
+    for lineno, line in read_lines(path, fail):
         if not line.strip():
             continue
         maybe_header, first = first, False
@@ -380,4 +391,6 @@ def read_queries(path: str | os.PathLike) -> Iterator[tuple[str, str]]:
             if maybe_header and qid.strip().lower() in QUERY_HEADER_IDS:
                 continue
             qid = _coerce_id(qid.strip(), path, lineno, "id")
+        if require_text and not text.strip():
+            raise CorpusError(path, lineno, None, f"empty query {qid!r}: every query needs some text")
         yield qid, text

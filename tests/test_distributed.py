@@ -21,11 +21,12 @@ pytest.importorskip("ray")
 
 from lsr import Engine  # noqa: E402
 from lsr.cli import app  # noqa: E402
-from lsr.corpus import CorpusError  # noqa: E402
+from lsr.corpus import CorpusError, Document  # noqa: E402
+from lsr.protocols import DenseSide, DocumentSource, IndexParts, SparseSide  # noqa: E402
 from lsr.sharded.build import build_sharded  # noqa: E402
 from lsr.sharded.ray_runtime import init_ray  # noqa: E402
-from lsr.sharded.search import ShardedEngine  # noqa: E402
-from lsr.sharded.layout import is_sharded, read_sharded_manifest, shard_of  # noqa: E402
+from lsr.sharded.search import ShardSet  # noqa: E402
+from lsr.sharded.layout import ReadOnlyIndexError, is_sharded, read_sharded_manifest, shard_of  # noqa: E402
 from tests.conftest import write_jsonl  # noqa: E402
 
 QUERIES = ["parse command line arguments", "compress files with gzip", "regular expression matching",
@@ -68,7 +69,7 @@ def single(tmp_path_factory, vectors_file, encoder):
 def sharded(tmp_path_factory, vectors_file, encoder):
     out = tmp_path_factory.mktemp("sharded") / "index"
     build_sharded(vectors_file, out, 2, structures=["bmp", "seismic"], dense=True, progress=False, encoder=encoder)
-    engine = ShardedEngine.open(out, encoder=encoder)
+    engine = Engine.open(out, encoder=encoder)
     yield engine
     engine.close()
 
@@ -172,6 +173,20 @@ def test_documents_vectors_and_errors(sharded, single):
     info = sharded.info()
     assert info["documents"] == single.info()["documents"] and info["num_shards"] == 2
     assert info["terms"] == single.info()["terms"]
+    assert sharded.docs.ids() == single.docs.ids()  # global numbers order documents like a single index
+    assert isinstance(sharded.parts, IndexParts) and isinstance(sharded.index, SparseSide)
+    assert isinstance(sharded.docs, DocumentSource) and isinstance(sharded.dense, DenseSide)
+
+
+def test_sharded_index_refuses_changes(sharded):
+    changes = {"add documents": lambda: sharded.add_documents([Document("new", "text")]),
+               "delete documents": lambda: sharded.delete_documents(["module:json#1"]),
+               "add structures": lambda: sharded.add_structures(["bmp"]),
+               "add dense vectors": lambda: sharded.add_dense(progress=False)}
+    for what, change in changes.items():
+        with pytest.raises(ReadOnlyIndexError, match=f"is a sharded index, which cannot {what}: it is rebuilt"):
+            change()
+    assert sharded.refresh() is sharded
 
 
 def test_failed_build_keeps_previous_index(tmp_path, encoder):
@@ -212,7 +227,7 @@ def test_cli_index_search_info_verify_and_filter(text_sharded, text_corpus, enco
     info = runner.invoke(app, ["info", "--index", str(text_sharded)], catch_exceptions=False).output
     assert "shards" in info and "blake2b" in info
     assert runner.invoke(app, ["verify", "--index", str(text_sharded)]).exit_code == 0
-    sharded = ShardedEngine.open(text_sharded, encoder=encoder)  # metadata filters: ranked, then filtered
+    sharded = Engine.open(text_sharded, encoder=encoder)  # metadata filters: ranked, then filtered
     try:
         everything = sharded.search("regular expression matching", k=50)
         filtered = sharded.search("regular expression matching", k=3, filter={"module": "re"})
@@ -228,7 +243,7 @@ def test_server_searches_through_the_coordinator(sharded, single):
     with TestClient(create_app(sharded.index_dir, load="now")) as client:
         r = client.get("/search", params={"q": "parse command line arguments", "k": 5})
         assert r.status_code == 200, r.text
-        assert isinstance(client.app.state.lsr.engine, ShardedEngine)
+        assert isinstance(client.app.state.lsr.engine.parts, ShardSet)
         expected = single.search("parse command line arguments", k=5)
         hits = r.json()["hits"]
         assert [h["id"] for h in hits] == [h.id for h in expected]  # the server encodes on its own torch thread

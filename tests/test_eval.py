@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from lsr import evaluate as ev
+from lsr import evaluation as ev
 from lsr.cli import app
 from tests.conftest import write_jsonl
 
@@ -297,3 +297,36 @@ def test_make_results_builds_the_table_and_plots(tmp_path):
     assert "| time | — |" in text and "Do not edit by hand" in text
     assert (tmp_path / "plots" / "ndcg_at_10.png").stat().st_size > 1000
     assert (tmp_path / "plots" / "recall_vs_latency.png").stat().st_size > 1000
+
+
+# ---------------------------------------------------------------------- paths in result files
+def test_portable_paths(tmp_path, monkeypatch):
+    import tempfile
+
+    from lsr.evaluation.results import portable_argv, portable_model, portable_path
+
+    data, cache, work, home, tmp = (tmp_path / n for n in ("data", "cache", "work", "home", "tmp"))
+    for d in (data / "beir" / "scifact", cache / "indexes" / "x", work / "runs" / "ft", home / "notes", tmp / "t1"):
+        d.mkdir(parents=True)
+    monkeypatch.chdir(work)
+    monkeypatch.setenv("LSR_DATA", str(data))
+    monkeypatch.setenv("LSR_CACHE", str(cache))
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp))
+    assert portable_path(data / "beir" / "scifact") == "$LSR_DATA/beir/scifact"
+    assert portable_path(cache / "indexes" / "x") == "$LSR_CACHE/indexes/x"
+    assert portable_path(work / "runs" / "ft") == portable_path("runs/ft") == "runs/ft"
+    assert portable_path(home / "notes") == "~/notes" and portable_path(tmp / "t1") == "$TMPDIR/t1"
+    monkeypatch.delenv("LSR_DATA")
+    assert portable_path(data / "beir" / "scifact") == "../data/beir/scifact"  # no root: relative to the cwd
+    assert portable_argv(["--build", str(work / "runs" / "ft"), "-k", "3"]) == "--build runs/ft -k 3"
+    assert portable_model(str(work / "runs" / "ft")) == "runs/ft" and portable_model("splade-tiny") == "splade-tiny"
+
+
+def test_committed_results_name_no_machine_paths():
+    """Result files and the tables made from them record relative or symbolic paths only."""
+    root = Path(__file__).resolve().parent.parent / "eval"
+    absolute = re.compile(r"(?<![\w.$~])/(?:work|root|home|tmp|Users|var|opt|mnt)/")
+    files = [*root.glob("results/*.json"), *root.glob("results/*.md"), root / "RESULTS.md", *root.glob("*.py")]
+    found = [f"{f.name}: {m.group(0)}" for f in files for m in absolute.finditer(f.read_text(encoding="utf-8"))]
+    assert found == []

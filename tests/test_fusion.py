@@ -11,7 +11,7 @@ from lsr import Engine
 from lsr.dense import DenseIndex
 from lsr.engine import document_text
 from lsr.explain import explain, query_token_ids, snippet
-from lsr.fusion import FusionConfig, convex, fuse, normalize, rrf, search_many, sparse_scores
+from lsr.fusion import FusionConfig, convex, fuse, normalize, rrf
 
 QUERIES = ["parse command line arguments", "compress files with gzip", "regular expression matching",
            "send email over the network", "random numbers"]
@@ -117,13 +117,13 @@ def test_hybrid_extremes_match_single_retrievers(hybrid_engine):
         for hit in hybrid_engine.search(q, k=10, retriever="hybrid"):
             assert hit.sparse_score is not None and hit.dense_score is not None
             vec = hybrid_engine.query_vector(q)
-            assert hit.sparse_score == pytest.approx(sparse_scores(hybrid_engine, vec, np.array([hit.docno]))[0])
+            assert hit.sparse_score == pytest.approx(hybrid_engine.index.score_docs(vec, np.array([hit.docno]))[0])
 
 
 def test_sparse_scores_match_index(hybrid_engine):
     vec = hybrid_engine.query_vector(QUERIES[1])
     hits = hybrid_engine.search(vec, k=10)
-    got = sparse_scores(hybrid_engine, vec, np.array([h.docno for h in hits]))
+    got = hybrid_engine.index.score_docs(vec, np.array([h.docno for h in hits]))
     assert got == pytest.approx([h.score for h in hits], rel=1e-6)
 
 
@@ -183,7 +183,7 @@ def test_hnsw_above_threshold(hybrid_engine, tmp_path):
     exact = engine.dense.search_batch(queries, k=10, exact=True)
     recall = np.mean([len(set(a[0]) & set(e[0])) / 10 for a, e in zip(approx, exact)])
     assert recall >= 0.9
-    hits = search_many(engine, QUERIES, k=5, retriever="hybrid")
+    hits = engine.retrieve(QUERIES, k=5, retriever="hybrid")
     assert all(len(h) == 5 for h in hits)
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +14,7 @@ import scipy.sparse as sp
 
 from lsr.index import FORMAT_VERSION, IndexBuilder, IndexFormatError, InvertedIndex, quantize_query, verify_index
 from lsr.index.storage import sha256_file
+from lsr.index.topk import heap_offer, heap_replace_top, heap_sort, heapify
 
 N_DOCS = 3000
 VOCAB = 2000
@@ -180,6 +183,72 @@ def test_search_batch_matches_brute_force(index, built, k, threads):
         np.testing.assert_array_equal(ids, single[0])
         np.testing.assert_array_equal(scores, single[1])
     assert index.search_batch([], k=k) == []
+
+
+def test_concurrent_callers_get_the_serial_results(index):
+    """Per-thread scratch and the shared worker pool: callers on several threads, each also running batches
+    on several workers, get exactly the results of serial calls."""
+    queries = random_queries(seed=7, n=30)
+    serial = [index.search(terms, weights, 10) for terms, weights in queries]
+
+    def call(i: int) -> list:
+        if i % 2:
+            return index.search_batch(queries, k=10, threads=3)
+        return [index.search(terms, weights, 10) for terms, weights in queries]
+
+    with ThreadPoolExecutor(4) as pool:
+        for results in pool.map(call, range(8)):
+            for (ids, scores), (want_ids, want_scores) in zip(results, serial):
+                np.testing.assert_array_equal(ids, want_ids)
+                np.testing.assert_array_equal(scores, want_scores)
+
+
+def test_top_k_heap_keeps_the_best_with_ties_by_lower_id():
+    rng = np.random.default_rng(3)
+    scores_in = rng.integers(0, 20, 500).astype(np.int32)  # many ties
+    docs_in = rng.permutation(500).astype(np.uint32)
+    for k in (1, 7, 64, 500):
+        scores, docs, size = np.empty(k, np.int32), np.empty(k, np.uint32), 0
+        for s, d in zip(scores_in, docs_in):
+            size = heap_offer(scores, docs, size, k, s, d)
+        heap_sort(scores, docs, size)
+        best = np.lexsort((docs_in, -scores_in.astype(np.int64)))[:k]
+        np.testing.assert_array_equal(docs[:size], docs_in[best])
+        np.testing.assert_array_equal(scores[:size], scores_in[best])
+
+
+def test_heap_with_negated_keys_pops_largest_first():
+    """BMP's use of the top-k heap: keys (-bound, last - block) pop by bound desc, then block asc."""
+    rng = np.random.default_rng(4)
+    bounds = rng.integers(1, 30, 200).astype(np.int32)
+    last = bounds.size - 1
+    keys, blocks = -bounds, (last - np.arange(bounds.size)).astype(np.uint32)
+    size = bounds.size
+    heapify(keys, blocks, size)
+    popped = []
+    while size:
+        popped.append(last - int(blocks[0]))
+        size -= 1
+        heap_replace_top(keys, blocks, size, keys[size], blocks[size])
+    np.testing.assert_array_equal(popped, np.lexsort((np.arange(bounds.size), -bounds.astype(np.int64))))
+
+
+def test_index_package_imports_nothing_else_from_lsr():
+    """lsr.index is the engine's core: it must not depend on text, models or HTTP (the rest of lsr)."""
+    root = Path(__import__("lsr.index").index.__file__).parent
+    for path in root.rglob("*.py"):
+        package = ["lsr", "index", *path.parent.relative_to(root).parts]
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = package[: len(package) - node.level + 1] if node.level else []
+                names = [".".join(base + ([node.module] if node.module else []))]
+            else:
+                continue
+            for name in names:
+                if name.split(".")[0] == "lsr":
+                    assert name.startswith("lsr.index"), f"{path.name}:{node.lineno} imports {name}"
 
 
 def test_ties_ordered_by_doc_id(index, built):

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
+import subprocess
+import sys
 import threading
 
 import numpy as np
@@ -11,6 +15,7 @@ import pytest
 from lsr.index.storage import WriterLockedError, verify_index, writer_lock
 from lsr import Engine
 from lsr.corpus import Document
+from lsr.faults import ENV as FAULT_ENV
 from lsr.live import DocumentNotFoundError, DuplicateDocumentError, compact, read_commit
 from tests.conftest import write_jsonl
 
@@ -31,9 +36,9 @@ def _reference(tmp_path, records: list[dict], scale: float, encoder, name: str, 
     return Engine.build(root, tmp_path / name, encoder=encoder, progress=False, scale=scale, **kwargs)
 
 
-def _results(engine: Engine, mode: str, params: dict, k: int = 10, **kwargs):
+def _results(engine: Engine, mode: str, params: dict, k: int = 10, queries=QUERIES, **kwargs):
     out = []
-    for q in QUERIES:
+    for q in queries:
         hits = engine.search(q, k=k, mode=mode, **params, **kwargs)
         out.append([(h.id, round(h.score, 5)) for h in hits])
     return out
@@ -121,14 +126,16 @@ def test_compact_equals_from_scratch_and_searches_keep_working(live, tmp_path, e
     index_dir = tmp_path / "index"
     shutil.copytree(engine.index_dir, index_dir)
     old = Engine.open(index_dir, encoder=encoder)
-    want = _results(old, "exact", {})
+    # encoded once: the loop checks the index under compaction, not torch's float sums on another thread
+    vectors = [old.query_vector(q) for q in QUERIES]
+    want = _results(old, "exact", {}, queries=vectors)
     errors: list[BaseException] = []
     stop = threading.Event()
 
     def search_loop():
         try:
             while not stop.is_set():
-                assert _results(old, "exact", {}) == want
+                assert _results(old, "exact", {}, queries=vectors) == want
         except BaseException as err:  # surfaced below
             errors.append(err)
 
@@ -177,23 +184,18 @@ def _snapshot(index_dir):
     return read_commit(index_dir), engine.docs.ids(), _results(engine, "exact", {})
 
 
-def _kill_when(cmd: list[str], ready, timeout: float = 120.0) -> None:
-    """Run ``cmd`` as a real subprocess and SIGKILL it as soon as ``ready()`` is true (it must not finish first)."""
-    import subprocess
-    import sys
-    import time
+def _killed_at(fault: str, *cmd: str) -> None:
+    """Run ``lsr CMD`` as a real subprocess that SIGKILLs itself at fault point ``fault`` (``LSR_FAULT``,
+    lsr.faults)."""
+    proc = subprocess.run([sys.executable, "-m", "lsr.cli", *cmd], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, FAULT_ENV: fault})
+    assert proc.returncode == -signal.SIGKILL, f"not killed at {fault} (exit {proc.returncode}): {proc.stderr}"
 
-    proc = subprocess.Popen([sys.executable, "-m", "lsr.cli", *cmd], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    deadline = time.time() + timeout
-    try:
-        while not ready():
-            assert proc.poll() is None, "the process finished before the kill point"
-            assert time.time() < deadline, "kill point never reached"
-            time.sleep(0.02)
-        proc.kill()
-    finally:
-        proc.wait()
+
+def _uncommitted_segments(index_dir) -> set[str]:
+    """Directories under segments/ that the commit does not list (staging directories included)."""
+    committed = {s["dir"].split("/")[-1] for s in read_commit(index_dir)["segments"]}
+    return {p.name for p in (index_dir / "segments").iterdir()} - committed
 
 
 def test_sigkill_during_add_and_compact_keeps_the_last_commit(live, tmp_path):
@@ -205,26 +207,29 @@ def test_sigkill_during_add_and_compact_keeps_the_last_commit(live, tmp_path):
     extra = [d for d in sample_documents() if not d["_id"].startswith("module:")][:400]
     corpus = write_jsonl(tmp_path / "extra.jsonl", extra)
     before = _snapshot(index_dir)
-    # killed while encoding the new segment, then right after its directory is complete (before live.json)
-    _kill_when(["add", str(corpus), "--index", str(index_dir), "--no-progress"],
-               lambda: any((index_dir / "segments").glob(".building-*/docs.sqlite")))
-    assert _snapshot(index_dir) == before and verify_index(index_dir) == []
-    # a rerun commits everything (and removes what the killed run left)
+    # killed while writing the new segment, then right after its directory is complete (before live.json)
+    for fault in ("add.window", "add.segment_ready"):
+        _killed_at(fault, "add", str(corpus), "--index", str(index_dir), "--no-progress")
+        assert _snapshot(index_dir) == before and verify_index(index_dir) == []
+    commit = before[0]
+    assert _uncommitted_segments(index_dir) == {f"{commit['generation'] + 1:06d}"}  # complete, never committed
+    # a rerun commits everything (and removes what the killed runs left)
     from typer.testing import CliRunner
 
     from lsr.cli import app
 
     result = CliRunner().invoke(app, ["add", str(corpus), "--index", str(index_dir), "--no-progress"])
     assert result.exit_code == 0, result.output
-    assert not list((index_dir / "segments").glob(".building-*"))
+    assert _uncommitted_segments(index_dir) == set()
     added = Engine.open(index_dir)
     assert added.index.num_docs == engine.index.num_docs + len(extra)
     after_add = _snapshot(index_dir)
-    # killed during compaction: the staged merge is discarded, the last commit stays
-    _kill_when(["compact", "--index", str(index_dir), "--no-progress"],
-               lambda: any(tmp_path.glob(".index.building-*/docs.sqlite")))
-    assert _snapshot(index_dir) == after_add
-    assert CliRunner().invoke(app, ["verify", "--index", str(index_dir)]).exit_code == 0
+    # killed during compaction (a merged window stored), then with the merged index complete before the exchange:
+    # the staged merge is discarded, the last commit stays
+    for fault in ("merge.window", "compact.before_exchange"):
+        _killed_at(fault, "compact", "--index", str(index_dir), "--no-progress")
+        assert _snapshot(index_dir) == after_add
+        assert CliRunner().invoke(app, ["verify", "--index", str(index_dir)]).exit_code == 0
     result = CliRunner().invoke(app, ["compact", "--index", str(index_dir), "--no-progress"])
     assert result.exit_code == 0, result.output
     compacted = _snapshot(index_dir)

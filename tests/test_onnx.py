@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
 from lsr import Engine
-from lsr import evaluate as ev
+from lsr import evaluation as ev
 from lsr.cli import app
 from lsr.models import DEFAULT_SPLADE, embedded_model_path, model_hash
 from lsr.onnx_encoders import CACHE_ENV, OnnxDenseEncoder, OnnxSpladeEncoder, onnx_cache_dir

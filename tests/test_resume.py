@@ -1,9 +1,11 @@
-"""Crash safety and resume of `lsr index`: real `lsr index` subprocesses SIGKILLed at several points, then resumed.
+"""Crash safety and resume of `lsr index`: real `lsr index` subprocesses SIGKILLed at the build's commit steps, then
+resumed.
 
-Checked after every kill: the previous index at the target still opens, verifies and answers as before. Checked at
-the end: the resumed build equals an uninterrupted one (same array sha256s, same ids and scores). In-process tests
-cover the steps a timed kill cannot aim at (between the document-store commit and the progress write, after the
-last window) and the errors (a second builder, other settings).
+The kills are deterministic: ``LSR_FAULT=POINT[:N]`` (:mod:`lsr.faults`) makes the build kill itself the N-th time it
+reaches a fault point. Checked after every kill: the previous index at the target still opens, verifies and answers
+as before. Checked at the end: the resumed build equals an uninterrupted one (same array sha256s, same ids and
+scores). In-process tests interrupt builds (``KeyboardInterrupt``, as Ctrl-C) at the same points, resume vector files
+and cover the errors (a second builder, other settings).
 """
 
 from __future__ import annotations
@@ -15,17 +17,17 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
-import lsr.engine as engine_module
-from lsr.index.storage import WriterLockedError, verify_index, writer_lock
 from lsr import Engine, SpladeEncoder
 from lsr.cli import app
-from lsr.engine import PROGRESS_FILE, ResumeError
+from lsr.docstore import DocStore
+from lsr.faults import ENV as FAULT_ENV
+from lsr.index.storage import WriterLockedError, verify_index, writer_lock
+from lsr.pipeline import DOCSTORE_FILE, PROGRESS_FILE, ResumeError
 from lsr.sample import sample_documents
 from tests.conftest import write_jsonl
 
@@ -85,24 +87,25 @@ def _arrays(index_dir: Path) -> dict:
     return {name: entry["sha256"] for name, entry in manifest["arrays"].items()}
 
 
-def _kill_when(proc: subprocess.Popen, ready, what: str, timeout: float = 120) -> None:
-    """SIGKILL ``proc`` as soon as ``ready()``; fail if it ended by itself first."""
-    deadline = time.time() + timeout
-    while not ready():
-        if proc.poll() is not None:
-            pytest.fail(f"the build ended (exit {proc.returncode}) before {what}: {proc.stderr.read()}")
-        if time.time() > deadline:
-            proc.kill()
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.005)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=30)
-    assert proc.returncode == -signal.SIGKILL, f"the build was not killed {what}"
-
-
-def _start(cmd: list[str]) -> subprocess.Popen:
+def _start(cmd: list[str], fault: str) -> subprocess.Popen:
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "TQDM_DISABLE": "1"})
+                            env={**os.environ, "TQDM_DISABLE": "1", FAULT_ENV: fault})
+
+
+def _killed_at(fault: str, cmd: list[str]) -> str:
+    """Run ``cmd`` with ``LSR_FAULT=fault``: it must die by SIGKILL there. Its stderr."""
+    proc = _start(cmd, fault)
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == -signal.SIGKILL, f"not killed at {fault} (exit {proc.returncode}): {stderr}"
+    return stderr
+
+
+def _stopped_at(fault: str, cmd: list[str]) -> subprocess.Popen:
+    """Start ``cmd`` with ``LSR_FAULT=fault:stop`` and wait until it holds still (SIGSTOP) at that point."""
+    proc = _start(cmd, f"{fault}:stop")
+    _, status = os.waitpid(proc.pid, os.WUNTRACED)
+    assert os.WIFSTOPPED(status), f"the build ended (status {status}) before {fault}"
+    return proc
 
 
 @pytest.fixture(scope="module")
@@ -133,30 +136,51 @@ def test_killed_builds_keep_the_previous_index_and_resume_to_the_same_index(corp
         assert result.exit_code == 0 and "OK" in result.output
         assert _results(target, short_encoder) == old_results
 
-    # 1. killed right at the start: staging directory made, no window committed yet
-    proc = _start(_index_cmd(corpus, target))
-    _kill_when(proc, lambda: _staging(target).is_dir() and _progress(target) is None, "the first commit")
+    # 1. killed with the new index complete in the staging directory, just before it replaces the previous one
+    _killed_at("build.before_exchange", _index_cmd(corpus, target))
+    assert _progress(target) is None  # the checkpoint goes first: a complete build is not resumed
     previous_index_intact()
 
-    # 2. resumed (nothing committed: starts from scratch), a second builder is refused, killed after >= 1 window
-    proc = _start(_index_cmd(corpus, target, "--resume"))
-    _kill_when(proc, lambda: (_progress(target) or {}).get("windows", 0) >= 1 and _second_builder_refused(
-        corpus, target, proc.pid), "the first window")
-    assert "nothing to resume" in proc.stderr.read()
+    # 2. killed right at the start: the first window's chunk written, nothing committed yet
+    _killed_at("build.chunk_written", _index_cmd(corpus, target))
+    assert _staging(target).is_dir() and _progress(target) is None
+    previous_index_intact()
+
+    # 3. resumed (nothing committed: starts from scratch), held after its first window while a second builder is
+    # refused, then killed
+    proc = _stopped_at("build.progress_written:1", _index_cmd(corpus, target, "--resume"))
+    _second_builder_refused(corpus, target, proc.pid)
+    proc.kill()
+    _, stderr = proc.communicate(timeout=60)
+    assert "nothing to resume" in stderr
     first = _progress(target)
-    assert first["num_docs"] == first["records"] == first["windows"] * WINDOW and first["num_docs"] < DOCS
+    assert first["windows"] == 1 and first["num_docs"] == first["records"] == WINDOW
     previous_index_intact()
 
-    # 3. resumed, killed again once it has committed at least one more window
-    proc = _start(_index_cmd(corpus, target, "--resume"))
-    _kill_when(proc, lambda: (_progress(target) or {}).get("windows", 0) >= first["windows"] + 1,
-               "a window more")
-    assert f"{first['num_docs']} documents" in proc.stderr.read()  # "resuming ...: N documents were done"
+    # 4. resumed, killed once it has committed two more windows
+    stderr = _killed_at("build.progress_written:2", _index_cmd(corpus, target, "--resume"))
+    assert f"{WINDOW} documents (1 windows) were done" in stderr
     second = _progress(target)
-    assert second["windows"] > first["windows"] and second["num_docs"] < DOCS
+    assert second["windows"] == 3 and second["num_docs"] == 3 * WINDOW
     previous_index_intact()
 
-    # 4. resumed to the end: the same index as the uninterrupted build
+    # 5. resumed, killed between the document-store commit and the progress write of its first window: that
+    # window's chunk and documents are on disk but not in the checkpoint (the resume drops them)
+    _killed_at("build.store_committed", _index_cmd(corpus, target, "--resume"))
+    assert _progress(target) == second
+    chunks = _staging(target) / "_chunks"
+    assert len(list(chunks.glob("*.npz"))) == len(second["chunks"]) + 1
+    assert len(DocStore(_staging(target) / DOCSTORE_FILE, readonly=True)) == second["num_docs"] + WINDOW
+    (chunks / "chunk_00099.npz.tmp").write_bytes(b"torn")
+    previous_index_intact()
+
+    # 6. resumed, killed after the last window: the index is written in the staging directory, the checkpoint
+    # still there
+    _killed_at("build.finalized", _index_cmd(corpus, target, "--resume"))
+    assert _progress(target)["num_docs"] == DOCS
+    previous_index_intact()
+
+    # 7. resumed to the end: the same index as the uninterrupted build
     done = subprocess.run(_index_cmd(corpus, target, "--resume"), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert f"indexed {DOCS} documents" in done.stdout and "resuming" in done.stderr
@@ -167,35 +191,26 @@ def test_killed_builds_keep_the_previous_index_and_resume_to_the_same_index(corp
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".idx")] == []  # no staging dir, lock released
 
 
-def _second_builder_refused(corpus: Path, target: Path, pid: int) -> bool:
+def _second_builder_refused(corpus: Path, target: Path, pid: int) -> None:
     result = runner.invoke(app, ["index", str(corpus), "--index", str(target), "--no-dense", "--resume"])
     assert result.exit_code == 2, result.output
     assert f"is locked by pid {pid} (lsr index, since" in result.output, result.output
-    return True
 
 
-def _interrupt_at_progress_write(monkeypatch, n: int) -> None:
-    """KeyboardInterrupt instead of the n-th progress.json write: that window's chunk and documents are on disk
-    but not in the checkpoint (as after a kill between the document-store commit and the progress write)."""
-    calls = {"n": 0}
-    real = engine_module.write_json_atomic
-
-    def write(path, data):
-        calls["n"] += 1
-        if calls["n"] == n:
-            raise KeyboardInterrupt
-        real(path, data)
-
-    monkeypatch.setattr(engine_module, "write_json_atomic", write)
+def _interrupt_at(monkeypatch, fault: str) -> None:
+    """The next build raises KeyboardInterrupt (as Ctrl-C) at fault point ``fault`` (``NAME:N``)."""
+    monkeypatch.setenv(FAULT_ENV, f"{fault}:interrupt")
 
 
-def test_kill_between_store_commit_and_progress_write(corpus, short_encoder, in_process_reference, tmp_path,
-                                                      monkeypatch, caplog):
+def test_interrupted_between_store_commit_and_progress_write(corpus, short_encoder, in_process_reference, tmp_path,
+                                                             monkeypatch, caplog):
     target = tmp_path / "idx"
-    _interrupt_at_progress_write(monkeypatch, 3)
+    _interrupt_at(monkeypatch, "build.store_committed:3")
+    caplog.set_level(logging.WARNING, "lsr.engine")
     with pytest.raises(KeyboardInterrupt):
         Engine.build(corpus, target, encoder=short_encoder, window=WINDOW, progress=False)
     monkeypatch.undo()
+    assert f"interrupted: {2 * WINDOW} documents of {target} are committed; `lsr index ... --resume`" in caplog.text
     assert not target.exists() and _progress(target)["num_docs"] == 2 * WINDOW
     chunks = _staging(target) / "_chunks"
     assert len(list(chunks.glob("*.npz"))) == 3  # one more than the checkpoint lists
@@ -211,11 +226,7 @@ def test_kill_between_store_commit_and_progress_write(corpus, short_encoder, in_
 
 def test_interrupted_after_the_last_window(corpus, short_encoder, in_process_reference, tmp_path, monkeypatch):
     target = tmp_path / "idx"
-
-    def fail(*args):
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(engine_module, "_add_inference_free_in", fail)
+    _interrupt_at(monkeypatch, "build.finalized:1")
     with pytest.raises(KeyboardInterrupt):
         Engine.build(corpus, target, encoder=short_encoder, window=WINDOW, progress=False)
     monkeypatch.undo()
@@ -230,7 +241,7 @@ def test_vector_file_resume(in_process_reference, short_encoder, tmp_path, monke
     Engine.open(in_process_reference, encoder=short_encoder).export_vectors(vectors)
     reference = Engine.build(vectors, tmp_path / "ref", encoder=short_encoder, window=WINDOW, progress=False)
     target = tmp_path / "idx"
-    _interrupt_at_progress_write(monkeypatch, 4)
+    _interrupt_at(monkeypatch, "build.store_committed:4")
     with pytest.raises(KeyboardInterrupt):
         Engine.build(vectors, target, encoder=short_encoder, window=WINDOW, progress=False)
     monkeypatch.undo()
@@ -248,7 +259,7 @@ def test_resume_errors_and_warnings(corpus, short_encoder, tmp_path, monkeypatch
     caplog.set_level(logging.WARNING, "lsr.engine")
     Engine.build(corpus, target, encoder=short_encoder, window=WINDOW, progress=False, resume=True)
     assert "nothing to resume" in caplog.text
-    _interrupt_at_progress_write(monkeypatch, 2)
+    _interrupt_at(monkeypatch, "build.store_committed:2")
     with pytest.raises(KeyboardInterrupt):
         Engine.build(corpus, target, encoder=short_encoder, window=WINDOW, progress=False)
     monkeypatch.undo()

@@ -1,4 +1,4 @@
-"""Tests for the Seismic structure (index/seismic.py): recall, exactness when nothing is pruned, exact scores of
+"""Tests for the Seismic structure (index/seismic/): recall, exactness when nothing is pruned, exact scores of
 returned documents, edge cases, parameter handling and the manifest record."""
 
 from __future__ import annotations

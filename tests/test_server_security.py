@@ -318,5 +318,5 @@ def test_serve_command_options():
 
     out = CliRunner().invoke(app, ["serve", "--help"], env={"COLUMNS": "200"}).output
     for option in ("--api-key", "LSR_API_KEY", "--read-api-key", "LSR_READ_API_KEY", "--timeout", "--max-body-bytes",
-                   "--max-query-chars", "--max-batch-queries", "--max-documents"):
+                   "--max-query-chars", "--max-batch-queries", "--max-documents", "--workers"):
         assert option in out, option

@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from lsr.cli import app
-from lsr.train import SpladeModel, TrainConfig, TrainError, load_training_data, train
+from lsr.training import SpladeModel, TrainConfig, TrainError, load_training_data, train
 from tests.conftest import write_jsonl
 
 runner = CliRunner()

@@ -27,57 +27,46 @@ import os
 import time
 from collections import deque
 from contextlib import contextmanager
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
 
+from lsr.version import __version__
+from lsr.corpus import CorpusError, Document
+from lsr.docstore import DocStore
+from lsr.encoder import SparseBatch
+from lsr.index import IndexBuilder
 from lsr.index.storage import read_manifest, sha256_file, staged_directory, write_array, write_manifest
-from lsr import __version__
-from lsr.corpus import CorpusError, CorpusReader, Document
-from lsr.engine import DOCSTORE_FILE, _windows, document_text
+from lsr.pipeline import (DOCSTORE_FILE, BuildSettings, Source, Window, WindowIndexer, add_optional_parts,
+                          encode_documents, progress_bar, take_rows)
 from lsr.sharded.layout import (
     IMPACT_LEVELS, ORDINALS_ARRAY, ROUTING, SHARDED_FORMAT, SHARDED_FORMAT_VERSION, SHARDS_FILE, shard_dir_name,
     shard_of,
 )
 from lsr.sharded.ray_runtime import actor_class, init_ray, kill_actors, ray_get, ray_module
+from lsr.vectors import is_vector_file
 
 log = logging.getLogger("lsr.sharded")
 
 DEFAULT_WINDOW = 256  # documents per encoding task
 
 
-
 # ---------------------------------------------------------------------- building
 def _split_by_shard(docs: list[Document], ordinals: np.ndarray, shards: np.ndarray, num_shards: int,
-                    indptr: np.ndarray, terms: np.ndarray, weights: np.ndarray) -> list[tuple]:
-    """Rows of a CSR window grouped by shard: per shard (docs, ordinals, indptr, terms, weights)."""
+                    batch: SparseBatch) -> list[tuple]:
+    """Rows of a window grouped by shard: per shard (docs, ordinals, CSR vectors)."""
     parts = []
     for s in range(num_shards):
         rows = np.flatnonzero(shards == s)
-        parts.append((
-            [docs[r] for r in rows], ordinals[rows], *_take_rows(rows, indptr, terms, weights)))
+        parts.append(([docs[r] for r in rows], ordinals[rows], take_rows(batch, rows)))
     return parts
-
-
-def _take_rows(rows: np.ndarray, indptr: np.ndarray, terms: np.ndarray, weights: np.ndarray):
-    lengths = indptr[rows + 1] - indptr[rows]
-    ptr = np.zeros(len(rows) + 1, np.int64)
-    np.cumsum(lengths, out=ptr[1:])
-    take = np.repeat(indptr[rows] - ptr[:-1], lengths) + np.arange(ptr[-1], dtype=np.int64)
-    return ptr, terms[take], weights[take]
 
 
 class _EncodeWorker:
     """Ray actor: the SPLADE model loaded once; encodes windows of documents and splits them by shard."""
 
-    def __init__(self, model: str | None, doc_max_length: int, query_max_length: int, doc_top_k: int | None,
-                 threads: int) -> None:
-        from lsr.encoder import SpladeEncoder
-
-        self.encoder = SpladeEncoder(model, doc_max_length=doc_max_length, query_max_length=query_max_length,
-                                     doc_top_k=doc_top_k, threads=max(1, threads))
+    def __init__(self, settings: BuildSettings, threads: int) -> None:
+        self.encoder = settings.load_encoder(threads=max(1, threads))
 
     def describe(self) -> dict:
         return self.encoder.describe()
@@ -88,8 +77,7 @@ class _EncodeWorker:
 
     def encode(self, docs: list[Document], ordinals: np.ndarray, shards: np.ndarray, num_shards: int,
                batch_size: int):
-        batch = self.encoder.encode_documents([document_text(d) for d in docs], batch_size)
-        parts = _split_by_shard(docs, ordinals, shards, num_shards, batch.indptr, batch.indices, batch.values)
+        parts = _split_by_shard(docs, ordinals, shards, num_shards, encode_documents(self.encoder, docs, batch_size))
         return parts[0] if num_shards == 1 else tuple(parts)
 
 
@@ -97,50 +85,35 @@ class _ShardBuilder:
     """Ray actor: one shard's IndexBuilder and document store, fed in corpus order; finalized with a given scale."""
 
     def __init__(self, shard_dir: str, shard: int, num_shards: int, vocab_size: int, quant_bits: int) -> None:
-        from lsr.index import IndexBuilder
-        from lsr.docstore import DocStore
-
         self.started = time.time()
         self.dir = Path(shard_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.shard, self.num_shards = shard, num_shards
         self.builder = IndexBuilder(self.dir, vocab_size, quant_bits=quant_bits)
         self.store = DocStore(self.dir / DOCSTORE_FILE)
+        self.errors: list[tuple] = []  # of the current window: (file, line, field, message), sent to the driver
+        self.indexer = WindowIndexer(self.builder, self.store, None, 0,
+                                     lambda err: self.errors.append((err.path, err.line, err.field, err.message)))
         self.ordinals: list[np.ndarray] = []
         self.rejected = 0
 
     def add(self, part: tuple) -> tuple[int, list[tuple]]:
         """Store and index one window's documents; duplicates ids are not added and come back as errors."""
-        from lsr.docstore import DuplicateIdError
-
-        docs, ordinals, indptr, terms, weights = part
-        keep, errors = [], []
-        for i, doc in enumerate(docs):
-            try:
-                self.store.add(self.builder.num_docs + len(keep), doc)
-                keep.append(i)
-            except DuplicateIdError:
-                errors.append((doc.source, doc.line, "id", f"duplicate id {doc.id!r}"))
-        if errors:
-            self.rejected += len(errors)
-            rows = np.asarray(keep, np.int64)
-            indptr, terms, weights = _take_rows(rows, np.asarray(indptr), np.asarray(terms), np.asarray(weights))
-            ordinals = np.asarray(ordinals)[rows]
-        if keep:
-            self.builder.add(indptr, terms, weights)
-            self.ordinals.append(np.asarray(ordinals, np.int64))
+        docs, ordinals, batch = part
+        self.errors = []
+        rows = self.indexer.add(Window(docs, len(docs), batch))
+        self.rejected += len(self.errors)
+        self.ordinals.append(np.asarray(ordinals, np.int64)[rows])
         self.store.commit()
-        return len(keep), errors
+        return len(rows), self.errors
 
     def stats(self) -> dict:
         return {"documents": self.builder.num_docs, "max_weight": self.builder.max_weight}
 
-    def finalize(self, scale: float, extra: dict, tokenizer_json: str | None, structures: Sequence[str],
-                 reorder: str | None, dense: dict | None, threads: int) -> dict:
+    def finalize(self, scale: float, extra: dict, tokenizer_json: str | None, settings: BuildSettings,
+                 threads: int) -> dict:
         """Write the shard (shared ``scale``), its ordinals, inference-free table, structures and dense vectors."""
         import numba
-
-        from lsr.engine import _add_dense_in, _add_structures_in
 
         numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
         self.store.close()
@@ -163,13 +136,11 @@ class _ShardBuilder:
             from lsr.query_encoders import write_inference_free
 
             write_inference_free(self.dir, tokenizer_json)
-        _add_structures_in(self.dir, list(structures), reorder)
-        if dense is not None:
+        if settings.dense:
             import torch
 
             torch.set_num_threads(max(1, threads))
-            _add_dense_in(self.dir, dense["model"], dense["batch_size"], dense["dtype"], dense["hnsw_threshold"],
-                          False)
+        add_optional_parts(self.dir, settings, progress=False)
         manifest = read_manifest(self.dir)
         return {
             "dir": self.dir.name, "documents": count, "postings": manifest["num_postings"],
@@ -184,92 +155,68 @@ def build_sharded(
     corpus: str | os.PathLike,
     index_dir: str | os.PathLike,
     shards: int,
+    settings: BuildSettings | None = None,
     *,
     address: str | None = None,
     workers: int | None = None,
     encoder_threads: int = 1,
-    model: str | None = None,
-    batch_size: int = 32,
-    doc_max_length: int = 256,
-    query_max_length: int = 64,
-    doc_top_k: int | None = None,
-    quant_bits: int = 8,
-    id_field: str | None = None,
-    text_field: str | None = None,
-    title_field: str | None = None,
-    skip_bad: bool = False,
-    structures: Sequence[str] = (),
-    reorder: str | None = None,
-    dense: bool = False,
-    dense_model: str | None = None,
-    dense_dtype: str = "float16",
-    hnsw_threshold: int | None = None,
-    window: int = DEFAULT_WINDOW,
     progress: bool = True,
     encoder=None,
+    **options,
 ) -> dict:
     """Build a sharded index of ``corpus`` into ``index_dir`` on Ray (see the module doc); return ``shards.json``.
 
     ``workers`` encoder actors of ``encoder_threads`` CPUs each (default: as many as the cluster's CPUs allow);
-    ``address`` is the Ray cluster (default: a local runtime with ``workers`` CPUs). The other options are
-    :meth:`Engine.build`'s, applied to every shard. ``encoder``: an already loaded :class:`SpladeEncoder` the driver
-    uses for a corpus of precomputed vectors (token ids); text is always encoded by the workers.
+    ``address`` is the Ray cluster (default: a local runtime with ``workers`` CPUs). ``settings`` (or its fields
+    as keywords; the window defaults to :data:`DEFAULT_WINDOW` documents) are :meth:`Engine.build`'s, applied to
+    every shard (``scale`` is always the collection's). ``encoder``: an already loaded :class:`SpladeEncoder` the
+    driver uses for a corpus of precomputed vectors (token ids); text is always encoded by the workers.
     """
-    from lsr.vectors import is_vector_file
-
+    if settings is not None and options:
+        raise TypeError(f"build_sharded: give settings or their fields ({', '.join(options)}), not both")
+    settings = settings or BuildSettings(**{"window": DEFAULT_WINDOW, **options})
     if shards < 1:
         raise ValueError(f"--shards must be >= 1, got {shards}")
-    if quant_bits not in IMPACT_LEVELS:
+    if settings.quant_bits not in IMPACT_LEVELS:
         raise ValueError("quant_bits must be 8 or 16")
     if workers is not None and workers < 1:
         raise ValueError(f"--workers must be >= 1, got {workers}")
     started = time.time()
     corpus, index_dir = Path(corpus), Path(index_dir)
-    vectors = is_vector_file(corpus)
-    reader = None if vectors else CorpusReader(corpus, id_field=id_field, text_field=text_field,
-                                               title_field=title_field, skip_bad=skip_bad)
     ray = init_ray(address, None if workers is None else workers * encoder_threads)
     n_workers = 0
     encoders: list = []
     builders: list = []
     try:
-        if vectors:  # precomputed vectors: no model runs, the driver only maps tokens to ids
-            from lsr.encoder import SpladeEncoder
-
-            encoder = encoder or SpladeEncoder(model, doc_max_length=doc_max_length,
-                                               query_max_length=query_max_length, doc_top_k=doc_top_k)
+        if is_vector_file(corpus):  # precomputed vectors: no model runs, the driver only maps tokens to ids
+            encoder = encoder or settings.load_encoder()
             model_info = encoder.describe()
             tokenizer = encoder.tokenizer
             tokenizer_json = tokenizer.backend_tokenizer.to_str() if getattr(tokenizer, "is_fast", False) else None
         else:
             n_workers = workers or max(1, int(ray.cluster_resources().get("CPU", 1) // encoder_threads))
             actor = actor_class(_EncodeWorker).options(num_cpus=encoder_threads)
-            encoders = [actor.remote(model, doc_max_length, query_max_length, doc_top_k, encoder_threads)
-                        for _ in range(n_workers)]
+            encoders = [actor.remote(settings, encoder_threads) for _ in range(n_workers)]
             described = ray_get([e.describe.remote() for e in encoders])
             if len({d["sha256"] for d in described}) != 1:
-                raise ValueError(f"the encoder workers loaded different files for model {model!r} "
+                raise ValueError(f"the encoder workers loaded different files for model {settings.model!r} "
                                  f"(sha256 {sorted({d['sha256'][:12] for d in described})}); install the same "
                                  "checkpoint on every node")
             model_info = described[0]
             tokenizer_json = ray_get(encoders[0].tokenizer_json.remote())
+        source = settings.source(corpus, encoder)
         vocab_size = int(model_info["vocab_size"])
         with staged_directory(index_dir) as staging, _stopped_on_error(lambda: encoders + builders):
             builder_actor = actor_class(_ShardBuilder).options(num_cpus=0, scheduling_strategy="SPREAD")
-            builders = [builder_actor.remote(str(staging / shard_dir_name(s)), s, shards, vocab_size, quant_bits)
-                        for s in range(shards)]
+            builders = [builder_actor.remote(str(staging / shard_dir_name(s)), s, shards, vocab_size,
+                                             settings.quant_bits) for s in range(shards)]
             stream_started = time.time()
-            expected = reader.count() if reader is not None else None
+            expected = source.total()
+            window = settings.window
             if expected and n_workers:  # small corpora: still give every worker a few windows
                 window = max(16, min(window, -(-expected // (4 * n_workers))))
-            bar = tqdm(total=expected, unit="doc",
-                       desc=f"indexing into {shards} shard(s)", disable=not progress, dynamic_ncols=True)
-            if vectors:
-                total, skipped = _stream_vectors(corpus, encoder, builders, skip_bad, window, bar)
-            else:
-                total = _stream_corpus(reader, encoders, builders, batch_size, window, bar)
-                skipped = reader.skipped
-            bar.close()
+            with progress_bar(f"indexing into {shards} shard(s)", expected, progress=progress) as bar:
+                total = _stream(source, window, settings.batch_size, encoders, builders, bar)
             stream_seconds = time.time() - stream_started
             for e in encoders:
                 ray.kill(e)
@@ -283,28 +230,21 @@ def build_sharded(
                 raise ValueError(f"shard(s) {empty} got no documents ({documents} documents for {shards} shards); "
                                  "use fewer shards")
             max_weight = max(s["max_weight"] for s in stats)
-            scale = max_weight / IMPACT_LEVELS[quant_bits] if max_weight > 0 else 1.0
+            scale = max_weight / IMPACT_LEVELS[settings.quant_bits] if max_weight > 0 else 1.0
             extra = {"lsr_version": __version__, "model": model_info, "corpus": str(corpus.resolve()),
                      "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-            dense_opts = None
-            if dense:
-                from lsr.dense import DEFAULT_HNSW_THRESHOLD
-
-                dense_opts = {"model": dense_model, "batch_size": batch_size, "dtype": dense_dtype,
-                              "hnsw_threshold": DEFAULT_HNSW_THRESHOLD if hnsw_threshold is None else hnsw_threshold}
             cpus = int(ray.cluster_resources().get("CPU", 1))
             threads = max(1, cpus // shards)
-            infos = ray_get([b.finalize.remote(scale, extra, tokenizer_json, list(structures), reorder, dense_opts,
-                                            threads) for b in builders])
+            infos = ray_get([b.finalize.remote(scale, extra, tokenizer_json, settings, threads) for b in builders])
             for b in builders:
                 ray.kill(b)
             builders = []
             manifest = _sharded_manifest(
-                staging, infos, model_info, quant_bits, scale, max_weight, vocab_size, tokenizer_json, extra,
-                skipped=skipped, corpus_records=total, encode={
+                staging, infos, model_info, settings.quant_bits, scale, max_weight, vocab_size, tokenizer_json,
+                extra, skipped=source.skipped, corpus_records=total, encode={
                     "workers": n_workers, "seconds": round(stream_seconds, 3),
                     "docs_per_s": round(total / stream_seconds, 2) if stream_seconds > 0 else None,
-                    "encoder_threads": encoder_threads, "window": window, "batch_size": batch_size},
+                    "encoder_threads": encoder_threads, "window": window, "batch_size": settings.batch_size},
                 seconds=time.time() - started)
     finally:
         for a in encoders + builders:
@@ -312,8 +252,8 @@ def build_sharded(
                 ray.kill(a)
             except Exception:  # noqa: BLE001 - already gone
                 pass
-    if skipped:
-        log.warning("skipped %d bad record(s) in %s", skipped, corpus)
+    if source.skipped:
+        log.warning("skipped %d bad record(s) in %s", source.skipped, corpus)
     return manifest
 
 
@@ -342,70 +282,29 @@ def _drain(pending: deque, bar, on_error, keep: int) -> None:
         bar.update(size)
 
 
-def _stream_corpus(reader: CorpusReader, encoders: list, builders: list, batch_size: int, window: int, bar) -> int:
+def _stream(source: Source, window: int, batch_size: int, encoders: list, builders: list, bar) -> int:
+    """Route every window of ``source`` to the shard builders (text encoded by ``encoders`` in turn, precomputed
+    vectors split here), at most ``2 W + 2`` windows in flight; return the number of documents routed."""
     num_shards = len(builders)
     pending: deque = deque()
     ordinal = 0
-    for w, docs in enumerate(_windows(iter(reader), window)):
+    for w, win in enumerate(source.windows(window)):
+        docs = win.docs
         ordinals = np.arange(ordinal, ordinal + len(docs), dtype=np.int64)
         ordinal += len(docs)
         shards = np.fromiter((shard_of(d.id, num_shards) for d in docs), np.int64, len(docs))
-        encoder = encoders[w % len(encoders)]
-        parts = encoder.encode.options(num_returns=num_shards).remote(docs, ordinals, shards, num_shards, batch_size)
-        parts = [parts] if num_shards == 1 else parts
+        if win.vectors is None:
+            encoder = encoders[w % len(encoders)]
+            parts = encoder.encode.options(num_returns=num_shards).remote(docs, ordinals, shards, num_shards,
+                                                                          batch_size)
+            parts = [parts] if num_shards == 1 else parts
+        else:
+            parts = _split_by_shard(docs, ordinals, shards, num_shards, win.vectors)
         present = np.bincount(shards, minlength=num_shards) > 0
         pending.append((len(docs), [builders[s].add.remote(parts[s]) for s in range(num_shards) if present[s]]))
-        _drain(pending, bar, reader.skip_error, 2 * len(encoders) + 2)
-    _drain(pending, bar, reader.skip_error, 0)
+        _drain(pending, bar, source.on_error, 2 * max(1, len(encoders)) + 2)
+    _drain(pending, bar, source.on_error, 0)
     return ordinal
-
-
-def _stream_vectors(path: Path, encoder, builders: list, skip_bad: bool, window: int, bar) -> tuple[int, int]:
-    from lsr.vectors import read_vectors
-
-    num_shards = len(builders)
-    skipped = 0
-
-    def on_error(err: CorpusError) -> None:
-        nonlocal skipped
-        if not skip_bad:
-            raise err
-        log.warning("skipping bad record: %s", err)
-        skipped += 1
-
-    vocab = encoder.tokenizer.get_vocab()
-    pending: deque = deque()
-    rows: list[tuple[Document, dict[str, float]]] = []
-    ordinal = 0
-
-    def flush() -> None:
-        nonlocal ordinal
-        docs = [d for d, _ in rows]
-        indptr = np.zeros(len(rows) + 1, np.int64)
-        np.cumsum([len(v) for _, v in rows], out=indptr[1:])
-        terms = np.fromiter((vocab[t] for _, v in rows for t in v), np.uint32, count=int(indptr[-1]))
-        weights = np.fromiter((w for _, v in rows for w in v.values()), np.float32, count=int(indptr[-1]))
-        ordinals = np.arange(ordinal, ordinal + len(docs), dtype=np.int64)
-        ordinal += len(docs)
-        shards = np.fromiter((shard_of(d.id, num_shards) for d in docs), np.int64, len(docs))
-        parts = _split_by_shard(docs, ordinals, shards, num_shards, indptr, terms, weights)
-        pending.append((len(docs), [builders[s].add.remote(parts[s]) for s in range(num_shards) if parts[s][0]]))
-        rows.clear()
-        _drain(pending, bar, on_error, 4)
-
-    for doc, vector in read_vectors(path, on_error):
-        unknown = next((t for t in vector if t not in vocab), None)
-        if unknown is not None:
-            on_error(CorpusError(path, doc.line, f"vector.{unknown}",
-                                 f"token not in the vocabulary of model {encoder.name!r}"))
-            continue
-        rows.append((doc, vector))
-        if len(rows) == window:
-            flush()
-    if rows:
-        flush()
-    _drain(pending, bar, on_error, 0)
-    return ordinal, skipped
 
 
 def _sharded_manifest(root: Path, infos: list[dict], model_info: dict, quant_bits: int, scale: float,

@@ -8,7 +8,8 @@ in one document store. Every shard records, per document, its *ordinal*: its pos
 single index would number it). A document's global number is ``ordinal * N + shard``, so global numbers order
 documents like a single index over the same corpus and name their shard (``docno % N``).
 
-The Ray side (building with Ray workers, shard actors, the coordinator) is :mod:`lsr.sharded`.
+The Ray side (building with Ray workers, shard actors, the coordinator) is :mod:`lsr.sharded`; a sharded
+index opens with ``Engine.open`` like any other.
 """
 
 from __future__ import annotations
@@ -70,15 +71,12 @@ def index_size_bytes(index_dir: str | os.PathLike) -> int:
     return sum(f.stat().st_size for d in dirs for f in d.iterdir() if f.is_file())
 
 
-def open_engine(index_dir: str | os.PathLike, **kwargs):
-    """``Engine.open`` for a plain index, :class:`lsr.sharded.search.ShardedEngine` for a sharded one.
+class ReadOnlyIndexError(ValueError):
+    """An operation that changes an index in place, asked of a sharded index (which is rebuilt instead)."""
 
-    ``kwargs`` go to ``ShardedEngine.open`` (e.g. ``address`` of a Ray cluster); a plain index takes none.
-    """
-    if is_sharded(index_dir):
-        from lsr.sharded.search import ShardedEngine
 
-        return ShardedEngine.open(index_dir, **kwargs)
-    from lsr.engine import Engine
-
-    return Engine.open(index_dir)
+def read_only_error(index_dir: str | os.PathLike, what: str) -> ReadOnlyIndexError:
+    """The error for any change asked of a sharded index: it is rebuilt, never changed in place."""
+    return ReadOnlyIndexError(f"{index_dir} is a sharded index, which cannot {what}: it is rebuilt, not changed (`lsr "
+                              "index CORPUS --shards N`, with --structures/--dense); open one shard directory with "
+                              "Engine.open to work on that shard alone")

@@ -1,7 +1,8 @@
 """Searching a sharded index on Ray.
 
-Searching (:class:`ShardedEngine`, the same ``search`` / ``search_batch`` / ``document`` surface as
-:class:`lsr.engine.Engine`, and what ``lsr search`` / ``lsr serve`` use on a sharded directory)
+Searching (:class:`ShardSet`: the parts ``Engine.open`` assembles an :class:`lsr.engine.Engine` from for a sharded
+directory, so it has the same ``search`` / ``search_batch`` / ``document`` surface; what ``lsr search`` / ``lsr
+serve`` use on one)
     One actor per shard holds its shard memory-mapped. The coordinator encodes text queries once, quantizes
     them exactly as one index would (the quantization depends only on the query and the shared scale), fans
     the quantized query out, and merges the shards' top-k by (integer score desc, global doc number asc). A
@@ -10,7 +11,7 @@ Searching (:class:`ShardedEngine`, the same ``search`` / ``search_batch`` / ``do
     same float scores, same order including ties (``tests/test_distributed.py``). Approximate modes
     (``bmp-approx``, ``seismic``) run per shard; their recall against exact is measured by
     ``eval/bench_shards.py``. Dense search merges the shards' top-k by (score desc, global number asc); hybrid
-    and metadata filters run :mod:`lsr.fusion` unchanged over the merged lists (a fused candidate missing one
+    and metadata filters run the search layer (:mod:`lsr.searcher`) unchanged over the merged lists (a fused candidate missing one
     side is scored by the shard that holds it). With ``--reorder`` a shard's documents are renumbered, so equal
     scores at the k-th place may be cut differently than in a single index (scores stay exact).
 
@@ -32,9 +33,12 @@ import numpy as np
 from lsr.index.storage import IndexFormatError
 from lsr.index.structures import structure_for_mode
 from lsr.corpus import Document
-from lsr.engine import Engine
-from lsr.sharded.layout import IMPACT_LEVELS, ORDINALS_ARRAY, SHARDS_FILE, read_sharded_manifest, shard_of
+from lsr.protocols import DenseSide
+from lsr.searcher import Searcher
+from lsr.sharded.layout import (IMPACT_LEVELS, ORDINALS_ARRAY, SHARDS_FILE, index_size_bytes, read_sharded_manifest,
+                                shard_of)
 from lsr.sharded.ray_runtime import actor_class, init_ray, kill_actors, ray_get
+from lsr.snapshot import open_local
 
 log = logging.getLogger("lsr.sharded")
 
@@ -42,17 +46,16 @@ _HEADER_CACHE = 100_000  # (id, title) of recently returned hits, on the coordin
 _DOC_CACHE = 2_048
 
 
-
 # ---------------------------------------------------------------------- shard actors
 class _ShardServer:
-    """Ray actor: one shard opened with Engine.open (memory-mapped); answers in global doc numbers and int scores."""
+    """Ray actor: one shard opened as a single index (memory-mapped); answers in global doc numbers and int scores."""
 
     def __init__(self, shard_dir: str, shard: int, num_shards: int, threads: int) -> None:
         import numba
 
         numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
         self.threads = max(1, threads)
-        self.engine = Engine.open(shard_dir)
+        self.engine = Searcher(open_local(shard_dir))
         self.index = self.engine.index
         manifest = self.engine.manifest
         ordinals = np.asarray(self.index.array(ORDINALS_ARRAY), np.int64)
@@ -119,12 +122,12 @@ class _ShardServer:
 
     def sparse_totals(self, qterms: np.ndarray, qweights: np.ndarray, keys) -> np.ndarray:
         """Integer scores of the given documents for a quantized query (as :meth:`index.search.InvertedIndex.score_docs`)."""
-        from lsr.index.search import _score_docs
+        from lsr.index.search import score_docs_kernel
 
         local = self._local(keys)
         out = np.zeros(len(local), np.int64)
         if len(qterms) and len(local):
-            _score_docs(self.index.array("forward_offsets"), self.index.array("forward_terms"),
+            score_docs_kernel(self.index.array("forward_offsets"), self.index.array("forward_terms"),
                         self.index.array("forward_impacts"), np.ascontiguousarray(qterms, np.uint32),
                         np.ascontiguousarray(qweights, np.int32), np.ascontiguousarray(local, np.int64), out)
         return out
@@ -143,6 +146,10 @@ class _ShardServer:
 
     def lookup(self, doc_id: str) -> int:
         return int(self.keys[self.engine.docs.docno(doc_id)])
+
+    def ids(self) -> tuple[np.ndarray, list[str]]:
+        """Global numbers and external ids of every document of the shard."""
+        return self.keys, self.engine.docs.ids()
 
 
 # ---------------------------------------------------------------------- the coordinator
@@ -188,15 +195,14 @@ def _merge(parts: list[tuple[np.ndarray, np.ndarray]], k: int) -> tuple[np.ndarr
 
 
 class ShardedIndex:
-    """The inverted index side of a :class:`ShardedEngine`: what ``Engine`` and :mod:`lsr.fusion` call on
-    ``engine.index`` (``search``, ``search_batch``, ``doc_vector``, ``num_docs``), answered by the shard actors.
+    """The sparse side (:class:`lsr.protocols.SparseSide`) of a :class:`ShardSet`, answered by the shard actors.
     Document numbers are global (``ordinal * num_shards + shard``)."""
 
-    def __init__(self, engine: "ShardedEngine") -> None:
-        m = engine.manifest
-        self._engine = engine
+    def __init__(self, shards: "ShardSet") -> None:
+        m = shards.manifest
+        self._shards = shards
         self.manifest = m
-        self.index_dir = engine.index_dir
+        self.index_dir = shards.index_dir
         self.num_shards = int(m["num_shards"])
         self.num_docs = int(m["num_docs"])
         self.vocab_size = int(m["vocab_size"])
@@ -237,8 +243,8 @@ class ShardedIndex:
         if not quantized or not any(len(q[0]) for q in quantized):
             return [empty for _ in quantized]
         payload = [(q[0], q[1]) for q in quantized]
-        answers = ray_get([a.search.remote(payload, k, mode, params) for a in self._engine.actors])
-        self._engine.docs.remember({h: v for _, headers in answers for h, v in headers.items()})
+        answers = ray_get([a.search.remote(payload, k, mode, params) for a in self._shards.actors])
+        self._shards.docs.remember({h: v for _, headers in answers for h, v in headers.items()})
         out = []
         for i, (_, _, qscale) in enumerate(quantized):
             keys, scores = _merge([results[i] for results, _ in answers], k)
@@ -246,13 +252,13 @@ class ShardedIndex:
         return out
 
     def score_docs(self, vector: tuple[np.ndarray, np.ndarray], docnos) -> np.ndarray:
-        """Exact sparse scores of given global doc numbers (the :func:`lsr.fusion.sparse_scores` hook)."""
+        """Exact sparse scores of given global doc numbers (what hybrid search fills a missing sparse side with)."""
         docnos = np.asarray(docnos, np.int64)
         qterms, qweights, qscale = self.quantize(*vector)
         totals = np.zeros(len(docnos), np.int64)
         if len(qterms) and len(docnos):
             groups = _by_shard(docnos, self.num_shards)
-            actors = self._engine.actors
+            actors = self._shards.actors
             found = ray_get([actors[s].sparse_totals.remote(qterms, qweights, keys) for s, keys in groups.items()])
             values = dict(zip(np.concatenate(list(groups.values())).tolist(), np.concatenate(found).tolist()))
             totals = np.array([values[int(d)] for d in docnos], np.int64)
@@ -263,21 +269,21 @@ class ShardedIndex:
         if not 0 <= int(doc_id):
             raise IndexError(f"doc id {doc_id} out of range")
         try:
-            _, terms, weights = self._engine.docs.bundle(int(doc_id))
+            _, terms, weights = self._shards.docs.bundle(int(doc_id))
         except KeyError:
             raise IndexError(f"no document with global number {doc_id}") from None
         return terms, weights
 
 
 class ShardedDense:
-    """The dense side of a :class:`ShardedEngine` (what :mod:`lsr.fusion` calls on ``engine.dense``)."""
+    """The dense side (:class:`lsr.protocols.DenseSide`) of a :class:`ShardSet`."""
 
-    def __init__(self, engine: "ShardedEngine") -> None:
-        self._engine = engine
-        self.info = engine.manifest["dense"]
-        self.num_docs = int(engine.manifest["num_docs"])
+    def __init__(self, shards: "ShardSet") -> None:
+        self._shards = shards
+        self.info = shards.manifest["dense"]
+        self.num_docs = int(shards.manifest["num_docs"])
         self.dim = int(self.info["dim"])
-        self.num_shards = int(engine.manifest["num_shards"])
+        self.num_shards = int(shards.manifest["num_shards"])
 
     @property
     def model(self) -> dict:
@@ -285,7 +291,7 @@ class ShardedDense:
 
     @property
     def uses_hnsw(self) -> bool:
-        return any(s.get("hnsw") for s in self._engine.manifest["shards"])
+        return any(s.get("hnsw") for s in self._shards.manifest["shards"])
 
     def search(self, query: np.ndarray, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
         return self.search_batch(np.asarray(query, np.float32)[None, :], k)[0]
@@ -297,8 +303,8 @@ class ShardedDense:
         queries, k = check_dense_queries(queries, self.dim, k, self.num_docs)
         if not len(queries):
             return []
-        answers = ray_get([a.dense_search.remote(queries, k, exact, ef_search) for a in self._engine.actors])
-        self._engine.docs.remember({h: v for _, headers in answers for h, v in headers.items()})
+        answers = ray_get([a.dense_search.remote(queries, k, exact, ef_search) for a in self._shards.actors])
+        self._shards.docs.remember({h: v for _, headers in answers for h, v in headers.items()})
         return [_merge([results[i] for results, _ in answers], k) for i in range(len(queries))]
 
     def score(self, query: np.ndarray, docnos) -> np.ndarray:
@@ -306,24 +312,25 @@ class ShardedDense:
         if not docnos.size:
             return np.empty(0, np.float32)
         groups = _by_shard(docnos, self.num_shards)
-        actors = self._engine.actors
+        actors = self._shards.actors
         found = ray_get([actors[s].dense_scores.remote(np.asarray(query, np.float32), keys) for s, keys in groups.items()])
         values = dict(zip(np.concatenate(list(groups.values())).tolist(), np.concatenate(found).tolist()))
         return np.array([values[int(d)] for d in docnos], np.float32)
 
 
 class ShardedDocs:
-    """The document store side of a :class:`ShardedEngine`: look-ups go to the shard that holds the document."""
+    """The document source (:class:`lsr.protocols.DocumentSource`) of a :class:`ShardSet`: look-ups go to the shard
+    that holds the document."""
 
-    def __init__(self, engine: "ShardedEngine") -> None:
-        self._engine = engine
-        self.num_shards = int(engine.manifest["num_shards"])
+    def __init__(self, shards: "ShardSet") -> None:
+        self._shards = shards
+        self.num_shards = int(shards.manifest["num_shards"])
         self._headers = _LRU(_HEADER_CACHE)
         self._bundles = _LRU(_DOC_CACHE)  # global number -> (Document, term ids, weights)
         self._hit_lists = _LRU(_DOC_CACHE)  # global number -> the hit list it was returned in
 
     def __len__(self) -> int:
-        return int(self._engine.manifest["num_docs"])
+        return int(self._shards.manifest["num_docs"])
 
     def remember(self, headers: dict) -> None:
         self._headers.update(headers)
@@ -331,7 +338,7 @@ class ShardedDocs:
     def headers(self, docnos: list[int]) -> dict[int, tuple[str, str]]:
         found, missing = self._headers.get_many([int(d) for d in docnos])
         if missing:
-            actors = self._engine.actors
+            actors = self._shards.actors
             groups = _by_shard(missing, self.num_shards)
             fetched = {}
             for part in ray_get([actors[s].headers.remote(keys) for s, keys in groups.items()]):
@@ -352,7 +359,7 @@ class ShardedDocs:
             group, _ = self._hit_lists.get_many([docno])
             wanted = set(group.get(docno, ())) | {docno}
             _, wanted = self._bundles.get_many(sorted(wanted))
-            actors = self._engine.actors
+            actors = self._shards.actors
             fetched: dict = {}
             try:
                 for part in ray_get([actors[s].bundles.remote(keys) for s, keys in
@@ -371,15 +378,22 @@ class ShardedDocs:
             raise KeyError(docno) from None
 
     def docno(self, doc_id: str) -> int:
-        return ray_get(self._engine.actors[shard_of(doc_id, self.num_shards)].lookup.remote(doc_id))
+        return ray_get(self._shards.actors[shard_of(doc_id, self.num_shards)].lookup.remote(doc_id))
+
+    def ids(self) -> list[str]:
+        """External ids of every document in global-number order."""
+        parts = ray_get([a.ids.remote() for a in self._shards.actors])
+        keys = np.concatenate([k for k, _ in parts])
+        ids = [i for _, shard_ids in parts for i in shard_ids]
+        return [ids[j] for j in np.argsort(keys, kind="stable")]
 
 
-class ShardedEngine(Engine):
-    """A sharded index searched through Ray shard actors, with :class:`lsr.engine.Engine`'s surface.
+class ShardSet:
+    """A sharded index: the :class:`lsr.protocols.IndexParts` (sparse side, documents, dense side) an
+    :class:`lsr.engine.Engine` of it is assembled from, answered by one Ray actor per shard.
 
-    ``search``/``search_batch`` (sparse in every mode, dense, hybrid, filters, inference-free queries),
-    ``document``, ``document_vector``, ``query_vector`` and ``info`` work as on an Engine; ``Hit.docno`` is
-    the global doc number. Shard actors start on first use (:meth:`start`) and stop with :meth:`close`.
+    Document numbers are global (``ordinal * num_shards + shard``). The shard actors start on first use
+    (:meth:`start`) and stop with :meth:`close`.
     """
 
     def __init__(self, index_dir: Path, manifest: dict, *, address: str | None = None, num_cpus: int | None = None,
@@ -391,12 +405,13 @@ class ShardedEngine(Engine):
         self._threads_per_shard, self._cpus_per_shard = threads_per_shard, cpus_per_shard
         self._actors: list | None = None
         self._start_lock = threading.Lock()
-        super().__init__(index_dir, ShardedIndex(self), ShardedDocs(self))
+        self.index = ShardedIndex(self)
+        self.docs = ShardedDocs(self)
+        self.dense: DenseSide | None = ShardedDense(self) if manifest.get("dense") else None
 
     @classmethod
     def open(cls, index_dir: str | os.PathLike, *, address: str | None = None, num_cpus: int | None = None,
-             threads_per_shard: int = 1, cpus_per_shard: float = 0.0, verify: bool = False,
-             encoder=None) -> "ShardedEngine":
+             threads_per_shard: int = 1, cpus_per_shard: float = 0.0, verify: bool = False) -> "ShardSet":
         """Open a sharded index (reads the manifests only; the shard actors start on the first search).
 
         ``address``/``num_cpus`` as :func:`init_ray`; each shard actor reserves ``cpus_per_shard`` CPUs (0: none,
@@ -410,12 +425,8 @@ class ShardedEngine(Engine):
             problems = [p for s in manifest["shards"] for p in verify_index(index_dir / s["dir"])]
             if problems:
                 raise IndexFormatError(f"{index_dir}: sharded index failed verification:\n  " + "\n  ".join(problems))
-        engine = cls(index_dir, manifest, address=address, num_cpus=num_cpus, threads_per_shard=threads_per_shard,
-                     cpus_per_shard=cpus_per_shard)
-        if encoder is not None:
-            engine._check_encoder(encoder)
-            engine._encoder = encoder
-        return engine
+        return cls(index_dir, manifest, address=address, num_cpus=num_cpus, threads_per_shard=threads_per_shard,
+                   cpus_per_shard=cpus_per_shard)
 
     # ------------------------------------------------------------------ actors
     @property
@@ -434,16 +445,15 @@ class ShardedEngine(Engine):
         actors = [actor.remote(str(self.index_dir / s["dir"]), i, self.num_shards, self._threads_per_shard)
                   for i, s in enumerate(self.manifest["shards"])]
         ready = ray_get([a.ready.remote() for a in actors])
-        for i, (info, shard) in enumerate(zip(ready, self.manifest["shards"])):
+        for info, shard in zip(ready, self.manifest["shards"]):
             if info["documents"] != shard["documents"]:
                 raise IndexFormatError(f"{self.index_dir / shard['dir']}: holds {info['documents']} documents, "
                                        f"{SHARDS_FILE} says {shard['documents']}")
         return actors
 
-    def start(self) -> "ShardedEngine":
+    def start(self) -> None:
         """Start the shard actors now (otherwise the first search does)."""
         self.actors  # noqa: B018
-        return self
 
     def close(self) -> None:
         """Stop the shard actors."""
@@ -451,22 +461,16 @@ class ShardedEngine(Engine):
         if actors:
             kill_actors(actors)
 
+    def is_current(self) -> bool:
+        """Always: a sharded index is rebuilt (a new directory), never committed to in place."""
+        return True
+
     def shard_of(self, doc_id: str) -> int:
         """The shard holding (or that would hold) a document id."""
         return shard_of(doc_id, self.num_shards)
 
-    # ------------------------------------------------------------------ Engine surface
-    @property
-    def dense(self):
-        """The shards' dense vectors (:class:`ShardedDense`), or None if the shards have none."""
-        if "_dense_index" not in self.__dict__:
-            self._dense_index = ShardedDense(self) if self.manifest.get("dense") else None
-        return self._dense_index
-
     def info(self) -> dict:
         """Counts, sizes, model and build details (summed over the shards), plus per-shard rows."""
-        from lsr.sharded.layout import index_size_bytes
-
         m = self.manifest
         df = np.zeros(m["vocab_size"], np.int64)
         for s in m["shards"]:
@@ -492,9 +496,3 @@ class ShardedEngine(Engine):
             "shards": m["shards"],
             "encoding": m.get("encoding"),
         }
-
-    def _unsupported(self, *args, **kwargs):
-        raise NotImplementedError("a sharded index is rebuilt with `lsr index CORPUS --shards N` (with "
-                                  "--structures/--dense); open a shard directory with Engine.open to change it alone")
-
-    add_structures = add_dense = add_inference_free = export_vectors = _unsupported

@@ -1,0 +1,107 @@
+"""The ``seismic`` structure (:mod:`index.structures` contract): build, load and search of blocked, summarized lists.
+
+Arrays (flat CSR, beside the index's own): ``seismic_list_blocks`` int64[V+1] (block range of a
+term), ``seismic_block_offsets`` int64[B+1] (range in ``seismic_docs`` uint32), ``seismic_block_step``
+int32[B], ``seismic_list_comps`` int64[V+1] (range of a term's summary components),
+``seismic_comp_terms`` uint16/uint32[C] (ascending within a list), ``seismic_comp_offsets`` uint32/int64[C+1] (range
+in ``seismic_sum_blocks`` uint16/uint32 = block number inside the list, and ``seismic_sum_values``
+uint8 codes); when the vocabulary fits 16 bits, ``seismic_forward_terms16`` uint16[P], a copy of the
+forward term ids that the query scores documents from (less memory traffic than uint32).
+Summaries are large: with ``summary_energy=0.4`` and SPLADE vectors expect 10-30 entries (3 bytes
+each) per kept posting.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..batch import QueryRunner, Result
+from ..storage import open_array, read_manifest, write_array
+from .build import block_lists, prune
+from .config import BUILD_DEFAULTS, BuildConfig, SearchConfig, auto_n_postings
+from .search import seismic_top_k
+from .summaries import summarize
+
+ARRAYS = ("seismic_list_blocks", "seismic_block_offsets", "seismic_docs", "seismic_block_step",
+          "seismic_list_comps", "seismic_comp_terms", "seismic_comp_offsets",
+          "seismic_sum_blocks", "seismic_sum_values")
+
+
+class SeismicIndex:
+    """The ``seismic`` structure: blocked, summarized posting lists searched with ``mode="seismic"``."""
+
+    NAME = "seismic"
+    MODES = ("seismic",)
+
+    def __init__(self, index, params: dict, arrays: dict[str, np.ndarray]):
+        self.index = index
+        self.params = params
+        num_docs = int(index.num_docs)
+        list_blocks = arrays["seismic_list_blocks"]
+        max_blocks = int(np.max(np.diff(list_blocks))) if list_blocks.shape[0] > 1 else 0
+        terms = arrays.get("seismic_forward_terms16")
+        data = (*(arrays[name] for name in ARRAYS), index.array("forward_offsets"),
+                index.array("forward_terms") if terms is None else terms, index.array("forward_impacts"))
+        scratch = ((index.vocab_size, np.int32), ((num_docs + 63) // 64, np.uint64),  # query weights, visited docs
+                   (max(1, max_blocks), np.int64))  # summary dot products of a list's blocks
+        self._runner = QueryRunner(seismic_top_k, data, scratch, num_docs)
+
+    # ------------------------------------------------------------------ build
+    @classmethod
+    def rebuild_params(cls, params: dict, num_docs: int) -> dict:
+        """The build arguments that rebuild this structure (recorded ``params``, built over ``num_docs``
+        documents) for another set of documents: an automatic λ is chosen again for the new size."""
+        out = {key: params[key] for key in BUILD_DEFAULTS if key in params}
+        if out.get("n_postings") == auto_n_postings(num_docs):
+            out["n_postings"] = None
+        return out
+
+    @classmethod
+    def build(cls, index, **params) -> dict:
+        """Build the structure into ``index.index_dir``; return {"params", "arrays"} for the manifest."""
+        config = BuildConfig.from_params(params, index.num_docs)
+        p = config.to_params()
+        keep, threshold = prune(np.ascontiguousarray(index.array("postings_offsets")),
+                                index.array("postings_impacts"), config)
+        if threshold is not None:
+            p["global_threshold"] = threshold
+        list_blocks, block_offsets, docs = block_lists(index, keep, config)
+        forward = tuple(index.array(n) for n in ("forward_offsets", "forward_terms", "forward_impacts"))
+        summaries = summarize(list_blocks, block_offsets, docs, keep, forward, config.summary_energy,
+                              int(index.vocab_size))
+        out = {}
+        if index.vocab_size <= 65536:  # 16-bit copy of the forward term ids: less memory traffic when scoring
+            out["seismic_forward_terms16"] = np.asarray(forward[1]).astype(np.uint16)
+        out.update({"seismic_list_blocks": list_blocks, "seismic_block_offsets": block_offsets, "seismic_docs": docs,
+                    **summaries})
+        p["stats"] = {"postings": int(docs.shape[0]), "blocks": int(list_blocks[-1]),
+                      "summary_entries": int(summaries["seismic_sum_values"].shape[0])}
+        return {"params": p, "arrays": {name: write_array(index.index_dir, name, arr) for name, arr in out.items()}}
+
+    @classmethod
+    def load(cls, index, info: dict) -> "SeismicIndex":
+        """Open the structure's (memory-mapped) arrays."""
+        arrays, manifest = {}, None
+        for name in info.get("arrays", ARRAYS):
+            try:
+                arrays[name] = index.array(name)
+            except KeyError:  # built after this index object was opened
+                manifest = manifest or read_manifest(index.index_dir)
+                arrays[name] = open_array(index.index_dir, manifest, name)
+        return cls(index, dict(info.get("params", {})), arrays)
+
+    # ----------------------------------------------------------------- search
+    def _knobs(self, mode: str, params: dict) -> tuple[int, float]:
+        if mode not in self.MODES:
+            raise ValueError(f"the seismic structure serves modes {self.MODES}, not {mode!r}")
+        config = SearchConfig.from_params(params)
+        return config.query_cut, config.heap_factor
+
+    def search(self, qterms: np.ndarray, qweights: np.ndarray, k: int, mode: str = "seismic", **params) -> Result:
+        """Top-k of a quantized query (terms ascending, weights > 0): (doc ids uint32, int32 scores)."""
+        return self._runner.search(qterms, qweights, k, self._knobs(mode, params))
+
+    def search_batch(self, quantized: list, k: int, mode: str = "seismic", threads: int | None = None,
+                     **params) -> list[Result]:
+        """:meth:`search` for many quantized queries [(terms, weights, qscale)] in parallel over ``threads``."""
+        return self._runner.search_batch(quantized, k, threads, self._knobs(mode, params))

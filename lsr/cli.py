@@ -23,6 +23,9 @@ IndexOpt = typer.Option(DEFAULT_INDEX_DIR, "--index", "-i", help="Index director
 QueryEncoderOpt = typer.Option(
     "model", "--query-encoder", help="How text queries are encoded: model (SPLADE) or inference-free (tokenizer + "
                                      "the index's IDF table; no model, no torch).")
+QueryRuntimeOpt = typer.Option(
+    None, "--query-runtime", help="What runs the models on text queries: torch, onnx (fp32 export) or onnx-int8 "
+                                  "(default; exports cached in ~/.cache/lsr/onnx or $LSR_ONNX_CACHE).")
 _USER_ERRORS = (CorpusError, ModelNotFoundError, ModelMismatchError, FileNotFoundError, ValueError)
 
 
@@ -187,6 +190,7 @@ def search_cmd(
     run_out: Optional[Path] = typer.Option(None, "--run-out", help="Write a TREC run file."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1),
     query_encoder: str = QueryEncoderOpt,
+    query_runtime: Optional[str] = QueryRuntimeOpt,
     ray_address: Optional[str] = typer.Option(
         None, "--ray", help="Sharded index: Ray cluster address (auto, ray://host:10001); default: a local runtime."),
 ) -> None:
@@ -204,10 +208,11 @@ def search_cmd(
     if queries is not None:
         pairs = list(read_queries(queries, require_text=True))
         results = engine.search_batch([text for _, text in pairs], k=k, mode=mode, threads=threads,
-                                      query_encoder=query_encoder, **params)
+                                      query_encoder=query_encoder, query_runtime=query_runtime, **params)
         qids = [qid for qid, _ in pairs]
     else:
-        qids, results = ["1"], [engine.search(query, k=k, mode=mode, query_encoder=query_encoder, **params)]
+        qids, results = ["1"], [engine.search(query, k=k, mode=mode, query_encoder=query_encoder,
+                                              query_runtime=query_runtime, **params)]
     if run_out is not None:
         write_run(run_out, qids, results)
     for qid, hits in zip(qids, results):
@@ -449,6 +454,7 @@ def serve_cmd(
                                           help="Queries per POST /search/batch (422 above)."),
     max_documents: int = typer.Option(1000, "--max-documents", min=1, max=1000,
                                       help="Documents per POST /documents (422 above)."),
+    query_runtime: Optional[str] = QueryRuntimeOpt,
     workers: int = typer.Option(1, "--workers", min=1,
                                 help="Server processes on the port (each loads the models; the memory-mapped index "
                                      "is shared through the page cache)."),
@@ -484,7 +490,7 @@ def serve_cmd(
     serve(index, host=host, port=port, workers=workers, max_batch=max_batch, search_threads=search_threads,
           encode_threads=threads, log_level="warning", api_key=api_key or None, read_api_key=read_api_key or None,
           timeout_s=timeout or None, max_body_bytes=max_body_bytes, max_query_chars=max_query_chars,
-          max_batch_queries=max_batch_queries, max_documents=max_documents)
+          max_batch_queries=max_batch_queries, max_documents=max_documents, query_runtime=query_runtime)
 
 
 def _set_threads(threads: Optional[int], torch_too: bool = True) -> None:
@@ -522,6 +528,7 @@ def eval_cmd(
     batch_size: int = typer.Option(32, "--batch-size", min=1, help="Encoding batch size when the index is built."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bars on stderr."),
     query_encoder: str = QueryEncoderOpt,
+    query_runtime: Optional[str] = QueryRuntimeOpt,
 ) -> None:
     """Evaluate a retriever on a BEIR dataset: nDCG@10, Recall@100, MRR@10, MAP@100, latency and index size."""
     from lsr.evaluation import parse_params, run_eval, save_result
@@ -530,7 +537,7 @@ def eval_cmd(
         dataset, retriever=retriever, mode=mode, split=split, model=model, fusion=fusion, k=k,
         params=parse_params(param or []), reorder=None if reorder == "none" else reorder, bm25=bm25,
         cache_dir=cache_dir, progress=progress, max_queries=max_queries, run_out=run_out, adopt=adopt_index,
-        batch_size=batch_size, query_encoder=query_encoder,
+        batch_size=batch_size, query_encoder=query_encoder, query_runtime=query_runtime,
     )
     saved = save_result(result, results_dir) if results_dir is not None else None
     if as_json:

@@ -57,6 +57,8 @@ def dense_model_available(model: str | None = None) -> bool:
 class DenseEncoder:
     """Encode texts into L2-normalised embeddings (sentence-transformers style) with ``transformers``."""
 
+    runtime = "torch"  # query runtime (lsr.onnx_encoders has the ONNX ones)
+
     def __init__(self, model: str | None = None, *, max_length: int | None = None, query_max_length: int = 64,
                  device: str | None = None, normalize: bool = True) -> None:
         import torch
@@ -66,7 +68,7 @@ class DenseEncoder:
 
         self.ref: ModelRef = resolve_model(model, DEFAULT_DENSE)
         self.name = self.ref.name
-        self.pooling = _pooling_mode(self.ref.path)
+        self.pooling = pooling_mode(self.ref.path)
         self.max_length = max_length or _st_max_length(self.ref.path) or 256
         self.query_max_length = query_max_length
         self.normalize = normalize
@@ -116,14 +118,14 @@ class DenseEncoder:
                 input_ids = padded["input_ids"].to(self.device)
                 mask = padded["attention_mask"].to(self.device)
                 hidden = self.model(input_ids=input_ids, attention_mask=mask).last_hidden_state
-                pooled = _pool(torch, hidden, mask, self.pooling)
+                pooled = pool_tokens(torch, hidden, mask, self.pooling)
                 if self.normalize:
                     pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
                 out[chosen] = pooled.float().cpu().numpy()
         return out
 
 
-def _pooling_mode(path: Path) -> str:
+def pooling_mode(path: Path) -> str:
     config = path / "1_Pooling" / "config.json"
     if config.is_file():
         cfg = json.loads(config.read_text())
@@ -141,7 +143,7 @@ def _st_max_length(path: Path) -> int | None:
     return None
 
 
-def _pool(torch, hidden, mask, mode: str):
+def pool_tokens(torch, hidden, mask, mode: str):
     if mode == "cls":
         return hidden[:, 0]
     m = mask.unsqueeze(-1).to(hidden.dtype)

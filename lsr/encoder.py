@@ -66,6 +66,8 @@ def default_device() -> str:
 class SpladeEncoder:
     """Encode documents and queries into SPLADE sparse vectors over the model's vocabulary."""
 
+    runtime = "torch"  # query runtime (lsr.onnx_encoders has the ONNX ones)
+
     def __init__(
         self,
         model: str | None = None,

@@ -21,6 +21,7 @@ from lsr.index.storage import IndexFormatError, staged_directory
 from lsr.corpus import Document
 from lsr.docstore import DOCSTORE_FILE
 from lsr.encoder import SpladeEncoder
+from lsr.onnx_encoders import check_query_runtime
 from lsr.pipeline import (PROGRESS_FILE, BuildSettings, ResumeError, add_dense_in, add_inference_free_in,
                           add_structures_in, build_index, document_text)
 from lsr.protocols import IndexParts
@@ -34,7 +35,7 @@ log = logging.getLogger("lsr.engine")
 DEFAULT_INDEX_DIR = Path("lsr_index")
 
 __all__ = ["DEFAULT_INDEX_DIR", "DOCSTORE_FILE", "MODES", "PROGRESS_FILE", "BuildSettings", "Engine", "Hit", "HybridHit",
-           "ModelMismatchError", "Query", "ResumeError", "document_text"]
+           "ModelMismatchError", "Query", "ResumeError", "check_query_runtime", "document_text"]
 
 
 
@@ -42,8 +43,8 @@ __all__ = ["DEFAULT_INDEX_DIR", "DOCSTORE_FILE", "MODES", "PROGRESS_FILE", "Buil
 class Engine(Searcher):
     """An on-disk learned-sparse index (single, live or sharded) with its document store and query encoders."""
 
-    def __init__(self, parts: IndexParts, encoder: SpladeEncoder | None = None):
-        super().__init__(parts, encoder)
+    def __init__(self, parts: IndexParts, encoder: SpladeEncoder | None = None, query_runtime: str | None = None):
+        super().__init__(parts, encoder, query_runtime)
         self.commit: dict | None = parts.commit if isinstance(parts, LocalIndex) else None  # lsr.live's commit
 
     # ------------------------------------------------------------------ build / open
@@ -87,9 +88,12 @@ class Engine(Searcher):
     @classmethod
     def open(
         cls, index_dir: str | os.PathLike = DEFAULT_INDEX_DIR, *, verify: bool = False, checksums: bool = True,
-        encoder: SpladeEncoder | None = None, **cluster,
+        encoder: SpladeEncoder | None = None, query_runtime: str | None = None, **cluster,
     ) -> "Engine":
         """Open an index directory at its latest commit (memory-mapped); the query encoder loads on first text query.
+
+        ``query_runtime`` (default :data:`lsr.onnx_encoders.DEFAULT_QUERY_RUNTIME`) runs text queries through the
+        model: ``torch``, ``onnx`` (fp32 export) or ``onnx-int8`` (see :mod:`lsr.onnx_encoders`).
 
         A live index (documents added or deleted since the build, see :mod:`lsr.live`) opens as all its segments
         minus deleted documents. ``checksums`` (default) checks the sha256 of every file first, so a corrupt
@@ -101,11 +105,11 @@ class Engine(Searcher):
         if is_sharded(index_dir):
             from lsr.sharded.search import ShardSet
 
-            return cls(ShardSet.open(index_dir, verify=verify, **cluster), encoder)
+            return cls(ShardSet.open(index_dir, verify=verify, **cluster), encoder, query_runtime)
         if cluster:
             raise TypeError(f"{index_dir} is not a sharded index: options {', '.join(sorted(cluster))} apply only "
                             "to sharded indexes")
-        return cls(open_local(index_dir, verify, checksums), encoder)
+        return cls(open_local(index_dir, verify, checksums), encoder, query_runtime)
 
     def refresh(self) -> "Engine":
         """The engine of the index's latest commit: ``self`` if nothing was committed since this one opened (or if
@@ -228,9 +232,10 @@ class Engine(Searcher):
     def warm_up(self, search: bool = True) -> None:
         """Load the query encoders now instead of on the first query; ``search`` also runs one query per retriever,
         so the search kernels are compiled before the first real one."""
-        self.encoder  # noqa: B018
+        self.encoder  # noqa: B018 - the torch model: highlights, explain, writes
+        self.query_encoder()  # and the query runtime's encoders
         if self.dense is not None:
-            self.dense_encoder  # noqa: B018
+            self.dense_query_encoder()
         if search:
             self.search("warm up", 10)
             if self.dense is not None:
@@ -289,7 +294,8 @@ class Engine(Searcher):
     def reopen(self) -> "Engine":
         """The engine of the newest commit, sharing this engine's loaded encoders. Unlike :meth:`refresh` it
         raises when that commit cannot be opened (the caller decides whether to retry)."""
-        engine = Engine.open(self.index_dir, encoder=self._encoder)
+        engine = Engine.open(self.index_dir, encoder=self._encoder, query_runtime=self.query_runtime)
+        engine._onnx_encoders = self._onnx_encoders  # same models: every commit of an index has the build's
         dense_encoder = self._dense_encoder
         if dense_encoder is not None and engine.dense is not None \
                 and engine.dense.model.get("sha256") == dense_encoder.hash:

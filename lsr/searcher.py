@@ -21,6 +21,7 @@ from lsr.encoder import SparseBatch, SpladeEncoder
 from lsr.fusion import FusionConfig, fuse
 from lsr.index.structures import MODES
 from lsr.protocols import DenseSide, IndexParts, Vector
+from lsr.onnx_encoders import DEFAULT_QUERY_RUNTIME, check_query_runtime
 from lsr.query_encoders import DEFAULT_QUERY_ENCODER, check_query_encoder
 
 Query = Union[str, dict[str, float], tuple[Sequence[int], Sequence[float]]]
@@ -82,7 +83,7 @@ _MISSING = object()
 class Searcher:
     """Search over the parts of an opened index (:class:`lsr.protocols.IndexParts`) with its query encoders."""
 
-    def __init__(self, parts: IndexParts, encoder: SpladeEncoder | None = None):
+    def __init__(self, parts: IndexParts, encoder: SpladeEncoder | None = None, query_runtime: str | None = None):
         self.parts = parts
         self.index_dir = Path(parts.index_dir)
         self.manifest = parts.manifest
@@ -91,6 +92,9 @@ class Searcher:
         self._encoder: SpladeEncoder | None = None
         self._dense_encoder = None
         self._inference_free = None
+        # what runs text queries through a model: torch, onnx, onnx-int8 (lsr.onnx_encoders)
+        self.query_runtime = check_query_runtime(query_runtime or DEFAULT_QUERY_RUNTIME)
+        self._onnx_encoders: dict[tuple[str, str], object] = {}  # (sparse|dense, runtime) -> ONNX query encoder
         if encoder is not None:
             self._check_encoder(encoder)
             self._encoder = encoder
@@ -122,11 +126,15 @@ class Searcher:
             self._dense_encoder = encoder
         return self._dense_encoder
 
-    def dense_query_vectors(self, queries: Sequence[str]) -> np.ndarray:
+    def dense_query_encoder(self, runtime: str | None = None):
+        """The dense query encoder in ``runtime`` (default: the engine's ``query_runtime``)."""
+        return self._runtime_encoder("dense", runtime)
+
+    def dense_query_vectors(self, queries: Sequence[str], query_runtime: str | None = None) -> np.ndarray:
         """Dense embeddings [n, dim] of text queries."""
         if not all(isinstance(q, str) for q in queries):
             raise ValueError("dense and hybrid retrieval need text queries")
-        return self.dense_encoder.encode_queries(list(queries))
+        return self.dense_query_encoder(query_runtime).encode_queries(list(queries))
 
     # ------------------------------------------------------------------ sparse query encoders
     @property
@@ -149,9 +157,28 @@ class Searcher:
             self._inference_free = InferenceFreeEncoder.open(self.index_dir, self.manifest)
         return self._inference_free
 
-    def query_encoder(self, name: str = DEFAULT_QUERY_ENCODER):
-        """The query encoder called ``name``: ``model`` (the SPLADE model) or ``inference-free`` (tokenizer + IDF)."""
-        return self.encoder if check_query_encoder(name) == "model" else self.inference_free
+    def query_encoder(self, name: str = DEFAULT_QUERY_ENCODER, runtime: str | None = None):
+        """The query encoder called ``name``: ``model`` (the SPLADE model, run by ``runtime``, default the engine's
+        ``query_runtime``) or ``inference-free`` (tokenizer + IDF)."""
+        return self._runtime_encoder("sparse", runtime) if check_query_encoder(name) == "model" else self.inference_free
+
+    def _runtime_encoder(self, kind: str, runtime: str | None):
+        """The ``sparse`` or ``dense`` model's query encoder in a query runtime (ONNX ones loaded once, hash-checked)."""
+        runtime = check_query_runtime(runtime or self.query_runtime)
+        if runtime == "torch":
+            return self.encoder if kind == "sparse" else self.dense_encoder
+        if (kind, runtime) not in self._onnx_encoders:
+            from lsr.dense import check_dense_encoder
+            from lsr.onnx_encoders import open_onnx_encoder
+
+            info = self.manifest["model"] if kind == "sparse" else self.require_dense().info["model"]
+            encoder = open_onnx_encoder(kind, info, runtime)
+            if kind == "sparse":
+                self._check_encoder(encoder)
+            else:
+                check_dense_encoder(encoder, self.require_dense().info, self.index_dir)
+            self._onnx_encoders[kind, runtime] = encoder
+        return self._onnx_encoders[kind, runtime]
 
     def _check_encoder(self, encoder: SpladeEncoder) -> None:
         recorded = self.manifest["model"]
@@ -161,12 +188,14 @@ class Searcher:
                 f"but {encoder.name!r} has sha256 {encoder.hash[:12]}…; queries must be encoded by the indexing model"
             )
 
-    def query_vector(self, query: Query, query_encoder: str = DEFAULT_QUERY_ENCODER) -> Vector:
+    def query_vector(self, query: Query, query_encoder: str = DEFAULT_QUERY_ENCODER,
+                     query_runtime: str | None = None) -> Vector:
         """Term ids and weights of a query given as text, ``{token: weight}`` or ``(term_ids, weights)``.
 
-        Text is encoded by ``query_encoder``: ``model`` (SPLADE) or ``inference-free`` (tokenizer and IDF table)."""
+        Text is encoded by ``query_encoder``: ``model`` (SPLADE, run by ``query_runtime``) or ``inference-free``
+        (tokenizer and IDF table)."""
         if isinstance(query, str):
-            return self.query_encoder(query_encoder).encode_query(query)
+            return self.query_encoder(query_encoder, query_runtime).encode_query(query)
         if isinstance(query, dict):
             ids = self.encoder.token_ids(query.keys())
             pairs = [(i, w) for i, w in zip(ids, query.values()) if i is not None]
@@ -174,10 +203,11 @@ class Searcher:
         term_ids, weights = query
         return np.asarray(term_ids, np.uint32), np.asarray(weights, np.float32)
 
-    def query_vectors(self, queries: Sequence[Query], query_encoder: str = DEFAULT_QUERY_ENCODER) -> list[Vector]:
+    def query_vectors(self, queries: Sequence[Query], query_encoder: str = DEFAULT_QUERY_ENCODER,
+                      query_runtime: str | None = None) -> list[Vector]:
         """Vectors of many queries; text queries are encoded together in batches."""
         texts = [q for q in queries if isinstance(q, str)]
-        encoder = self.query_encoder(query_encoder) if texts else None
+        encoder = self.query_encoder(query_encoder, query_runtime) if texts else None
         batch = encoder.encode_queries(texts, batch_size=64) if texts else SparseBatch.concat([])
         vectors, t = [], 0
         for q in queries:
@@ -191,40 +221,47 @@ class Searcher:
     # ------------------------------------------------------------------ search
     def search(self, query: Query, k: int = 10, mode: str = "exact", *, retriever: str = "sparse",
                fusion=None, alpha: float | None = None, filter: dict | None = None,
-               query_encoder: str = DEFAULT_QUERY_ENCODER, **params) -> list[Hit]:
+               query_encoder: str = DEFAULT_QUERY_ENCODER, query_runtime: str | None = None, **params) -> list[Hit]:
         """Top-k documents for one query; ``params`` are the mode's knobs (e.g. BMP's alpha/beta).
 
         ``retriever="dense"|"hybrid"`` uses the dense vectors (hybrid: fused with :mod:`lsr.fusion`; ``fusion``
         is ``"convex"``, ``"rrf"`` or a :class:`lsr.fusion.FusionConfig`, ``alpha`` the sparse weight);
         ``filter`` keeps documents whose metadata equals every ``{field: value}``. ``query_encoder`` encodes text
         for the sparse side: ``model`` (SPLADE) or ``inference-free`` (tokenizer + the index's IDF table, no model).
+        ``query_runtime`` (``torch``, ``onnx``, ``onnx-int8``; default: the engine's) runs the models on text queries.
         """
         check_query_encoder(query_encoder)
         if retriever != "sparse" or fusion is not None or alpha is not None or filter:
-            sparse = None
-            if query_encoder != DEFAULT_QUERY_ENCODER and retriever != "dense":
-                sparse = [self.query_vector(query, query_encoder)]
+            sparse = dense = None
+            if (query_encoder != DEFAULT_QUERY_ENCODER or query_runtime) and retriever != "dense":
+                sparse = [self.query_vector(query, query_encoder, query_runtime)]
+            if query_runtime and retriever != "sparse" and isinstance(query, str):
+                dense = self.dense_query_vectors([query], query_runtime)
             return self.retrieve([query], k, mode=mode, retriever=retriever, fusion=fusion, alpha=alpha,
-                                 filter=filter, params=params, sparse_vectors=sparse)[0]
+                                 filter=filter, params=params, sparse_vectors=sparse, dense_vectors=dense)[0]
         check_search_args(k, mode)
-        ids, scores = self.index.search(*self.query_vector(query, query_encoder), k=k, mode=mode, **params)
+        ids, scores = self.index.search(*self.query_vector(query, query_encoder, query_runtime), k=k, mode=mode,
+                                        **params)
         return self._hits(ids, scores)
 
     def search_batch(
         self, queries: Sequence[Query], k: int = 10, mode: str = "exact", threads: int | None = None, *,
         retriever: str = "sparse", fusion=None, alpha: float | None = None, filter: dict | None = None,
-        query_encoder: str = DEFAULT_QUERY_ENCODER, **params
+        query_encoder: str = DEFAULT_QUERY_ENCODER, query_runtime: str | None = None, **params
     ) -> list[list[Hit]]:
         """Top-k documents for many queries (text queries encoded in batches, search parallel over queries)."""
         check_query_encoder(query_encoder)
         if retriever != "sparse" or fusion is not None or alpha is not None or filter:
-            sparse = None
-            if query_encoder != DEFAULT_QUERY_ENCODER and retriever != "dense":
-                sparse = self.query_vectors(queries, query_encoder)
+            sparse = dense = None
+            if (query_encoder != DEFAULT_QUERY_ENCODER or query_runtime) and retriever != "dense":
+                sparse = self.query_vectors(queries, query_encoder, query_runtime)
+            if query_runtime and retriever != "sparse":
+                dense = self.dense_query_vectors(queries, query_runtime)
             return self.retrieve(queries, k, mode=mode, retriever=retriever, fusion=fusion, alpha=alpha,
-                                 filter=filter, threads=threads, params=params, sparse_vectors=sparse)
+                                 filter=filter, threads=threads, params=params, sparse_vectors=sparse,
+                                 dense_vectors=dense)
         check_search_args(k, mode)
-        vectors = self.query_vectors(queries, query_encoder)
+        vectors = self.query_vectors(queries, query_encoder, query_runtime)
         results = self.index.search_batch(vectors, k=k, threads=threads, mode=mode, **params)
         return [self._hits(ids, scores) for ids, scores in results]
 

@@ -40,7 +40,7 @@ def create_app(index_dir: str | os.PathLike = "lsr_index", *, max_batch: int = 3
                timeout_s: Optional[float] = DEFAULT_TIMEOUT_S, max_body_bytes: int = MAX_BODY_BYTES,
                max_query_chars: int = MAX_QUERY_CHARS, max_batch_queries: int = MAX_BATCH_QUERIES,
                max_documents: int = MAX_DOCUMENTS_PER_REQUEST,
-               refresh_interval_s: Optional[float] = REFRESH_INTERVAL_S) -> FastAPI:
+               refresh_interval_s: Optional[float] = REFRESH_INTERVAL_S, query_runtime: Optional[str] = None) -> FastAPI:
     """The FastAPI app serving ``index_dir``; ``load`` is ``background`` (default), ``now`` or ``never``.
 
     ``max_batch=1`` turns micro-batching off (each query is encoded alone). ``api_key`` enables the write
@@ -49,12 +49,14 @@ def create_app(index_dir: str | os.PathLike = "lsr_index", *, max_batch: int = 3
     ``timeout_s`` per search or document fetch (504; None: none), ``max_body_bytes`` (413), ``max_query_chars``
     (400), ``max_batch_queries`` and ``max_documents`` per request (422); they can be lowered from the defaults,
     not raised. ``refresh_interval_s``: how often searches check for commits made by other processes.
+    ``query_runtime``: what runs the models on queries (``torch``, ``onnx``, ``onnx-int8``; default: the latter).
     """
     keys = ApiKeys(key_from(api_key, "LSR_API_KEY"), key_from(read_api_key, "LSR_READ_API_KEY"))
     limits = RequestLimits(timeout_s=timeout_s, max_body_bytes=max_body_bytes, max_query_chars=max_query_chars,
                            max_batch_queries=max_batch_queries, max_documents=max_documents)
     state = ServerState(index_dir, keys=keys, limits=limits, max_batch=max_batch, search_threads=search_threads,
-                        encode_threads=encode_threads, warmup=warmup, refresh_interval_s=refresh_interval_s)
+                        encode_threads=encode_threads, warmup=warmup, refresh_interval_s=refresh_interval_s,
+                        query_runtime=query_runtime)
     if keys.read_only:
         log.warning("lsr server is read-only: no API key configured (start it with --api-key or LSR_API_KEY to "
                     "enable POST/DELETE /documents)")
@@ -93,13 +95,15 @@ def create_app(index_dir: str | os.PathLike = "lsr_index", *, max_batch: int = 3
 
 def app_from_env() -> FastAPI:
     """``uvicorn --factory lsr.server.app:app_from_env``: the app of LSR_INDEX, configured by LSR_MAX_BATCH,
-    LSR_TIMEOUT, LSR_API_KEY, LSR_READ_API_KEY and LSR_SERVE_OPTIONS (JSON: :func:`create_app`'s keyword
+    LSR_TIMEOUT, LSR_QUERY_RUNTIME, LSR_API_KEY, LSR_READ_API_KEY and LSR_SERVE_OPTIONS (JSON: :func:`create_app`'s keyword
     arguments; how ``lsr serve --workers N`` configures its worker processes)."""
     options = json.loads(os.environ.get(SERVE_OPTIONS_ENV) or "{}")
     options.setdefault("max_batch", int(os.environ.get("LSR_MAX_BATCH", "32")))
     timeout = os.environ.get("LSR_TIMEOUT")
     if timeout:
         options.setdefault("timeout_s", float(timeout))
+    if os.environ.get("LSR_QUERY_RUNTIME"):
+        options.setdefault("query_runtime", os.environ["LSR_QUERY_RUNTIME"])
     return create_app(os.environ.get("LSR_INDEX", "lsr_index"), **options)
 
 

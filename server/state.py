@@ -18,7 +18,7 @@ from typing import Optional
 import numpy as np
 from fastapi import Request
 
-from lsr.engine import Engine
+from lsr.engine import Engine, check_query_runtime
 from lsr.server.auth import ApiKeys
 from lsr.server.batching import MicroBatcher
 from lsr.server.limits import RequestLimits
@@ -40,8 +40,10 @@ class ServerState:
 
     def __init__(self, index_dir: str | os.PathLike, *, keys: ApiKeys, limits: RequestLimits, max_batch: int = 32,
                  search_threads: int | None = None, encode_threads: int = 1, warmup: bool = True,
-                 refresh_interval_s: Optional[float] = REFRESH_INTERVAL_S) -> None:
+                 refresh_interval_s: Optional[float] = REFRESH_INTERVAL_S, query_runtime: Optional[str] = None) -> None:
         self.index_dir = Path(index_dir)
+        # what runs the models on queries (None: lsr.onnx_encoders' default)
+        self.query_runtime = check_query_runtime(query_runtime) if query_runtime else None
         self.keys = keys
         self.limits = limits
         self.max_batch = max_batch
@@ -102,7 +104,7 @@ class ServerState:
         try:
             started = time.time()
             _single_threaded_blas()
-            engine = Engine.open(self.index_dir)
+            engine = Engine.open(self.index_dir, query_runtime=self.query_runtime)
             engine.warm_up(search=self.warmup)
             self.engine = engine
             self.ready = True

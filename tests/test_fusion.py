@@ -97,7 +97,7 @@ def test_dense_store_and_exact_search(hybrid_engine, module_docs):
     assert np.allclose(dense.vector(docno), direct, atol=2e-3)
     # dense search = brute-force inner product, best first, ties by doc number
     hits = hybrid_engine.search(QUERIES[0], k=5, retriever="dense")
-    q = hybrid_engine.dense_encoder.encode_query(QUERIES[0])
+    q = hybrid_engine.dense_query_encoder().encode_query(QUERIES[0])  # what the engine encodes with
     brute = np.asarray(dense.vectors, np.float32) @ q
     expected = np.lexsort((np.arange(len(brute)), -brute))[:5]
     assert [h.docno for h in hits] == expected.tolist()

@@ -55,6 +55,7 @@ class EvalContext:
     batch_size: int = 32
     progress: bool = True
     query_encoder: str = "model"  # sparse side: "model" (SPLADE) or "inference-free" (tokenizer + IDF table)
+    query_runtime: str | None = None  # what runs the models on queries: torch, onnx, onnx-int8 (None: the default)
     _done: dict = field(default_factory=dict, repr=False)
 
     def retrieve(self, name: str) -> Retrieval:

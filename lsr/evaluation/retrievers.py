@@ -17,7 +17,7 @@ def sparse_retriever(ctx: EvalContext) -> Retrieval:
     """This package's learned-sparse index in the context's search mode."""
     engine = eval_engine(ctx, ctx.mode)
     params = ctx.search_params()
-    encoder = engine.query_encoder(ctx.query_encoder)
+    encoder = engine.query_encoder(ctx.query_encoder, ctx.query_runtime)
     lengths: list[int] = []
 
     def encode(text):
@@ -51,7 +51,7 @@ def nnz_stats(engine, query_lengths: Sequence[int]) -> dict:
 def dense_retriever(ctx: EvalContext) -> Retrieval:
     """Dense vectors stored in the index (``lsr.dense``): exact inner product, or HNSW on large collections."""
     engine = eval_engine(ctx, "exact", dense=True)
-    encoder = engine.dense_encoder
+    encoder = engine.dense_query_encoder(ctx.query_runtime)
 
     def encode(text):
         return text, encoder.encode_query(text)
@@ -87,7 +87,8 @@ def hybrid_retriever(ctx: EvalContext) -> Retrieval:
     """Sparse (in ``--mode``) and dense fused by ``lsr.fusion`` exactly as the engine and server do."""
     config = fusion_config(ctx)
     engine = eval_engine(ctx, ctx.mode, dense=True)
-    sparse_encoder, dense_encoder = engine.query_encoder(ctx.query_encoder), engine.dense_encoder
+    sparse_encoder = engine.query_encoder(ctx.query_encoder, ctx.query_runtime)
+    dense_encoder = engine.dense_query_encoder(ctx.query_runtime)
     params = ctx.search_params()
 
     def encode(text):

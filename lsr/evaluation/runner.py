@@ -25,11 +25,14 @@ def run_eval(
     reorder: str | None = "auto", bm25: str = "auto", cache_dir: str | os.PathLike | None = None,
     progress: bool = True, max_queries: int | None = None, run_out: str | os.PathLike | None = None,
     adopt: str | os.PathLike | None = None, batch_size: int = 32, query_encoder: str = "model",
+    query_runtime: str | None = None,
 ) -> dict:
     """Evaluate one retriever on one dataset split; return the result record (what ``--json`` prints).
 
-    ``query_encoder`` (sparse and hybrid retrievers) is ``model`` or ``inference-free``."""
+    ``query_encoder`` (sparse and hybrid retrievers) is ``model`` or ``inference-free``; ``query_runtime`` runs the
+    models on the queries (:mod:`lsr.onnx_encoders`; the documents are always encoded with torch)."""
     from lsr.index.structures import MODES
+    from lsr.onnx_encoders import DEFAULT_QUERY_RUNTIME, check_query_runtime
     from lsr.query_encoders import QUERY_ENCODERS
 
     if query_encoder not in QUERY_ENCODERS:
@@ -40,13 +43,14 @@ def run_eval(
         raise EvalError(f"unknown mode {mode!r}; available: {', '.join(MODES)}")
     if not 1 <= k <= 10_000:
         raise EvalError(f"k must be between 1 and 10000, got {k}")
+    query_runtime = check_query_runtime(query_runtime or DEFAULT_QUERY_RUNTIME)
     get_retriever(retriever)
     cache = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
     started = time.time()
     ds = load_dataset(dataset, split, cache).limit(max_queries)
     ctx = EvalContext(ds, cache, k=k, mode=mode, model=model, fusion=fusion, params=dict(params or {}),
                       reorder=reorder, bm25=bm25, batch_size=batch_size, progress=progress,
-                      query_encoder=query_encoder)
+                      query_encoder=query_encoder, query_runtime=query_runtime)
     if retriever == "hybrid":
         fusion = fusion_config(ctx).method  # bad fusion settings fail before any index is built
     if adopt is not None:
@@ -61,6 +65,7 @@ def run_eval(
         "dataset": ds.name, "split": split, "retriever": retriever,
         "mode": mode if uses_sparse else None, "fusion": fusion if retriever == "hybrid" else None,
         "query_encoder": query_encoder if uses_sparse else None,
+        "query_runtime": query_runtime if retriever in ("sparse", "dense", "hybrid") else None,
         "implementation": r.info.get("implementation"), "model": r.info.get("model"),
         "queries": len(ds.queries), "documents": ds.num_docs, "k": k,
         **{m: round(v, 6) for m, v in metrics.items()},

@@ -154,6 +154,23 @@ def test_server_goes_through_the_engine():
         assert _imports_from("lsr.server", outside=internals) == {}
 
 
+def _engine_internals(path: Path) -> list[str]:
+    """``<…engine>.index`` / ``.manifest`` / ``.docs`` / ``.parts`` / ``.commit`` read in a source file."""
+    internals = {"index", "manifest", "docs", "parts", "commit"}
+    tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+    return [f"{path.name}:{node.lineno}: {ast.unparse(node)}" for node in ast.walk(tree)
+            if isinstance(node, ast.Attribute) and node.attr in internals
+            and ast.unparse(node.value).split(".")[-1] == "engine"]
+
+
+def test_server_uses_no_engine_internals(tmp_path):
+    found = [hit for module, path in MODULES.items() if module.startswith("lsr.server") for hit in _engine_internals(path)]
+    assert found == []
+    probe = tmp_path / "probe.py"
+    probe.write_text("def f(state):\n    return state.engine.manifest, state.engine.search('q')\n")
+    assert _engine_internals(probe) == ["probe.py:2: state.engine.manifest"]
+
+
 def test_single_and_live_parts_implement_the_protocols(hybrid_engine, tmp_path):
     """(The sharded parts: tests/test_distributed.py.)"""
     target = tmp_path / "index"

@@ -269,14 +269,15 @@ class LocalIndex:
             "segments": len(segments),
             "deleted": int(len(getattr(self.index, "deleted", ()))),
             "generation": (self.commit or {}).get("generation", 0),
-            "quantization": m["quantization"],
-            "model": m["model"],
-            "built_at": m["built_at"],
-            "build_seconds": m["build_seconds"],
-            "corpus": m["corpus"],
-            "dense": m.get("dense"),
-            "inference_free": m.get("inference_free"),
+            **build_details(m),
         }
+
+
+def build_details(manifest: dict) -> dict:
+    """The build's part of ``info()``: quantization, models, when and from what, optional parts (single, live and
+    sharded indexes alike)."""
+    required = {key: manifest[key] for key in ("quantization", "model", "built_at", "build_seconds", "corpus")}
+    return {**required, "dense": manifest.get("dense"), "inference_free": manifest.get("inference_free")}
 
 
 def open_local(index_dir: str | os.PathLike, verify: bool = False, checksums: bool = True) -> LocalIndex:

@@ -38,7 +38,7 @@ from lsr.searcher import Searcher
 from lsr.sharded.layout import (IMPACT_LEVELS, ORDINALS_ARRAY, SHARDS_FILE, index_size_bytes, read_sharded_manifest,
                                 shard_of)
 from lsr.sharded.ray_runtime import actor_class, init_ray, kill_actors, ray_get
-from lsr.snapshot import open_local
+from lsr.snapshot import build_details, open_local
 
 log = logging.getLogger("lsr.sharded")
 
@@ -484,13 +484,7 @@ class ShardSet:
             "postings": m["num_postings"],
             "avg_terms_per_doc": round(m["num_postings"] / max(m["num_docs"], 1), 1),
             "size_bytes": index_size_bytes(self.index_dir),
-            "quantization": m["quantization"],
-            "model": m["model"],
-            "built_at": m["built_at"],
-            "build_seconds": m["build_seconds"],
-            "corpus": m["corpus"],
-            "dense": m.get("dense"),
-            "inference_free": m.get("inference_free"),
+            **build_details(m),
             "num_shards": m["num_shards"],
             "routing": m["routing"],
             "shards": m["shards"],

@@ -24,8 +24,9 @@ QueryEncoderOpt = typer.Option(
     "model", "--query-encoder", help="How text queries are encoded: model (SPLADE) or inference-free (tokenizer + "
                                      "the index's IDF table; no model, no torch).")
 QueryRuntimeOpt = typer.Option(
-    None, "--query-runtime", help="What runs the models on text queries: torch, onnx (fp32 export) or onnx-int8 "
-                                  "(default; exports cached in ~/.cache/lsr/onnx or $LSR_ONNX_CACHE).")
+    None, "--query-runtime", help="What runs the models on text queries: auto (default: SPLADE onnx-int8, dense onnx), "
+                                  "torch, onnx (fp32 export) or onnx-int8 (exports cached in ~/.cache/lsr/onnx or "
+                                  "$LSR_ONNX_CACHE).")
 _USER_ERRORS = (CorpusError, ModelNotFoundError, ModelMismatchError, FileNotFoundError, ValueError)
 
 

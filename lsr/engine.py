@@ -93,7 +93,7 @@ class Engine(Searcher):
         """Open an index directory at its latest commit (memory-mapped); the query encoder loads on first text query.
 
         ``query_runtime`` (default :data:`lsr.onnx_encoders.DEFAULT_QUERY_RUNTIME`) runs text queries through the
-        model: ``torch``, ``onnx`` (fp32 export) or ``onnx-int8`` (see :mod:`lsr.onnx_encoders`).
+        model: ``auto`` (per model), ``torch``, ``onnx`` (fp32 export) or ``onnx-int8`` (see :mod:`lsr.onnx_encoders`).
 
         A live index (documents added or deleted since the build, see :mod:`lsr.live`) opens as all its segments
         minus deleted documents. ``checksums`` (default) checks the sha256 of every file first, so a corrupt

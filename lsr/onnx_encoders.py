@@ -27,6 +27,7 @@ import hashlib
 import json
 import logging
 import os
+import threading
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -39,8 +40,11 @@ from lsr.models import DEFAULT_DENSE, DEFAULT_SPLADE, ModelRef, model_hash, reso
 
 log = logging.getLogger("lsr.onnx")
 
-QUERY_RUNTIMES = ("torch", "onnx", "onnx-int8")
-DEFAULT_QUERY_RUNTIME = "onnx-int8"
+QUERY_RUNTIMES = ("auto", "torch", "onnx", "onnx-int8")
+DEFAULT_QUERY_RUNTIME = "auto"
+# ``auto``: per model, the fastest runtime whose nDCG@10 stays within 0.005 of torch fp32 on every shared BEIR set
+# (eval/results/query-runtimes.md): SPLADE int8 (exact by rescoring), dense fp32 (int8 moved lisa by +0.008).
+AUTO_RUNTIMES = {"sparse": "onnx-int8", "dense": "onnx"}
 CACHE_ENV = "LSR_ONNX_CACHE"
 EXPORT_FORMAT = 4  # bump when a graph changes: older cached exports are then made again
 OPSET = 17
@@ -52,6 +56,12 @@ def check_query_runtime(name: str) -> str:
     if name not in QUERY_RUNTIMES:
         raise ValueError(f"unknown query runtime {name!r}; available: {', '.join(QUERY_RUNTIMES)}")
     return name
+
+
+def runtime_for(kind: str, runtime: str) -> str:
+    """The concrete runtime (``torch``, ``onnx``, ``onnx-int8``) that ``runtime`` means for a ``sparse`` or ``dense``
+    query encoder."""
+    return AUTO_RUNTIMES[kind] if check_query_runtime(runtime) == "auto" else runtime
 
 
 def onnx_cache_dir() -> Path:
@@ -362,6 +372,7 @@ class OnnxSpladeEncoder(_OnnxQueryEncoder):
             self._projection = np.load(self._file("projection"))  # [vocab, hidden] fp32, for the exact rescoring
             self._int8_error = np.load(self._file("int8_error"))  # per term: |dequantized int8 row - fp32 row|
             self._error_factor = np.linalg.norm(self._projection, axis=1).astype(np.float32) + self._int8_error
+        self._per_thread = threading.local()  # an I/O binding and output buffers reused by each thread's runs
 
     def encode_query(self, text: str) -> tuple[np.ndarray, np.ndarray]:
         """Term ids (uint32, sorted) and weights (float32 > 0) of one query."""
@@ -372,7 +383,7 @@ class OnnxSpladeEncoder(_OnnxQueryEncoder):
         rows: list[tuple[np.ndarray, np.ndarray]] = [(np.zeros(0, np.uint32), np.zeros(0, np.float32))] * len(texts)
         ids = self._token_ids(texts) if texts else []
         for chosen, input_ids, mask in self._batches(texts, ids, min(batch_size, SPLADE_MAX_BATCH), skip_blank=True):
-            logits, states = self.session.run(None, {"input_ids": input_ids, "attention_mask": mask})
+            logits, states = self._run(input_ids, mask)
             pooled = logits.max(axis=1) + self._bias
             if self.int8:
                 rescored = self._rescore(pooled, states, mask.sum(axis=1))
@@ -385,6 +396,27 @@ class OnnxSpladeEncoder(_OnnxQueryEncoder):
         return SparseBatch(indptr, np.concatenate([r[0] for r in rows] or [np.zeros(0, np.uint32)]),
                            np.concatenate([r[1] for r in rows] or [np.zeros(0, np.float32)]),
                            sum(len(i) >= self.query_max_length for i in ids))
+
+    def _run(self, input_ids: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The graph's logits and states, written into this thread's reused buffers (valid until its next run):
+        a fresh multi-megabyte logits array per query would cost page faults on every run."""
+        local = self._per_thread
+        if not hasattr(local, "binding"):
+            local.binding, local.logits, local.states = self.session.io_binding(), np.empty(0, np.float32), None
+        batch, width = input_ids.shape
+        size = batch * width * self.vocab_size
+        if local.logits.size < size:
+            local.logits = np.empty(size, np.float32)
+            local.states = np.empty(batch * width * int(self.config["hidden"]), np.float32)
+        logits = local.logits[:size].reshape(batch, width, self.vocab_size)
+        states = local.states[:batch * width * int(self.config["hidden"])].reshape(batch, width, -1)
+        binding = local.binding
+        binding.bind_cpu_input("input_ids", input_ids)
+        binding.bind_cpu_input("attention_mask", mask)
+        binding.bind_output("logits", "cpu", 0, np.float32, logits.shape, logits.ctypes.data)
+        binding.bind_output("states", "cpu", 0, np.float32, states.shape, states.ctypes.data)
+        self.session.run_with_iobinding(binding)
+        return logits, states
 
     def _rescore(self, pooled: np.ndarray, states: np.ndarray, lengths: np.ndarray
                  ) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -463,8 +495,9 @@ class OnnxDenseEncoder(_OnnxQueryEncoder):
 
 def open_onnx_encoder(kind: str, model_info: dict, runtime: str, **kwargs):
     """The ONNX query encoder (``kind`` ``sparse`` or ``dense``) of an index's recorded model (``name``,
-    ``query_max_length``) in ``runtime`` ``onnx`` or ``onnx-int8``. The caller checks its ``hash``."""
-    if check_query_runtime(runtime) == "torch":
+    ``query_max_length``) in ``runtime`` ``onnx``, ``onnx-int8`` or ``auto``. The caller checks its ``hash``."""
+    runtime = runtime_for(kind, runtime)
+    if runtime == "torch":
         raise ValueError("the torch runtime is the model itself, not an ONNX export")
     cls = OnnxSpladeEncoder if kind == "sparse" else OnnxDenseEncoder
     return cls(model_info["name"], int8=runtime == "onnx-int8",

@@ -21,7 +21,7 @@ from lsr.encoder import SparseBatch, SpladeEncoder
 from lsr.fusion import FusionConfig, fuse
 from lsr.index.structures import MODES
 from lsr.protocols import DenseSide, IndexParts, Vector
-from lsr.onnx_encoders import DEFAULT_QUERY_RUNTIME, check_query_runtime
+from lsr.onnx_encoders import DEFAULT_QUERY_RUNTIME, check_query_runtime, runtime_for
 from lsr.query_encoders import DEFAULT_QUERY_ENCODER, check_query_encoder
 
 Query = Union[str, dict[str, float], tuple[Sequence[int], Sequence[float]]]
@@ -164,7 +164,7 @@ class Searcher:
 
     def _runtime_encoder(self, kind: str, runtime: str | None):
         """The ``sparse`` or ``dense`` model's query encoder in a query runtime (ONNX ones loaded once, hash-checked)."""
-        runtime = check_query_runtime(runtime or self.query_runtime)
+        runtime = runtime_for(kind, runtime or self.query_runtime)
         if runtime == "torch":
             return self.encoder if kind == "sparse" else self.dense_encoder
         if (kind, runtime) not in self._onnx_encoders:

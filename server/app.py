@@ -49,7 +49,7 @@ def create_app(index_dir: str | os.PathLike = "lsr_index", *, max_batch: int = 3
     ``timeout_s`` per search or document fetch (504; None: none), ``max_body_bytes`` (413), ``max_query_chars``
     (400), ``max_batch_queries`` and ``max_documents`` per request (422); they can be lowered from the defaults,
     not raised. ``refresh_interval_s``: how often searches check for commits made by other processes.
-    ``query_runtime``: what runs the models on queries (``torch``, ``onnx``, ``onnx-int8``; default: the latter).
+    ``query_runtime``: what runs the models on queries (``auto``, ``torch``, ``onnx``, ``onnx-int8``; default ``auto``).
     """
     keys = ApiKeys(key_from(api_key, "LSR_API_KEY"), key_from(read_api_key, "LSR_READ_API_KEY"))
     limits = RequestLimits(timeout_s=timeout_s, max_body_bytes=max_body_bytes, max_query_chars=max_query_chars,

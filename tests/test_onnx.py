@@ -133,7 +133,9 @@ def test_engine_honours_the_runtime(engine, hybrid_engine):
     opened = Engine.open(engine.index_dir, query_runtime="onnx")
     assert opened.query_runtime == "onnx" and opened.query_encoder().runtime == "onnx"
     assert opened.query_encoder(runtime="torch").runtime == "torch"
-    assert Engine.open(engine.index_dir).query_encoder().runtime == "onnx-int8"  # the default
+    default = Engine.open(hybrid_engine.index_dir)
+    assert default.query_runtime == "auto"  # per model: SPLADE int8, dense fp32
+    assert default.query_encoder().runtime == "onnx-int8" and default.dense_query_encoder().runtime == "onnx"
     assert opened.query_encoder("inference-free").name == "inference-free"  # no model, no runtime
     query = "parse command line arguments"
     by_torch = [(h.id, round(h.score, 3)) for h in opened.search(query, k=5, query_runtime="torch")]

@@ -1,8 +1,9 @@
 """Load test of the HTTP server: requests/s and latency percentiles per retriever and concurrency level.
 
     python -m lsr.eval.loadtest --index /path/to/index --queries /path/to/queries.jsonl \
-        [--retrievers sparse,dense,hybrid] [--concurrency 1,8,32] [--duration 15] [--max-requests 3000] \
-        [--compare-batching] [--out eval/results/loadtest.json]
+        [--retrievers sparse,inference-free,dense,hybrid] [--concurrency 1,8,32] [--duration 15] \
+        [--max-requests 3000] [--query-runtime torch,auto] [--workers 1,2] [--compare-batching] \
+        [--out eval/results/loadtest.json]
 
 It starts ``lsr serve`` itself on 127.0.0.1 (a free port; ``--url`` targets an already running server, which
 must also be on 127.0.0.1 — this tool never sends load anywhere else), waits until the index is loaded, and then
@@ -11,8 +12,11 @@ file (``GET /search?q=...&k=10&retriever=...``) as soon as its previous answer a
 ``--duration`` seconds or ``--max-requests`` requests, whichever comes first; a few warm-up requests precede it.
 Latency is measured by the client (what a user sees). Any non-200 answer or transport error counts as an error.
 
-``--compare-batching`` also starts a second server with micro-batching off (``--max-batch 1``) and repeats the
-levels above 1, to show what batching concurrent queries' encoder calls buys.
+``inference-free`` in ``--retrievers`` is the sparse retriever with ``query_encoder=inference-free`` (tokenizer and
+the index's IDF table instead of the model). ``--query-runtime`` and ``--workers`` take lists: one server setup per
+(runtime, workers) pair, run in that order, so a before/after comparison (``torch`` with 1 worker vs ``auto`` with
+2) comes from one run on one machine. ``--compare-batching`` also starts a server with micro-batching off
+(``--max-batch 1``) for each setup and repeats the levels above 1, to show what batching the encoder calls buys.
 """
 
 from __future__ import annotations
@@ -84,10 +88,19 @@ class LocalServer:
             self.log.close()
 
 
+def search_params(retriever: str, k: int) -> dict:
+    """Query parameters of ``GET /search`` for a load-test retriever name (``inference-free``: sparse, no model)."""
+    if retriever == "inference-free":
+        return {"k": k, "retriever": "sparse", "query_encoder": "inference-free"}
+    return {"k": k, "retriever": retriever}
+
+
 async def run_level(url: str, queries: list[str], retriever: str, concurrency: int, duration: float,
                     max_requests: int, k: int, offset: int) -> dict:
     """Closed-loop load at one concurrency level; returns throughput and latency percentiles."""
     import httpx
+
+    params = search_params(retriever, k)
 
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     latencies: list[float] = []
@@ -98,7 +111,7 @@ async def run_level(url: str, queries: list[str], retriever: str, concurrency: i
         async def one(q: str) -> None:
             t0 = time.perf_counter()
             try:
-                r = await client.get("/search", params={"q": q, "k": k, "retriever": retriever})
+                r = await client.get("/search", params={"q": q, **params})
                 ok = r.status_code == 200
                 if not ok:
                     errors.append(f"{r.status_code}: {r.text[:200]}")
@@ -172,13 +185,17 @@ def main() -> None:
     parser.add_argument("--url", help="An already running server on 127.0.0.1 instead of --index.")
     parser.add_argument("--queries", type=Path, required=True, help="BEIR queries.jsonl or id<TAB>text.")
     parser.add_argument("--query-limit", type=int, default=None, help="Use only the first N queries.")
-    parser.add_argument("--retrievers", default="sparse,dense,hybrid")
+    parser.add_argument("--retrievers", default="sparse,dense,hybrid",
+                        help="Comma-separated: sparse, inference-free, dense, hybrid (or any /search retriever).")
     parser.add_argument("--concurrency", default="1,8,32")
     parser.add_argument("--duration", type=float, default=15.0, help="Seconds per level (upper bound).")
     parser.add_argument("--max-requests", type=int, default=3000, help="Requests per level (upper bound).")
     parser.add_argument("-k", type=int, default=10)
     parser.add_argument("--max-batch", type=int, default=32, help="Server micro-batch size.")
     parser.add_argument("--search-threads", type=int, default=None)
+    parser.add_argument("--query-runtime", default="auto",
+                        help="Comma-separated query runtimes, one server setup each (auto, torch, onnx, onnx-int8).")
+    parser.add_argument("--workers", default="1", help="Comma-separated server process counts, one setup each.")
     parser.add_argument("--compare-batching", action="store_true",
                         help="Also run a server with micro-batching off (--max-batch 1) at concurrency > 1.")
     parser.add_argument("--out", type=Path, help="Write the results as JSON.")
@@ -186,23 +203,30 @@ def main() -> None:
     args = parser.parse_args()
     if (args.index is None) == (args.url is None):
         parser.error("give either --index (a server is started here) or --url")
+    if args.url and ("," in args.query_runtime or "," in args.workers):
+        parser.error("--query-runtime and --workers lists start servers; with --url give neither")
     if args.url and urlparse(args.url).hostname not in LOCAL_HOSTS:
         parser.error("--url must point to 127.0.0.1: this tool only loads local servers")
 
     queries = load_queries(args.queries, args.query_limit)
     retrievers = [r.strip() for r in args.retrievers.split(",") if r.strip()]
     levels = [int(c) for c in args.concurrency.split(",")]
-    setups = [("batched", args.max_batch, levels)]
-    if args.compare_batching and args.index:
-        setups.append(("unbatched", 1, [c for c in levels if c > 1]))
+    setups = []
+    for runtime in [r.strip() for r in args.query_runtime.split(",") if r.strip()]:
+        for workers in [int(w) for w in args.workers.split(",")]:
+            extra = ("--query-runtime", runtime, "--workers", str(workers))
+            label = f"{runtime}, {workers} worker{'s' if workers > 1 else ''}"
+            setups.append((label, args.max_batch, levels, extra))
+            if args.compare_batching and args.index:
+                setups.append((f"{label}, unbatched", 1, [c for c in levels if c > 1], extra))
 
     rows = []
     offset = 0
-    for label, max_batch, setup_levels in setups:
+    for label, max_batch, setup_levels, extra in setups:
         server = None
         url = args.url
         if args.index:
-            server = LocalServer(args.index, max_batch, args.search_threads, args.server_log)
+            server = LocalServer(args.index, max_batch, args.search_threads, args.server_log, extra)
             print(f"starting server ({label}, max batch {max_batch}) on {server.url} …", file=sys.stderr, flush=True)
             server.wait_ready()
             url = server.url
@@ -214,7 +238,7 @@ def main() -> None:
                     offset += row["requests"]
                     row["server"] = f"{label} (max batch {max_batch})"
                     rows.append(row)
-                    print(f"{label:9} {retriever:6} c={concurrency:<3} {row['rps']:7.1f} req/s  "
+                    print(f"{label:28} {retriever:14} c={concurrency:<3} {row['rps']:7.1f} req/s  "
                           f"p50 {row['p50_ms']:7.1f} ms  p99 {row['p99_ms']:7.1f} ms  errors {row['errors']}",
                           file=sys.stderr, flush=True)
         finally:
@@ -231,6 +255,7 @@ def main() -> None:
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(summary, indent=2) + "\n")
+        args.out.with_suffix(".md").write_text(table(rows, "server") + "\n")
     if summary["total_errors"]:
         print(f"{summary['total_errors']} request(s) failed", file=sys.stderr)
         sys.exit(1)

@@ -68,10 +68,10 @@ class Split:
                 docs, scores = self.dense_top[i][0][:k], self.dense_top[i][1][:k]
             else:
                 d = config.depth
-                fused = fuse((self.sparse_top[i][0][:d], self.sparse_top[i][1][:d]),
-                             (self.dense_top[i][0][:d], self.dense_top[i][1][:d]), config, k,
-                             score_sparse=lambda docs, i=i: self.sparse_all[i, docs],
-                             score_dense=lambda docs, i=i: self.dense_all[i, docs])
+                fused = fuse({"sparse": (self.sparse_top[i][0][:d], self.sparse_top[i][1][:d]),
+                              "dense": (self.dense_top[i][0][:d], self.dense_top[i][1][:d])}, config, k,
+                             scorers={"sparse": lambda docs, i=i: self.sparse_all[i, docs],
+                                      "dense": lambda docs, i=i: self.dense_all[i, docs]})
                 docs, scores = fused.docs, fused.scores
             out[qid] = {self.ids[int(doc)]: float(s) for doc, s in zip(docs, scores)}
         return out
@@ -139,11 +139,11 @@ def main() -> None:
 
     rrf = FusionConfig("rrf")  # the library's RRF settings
     result["test"] = {
-        "sparse": public(),
+        "sparse": public(retriever="sparse"),
         "dense": public(retriever="dense"),
-        "hybrid (chosen on train)": public(retriever="hybrid", fusion=best),
-        f"hybrid rrf (k={rrf.rrf_k}, depth {rrf.depth})": public(retriever="hybrid", fusion=rrf),
-        "hybrid library defaults": public(retriever="hybrid"),
+        "hybrid (chosen on train)": public(retriever="sparse+dense", fusion=best),
+        f"hybrid rrf (k={rrf.rrf_k}, depth {rrf.depth})": public(retriever="sparse+dense", fusion=rrf),
+        "hybrid library defaults": public(retriever="sparse+dense"),
     }
     result["test"]["per-method best-on-train"] = {
         k: ndcg10(test_qrels, test.run(c)) for k, (v, c) in by_method.items()}

@@ -41,18 +41,18 @@ class SegmentedIndex:
         if not segments or len(segments) != len(bases):
             raise ValueError("need one base per segment and at least one segment")
         first = segments[0]
-        for seg in segments[1:]:
-            if seg.scale != first.scale or seg.vocab_size != first.vocab_size \
+        for prev, seg in zip(segments, segments[1:]):
+            if seg.scale != first.scale or seg.vocab_size < prev.vocab_size \
                     or seg.array("postings_impacts").dtype != first.array("postings_impacts").dtype:
                 raise IndexFormatError(f"{seg.index_dir}: quantization or vocabulary differs from {first.index_dir}; "
-                                       "segments of one index share them")
+                                       "segments of one index share them (a later one may extend the vocabulary)")
         if any(b2 < b1 + s.num_docs for b1, b2, s in zip(bases, bases[1:], segments)):
             raise IndexFormatError(f"{first.index_dir}: segment document ranges overlap or are out of order")
         self.segments = list(segments)
         self.bases = [int(b) for b in bases]
         self.manifest = first.manifest
         self.index_dir = first.index_dir
-        self.vocab_size = first.vocab_size
+        self.vocab_size = segments[-1].vocab_size
         self.scale = first.scale
         deleted = np.unique(np.asarray(deleted if deleted is not None else [], np.int64))
         self.deleted = deleted

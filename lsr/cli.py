@@ -13,8 +13,11 @@ from typing import List, Optional
 import typer
 
 from lsr.corpus import CorpusError, read_queries
-from lsr.engine import DEFAULT_INDEX_DIR, MODES, Engine, Hit, ModelMismatchError
+from lsr.engine import (DEFAULT_INDEX_DIR, DEFAULT_RETRIEVER, MODES, RETRIEVER_HELP, Engine, Hit,
+                        ModelMismatchError, parse_retriever)
+from lsr.searcher import LABEL_FREE_METHODS
 from lsr.models import ModelNotFoundError
+from lsr.bm25_field import DEFAULT_ANALYZER
 from lsr.pipeline import BuildSettings
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Learned sparse retrieval: index, search, serve, evaluate.")
@@ -85,6 +88,14 @@ def index_cmd(
     dense_model: Optional[str] = typer.Option(
         None, "--dense-model", help="Dense model: hub id or local path (default: embedded all-MiniLM-L6-v2)."),
     add_dense: bool = typer.Option(False, "--add-dense", help="Add dense vectors to the existing index at --index; no CORPUS."),
+    bm25: Optional[bool] = typer.Option(
+        None, "--bm25/--no-bm25", help="Also store the BM25 field for --retriever bm25 (default: on for text "
+                                       "corpora, off for vector files and --shards)."),
+    bm25_analyzer: str = typer.Option(
+        DEFAULT_ANALYZER, "--bm25-analyzer", help="BM25 analyzer: word (Lucene-English-like: stopwords, Porter "
+                                                  "stems) or model (the SPLADE tokenizer's word pieces)."),
+    add_bm25: bool = typer.Option(
+        False, "--add-bm25", help="Add (or rebuild) the BM25 field of the existing index at --index; no CORPUS."),
     add_inference_free: bool = typer.Option(
         False, "--add-inference-free", help="Add the inference-free query table (IDF + tokenizer) to the existing "
                                             "index at --index (indexes built before it existed); no CORPUS."),
@@ -128,6 +139,12 @@ def index_cmd(
         Engine.open(index).add_inference_free()
         typer.echo(f"added the inference-free query table to {index} in {time.time() - started:.1f}s")
         return
+    if add_bm25:
+        if corpus is not None:
+            raise ValueError("--add-bm25 works on the existing index at --index: give no CORPUS")
+        Engine.open(index).add_bm25(bm25_analyzer)
+        typer.echo(f"added the BM25 field ({bm25_analyzer} analyzer) to {index} in {time.time() - started:.1f}s")
+        return
     if add_dense:
         if corpus is not None:
             raise ValueError("--add-dense works on the existing index at --index: give no CORPUS")
@@ -145,7 +162,8 @@ def index_cmd(
         model=model, batch_size=batch_size, doc_max_length=max_length, query_max_length=query_max_length,
         doc_top_k=doc_top_k, quant_bits=quant_bits, id_field=id_field, text_field=text_field,
         title_field=title_field, skip_bad=skip_bad, structures=_split_names(structures), reorder=reorder,
-        window=window, dense=dense, dense_model=dense_model, hnsw_threshold=hnsw_threshold)
+        window=window, dense=dense, dense_model=dense_model, hnsw_threshold=hnsw_threshold, bm25=bm25,
+        bm25_analyzer=bm25_analyzer)
     if shards is not None:
         _index_sharded(corpus, index, shards, ray_address, workers, settings, encoder_threads=threads or 1)
         return
@@ -186,6 +204,13 @@ def search_cmd(
     k: int = typer.Option(10, "-k", "--k", min=1, max=10000),
     mode: str = typer.Option("exact", "--mode", help=f"Search mode: {', '.join(MODES)}."),
     param: list[str] = typer.Option([], "--param", "-p", help="Mode knob NAME=VALUE, repeatable (e.g. alpha=0.9)."),
+    retriever: str = typer.Option(DEFAULT_RETRIEVER, "--retriever", "-r", help=f"Retriever: {RETRIEVER_HELP}."),
+    fusion: Optional[str] = typer.Option(None, "--fusion", help="How combinations are fused: convex or rrf "
+                                                                "(default: lsr.fusion's)."),
+    weights: Optional[str] = typer.Option(None, "--weights", help="Fusion weight of each retriever, e.g. "
+                                                                  "sparse=1,dense=2,bm25=1 (default: equal), or "
+                                                                  "pseudo / agreement: chosen on this collection "
+                                                                  "without labels."),
     queries: Optional[Path] = typer.Option(None, "--queries", "-q", help="BEIR queries.jsonl or id<TAB>text TSV."),
     as_json: bool = typer.Option(False, "--json", help="JSON output (one line per query with --queries)."),
     run_out: Optional[Path] = typer.Option(None, "--run-out", help="Write a TREC run file."),
@@ -203,17 +228,19 @@ def search_cmd(
     if query is not None and not query.strip():
         raise ValueError("empty query: give some text to search for")
     check_query_encoder(query_encoder)
+    parse_retriever(retriever)
     _set_threads(threads, torch_too=query_encoder == "model")
     params = parse_params(param)
+    options = dict(retriever=retriever, fusion=fusion, weights=parse_weights(weights), query_encoder=query_encoder,
+                   query_runtime=query_runtime)
     engine = _open_engine(index, ray_address)
     if queries is not None:
         pairs = list(read_queries(queries, require_text=True))
-        results = engine.search_batch([text for _, text in pairs], k=k, mode=mode, threads=threads,
-                                      query_encoder=query_encoder, query_runtime=query_runtime, **params)
+        results = engine.search_batch([text for _, text in pairs], k=k, mode=mode, threads=threads, **options,
+                                      **params)
         qids = [qid for qid, _ in pairs]
     else:
-        qids, results = ["1"], [engine.search(query, k=k, mode=mode, query_encoder=query_encoder,
-                                              query_runtime=query_runtime, **params)]
+        qids, results = ["1"], [engine.search(query, k=k, mode=mode, **options, **params)]
     if run_out is not None:
         write_run(run_out, qids, results)
     for qid, hits in zip(qids, results):
@@ -247,6 +274,23 @@ def parse_params(pairs: list[str]) -> dict[str, float | int]:
             except ValueError:
                 raise ValueError(f"--param {name}: {value!r} is not a number") from None
     return params
+
+
+def parse_weights(spec: Optional[str]) -> dict[str, float] | str | None:
+    """``"sparse=1,dense=2"`` -> ``{"sparse": 1.0, "dense": 2.0}``; a label-free method name as it is; None: the
+    default weights."""
+    if not spec or spec in LABEL_FREE_METHODS:
+        return spec or None
+    weights = {}
+    for item in spec.split(","):
+        name, _, value = item.partition("=")
+        try:
+            weights[name.strip()] = float(value)
+        except ValueError:
+            name = ""
+        if not name.strip():
+            raise ValueError(f"--weights expects NAME=NUMBER,..., e.g. sparse=1,dense=2; got {item!r}")
+    return weights
 
 
 def _split_names(names: Optional[str]) -> list[str]:
@@ -514,7 +558,7 @@ def eval_cmd(
     split: str = typer.Option("test", "--split", help="Qrels split: qrels/<split>.tsv."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Sparse model (default: embedded splade-tiny)."),
     mode: str = typer.Option("exact", "--mode", help=f"Sparse search mode: {', '.join(MODES)}."),
-    retriever: str = typer.Option("sparse", "--retriever", "-r", help="sparse, dense, hybrid, bm25 (or any registered retriever)."),
+    retriever: str = typer.Option("sparse", "--retriever", "-r", help="sparse, dense, hybrid (sparse+dense), bm25 (the index's BM25 field), pyserini-bm25 (the reference baseline), a fusion such as sparse+dense+bm25, or any registered retriever."),
     fusion: Optional[str] = typer.Option(None, "--fusion", help="Hybrid fusion: convex or rrf (default: lsr.fusion's); --param fusion.alpha=0.5, fusion.normalization=tmm, fusion.rrf_k=60, fusion.depth=100."),
     k: int = typer.Option(100, "-k", "--k", min=1, max=10000, help="Results per query (metrics go to depth 100)."),
     run_out: Optional[Path] = typer.Option(None, "--run-out", help="Write the TREC run file."),
@@ -523,7 +567,7 @@ def eval_cmd(
     results_dir: Optional[Path] = typer.Option(None, "--results-dir", help="Also save the JSON as <dataset>__<column>.json here (e.g. eval/results)."),
     param: Optional[List[str]] = typer.Option(None, "--param", "-p", help="KEY=VALUE, repeatable: search-mode knobs (e.g. alpha=0.9), or prefixed: fusion.*, dense.model/dtype/hnsw_threshold, bm25.k1/b, index.doc_max_length (etc.), build.<structure>.*."),
     reorder: str = typer.Option("auto", "--reorder", help="Reorder documents before building a structure: auto (bp for BMP), none, or a method."),
-    bm25: str = typer.Option("auto", "--bm25", help="BM25 implementation: auto (Pyserini when it runs here, else bm25s), pyserini, bm25s."),
+    bm25: str = typer.Option("auto", "--bm25", help="pyserini-bm25 implementation: auto (Pyserini when it runs here, else bm25s), pyserini, bm25s."),
     adopt_index: Optional[Path] = typer.Option(None, "--adopt-index", help="Copy this prebuilt index of the dataset into the cache (model and documents are checked)."),
     max_queries: Optional[int] = typer.Option(None, "--max-queries", min=1, help="Only the first N judged queries (quick runs)."),
     batch_size: int = typer.Option(32, "--batch-size", min=1, help="Encoding batch size when the index is built."),

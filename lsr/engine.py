@@ -22,10 +22,12 @@ from lsr.corpus import Document
 from lsr.docstore import DOCSTORE_FILE
 from lsr.encoder import SpladeEncoder
 from lsr.onnx_encoders import check_query_runtime
-from lsr.pipeline import (PROGRESS_FILE, BuildSettings, ResumeError, add_dense_in, add_inference_free_in,
+from lsr.bm25_field import Bm25Settings
+from lsr.pipeline import (PROGRESS_FILE, BuildSettings, ResumeError, add_bm25_in, add_dense_in, add_inference_free_in,
                           add_structures_in, build_index, document_text)
 from lsr.protocols import IndexParts
-from lsr.searcher import Hit, HybridHit, ModelMismatchError, Query, Searcher
+from lsr.searcher import (DEFAULT_RETRIEVER, RETRIEVER_HELP, Hit, HybridHit, ModelMismatchError, Query, Searcher,
+                          parse_retriever)
 from lsr.sharded.layout import is_sharded, read_only_error
 from lsr.snapshot import LocalIndex, commit_stamp, open_local
 from lsr.vectors import write_vector
@@ -34,8 +36,9 @@ log = logging.getLogger("lsr.engine")
 
 DEFAULT_INDEX_DIR = Path("lsr_index")
 
-__all__ = ["DEFAULT_INDEX_DIR", "DOCSTORE_FILE", "MODES", "PROGRESS_FILE", "BuildSettings", "Engine", "Hit", "HybridHit",
-           "ModelMismatchError", "Query", "ResumeError", "check_query_runtime", "document_text"]
+__all__ = ["DEFAULT_INDEX_DIR", "DEFAULT_RETRIEVER", "DOCSTORE_FILE", "MODES", "PROGRESS_FILE", "RETRIEVER_HELP",
+           "BuildSettings", "Engine", "Hit", "HybridHit", "ModelMismatchError", "Query", "ResumeError",
+           "check_query_runtime", "document_text", "parse_retriever"]
 
 
 
@@ -198,6 +201,14 @@ class Engine(Searcher):
                      progress=progress)
         return Engine.open(self.index_dir, encoder=self._encoder)
 
+    def add_bm25(self, analyzer: str | None = None) -> "Engine":
+        """Analyze every stored document into the BM25 field (:mod:`lsr.bm25_field`; ``analyzer`` ``word`` or
+        ``model``, default: the existing field's, else ``word``) with the index's pruning structures; return the
+        reopened engine. Written beside the arrays (replacing any previous field), recorded by a manifest rewrite."""
+        self._require_one_segment("add the BM25 field")
+        add_bm25_in(self.index_dir, None if analyzer is None else Bm25Settings(analyzer=analyzer))
+        return Engine.open(self.index_dir, encoder=self._encoder)
+
     def _require_one_segment(self, what: str) -> None:
         """Index-wide additions rewrite the first segment only: refuse them while documents were added or deleted."""
         self._local(what)
@@ -237,9 +248,9 @@ class Engine(Searcher):
         if self.dense is not None:
             self.dense_query_encoder()
         if search:
+            for name in self.available_retrievers():
+                self.search("warm up", 10, retriever=name)
             self.search("warm up", 10)
-            if self.dense is not None:
-                self.search("warm up", 10, retriever="hybrid")
 
     def query_encoder_names(self) -> list[str]:
         """The query encoders this index supports: ``model``, and ``inference-free`` if it has the query table."""
@@ -272,6 +283,8 @@ class Engine(Searcher):
             "dense_model": None if dense is None else dense.model,
             "dense_search": None if dense is None else ("hnsw" if dense.uses_hnsw else "exact"),
             "modes": self.search_modes(),
+            "retrievers": list(self.available_retrievers()),
+            "default_retriever": "+".join(self.resolve_retriever()),
             "query_encoders": self.query_encoder_names(),
             "size_bytes": self.size_bytes(),
         }
@@ -303,15 +316,16 @@ class Engine(Searcher):
         return engine
 
     def search_encoded(self, queries: Sequence[Query], k: int = 10, *, sparse_vectors: Sequence | None = None,
-                       dense_vectors: np.ndarray | None = None, mode: str = "exact", retriever: str = "sparse",
-                       fusion=None, alpha: float | None = None, normalization: str | None = None,
-                       depth: int | None = None, rrf_k: int | None = None, filter: dict | None = None,
+                       dense_vectors: np.ndarray | None = None, mode: str = "exact",
+                       retriever: str = DEFAULT_RETRIEVER, fusion=None, alpha: float | None = None,
+                       normalization: str | None = None, depth: int | None = None, rrf_k: int | None = None,
+                       weights: dict[str, float] | None = None, filter: dict | None = None,
                        params: dict | None = None, threads: int | None = None) -> list[list[Hit]]:
         """:meth:`search_batch` with the queries' vectors already encoded (e.g. in a server's micro-batches:
         ``sparse_vectors`` as ``(term ids, weights)`` per query, ``dense_vectors`` [n, dim]) and every fusion knob
-        (``normalization``, ``depth``, ``rrf_k``); hits carry their sparse and dense scores."""
+        (``normalization``, ``depth``, ``rrf_k``, ``weights``); hits carry each retriever's score."""
         return self.retrieve(queries, k, mode=mode, retriever=retriever, fusion=fusion, alpha=alpha,
-                             normalization=normalization, depth=depth, rrf_k=rrf_k, filter=filter,
+                             normalization=normalization, depth=depth, rrf_k=rrf_k, weights=weights, filter=filter,
                              sparse_vectors=sparse_vectors, dense_vectors=dense_vectors, threads=threads,
                              params=params or {})
 

@@ -3,7 +3,8 @@
 Layout. The index directory itself is the first segment (a normal index: ``manifest.json``, arrays, document
 store). ``lsr add`` / :func:`add_documents` writes each batch of new documents as another immutable index
 directory under ``segments/`` (its own postings, pruning structures and dense vectors, quantized with the first
-segment's scale so scores compare across segments); ``lsr delete`` / :func:`delete_documents` records tombstones
+segment's scale so scores compare across segments, and a BM25 field with the first segment's ``avgdl``);
+``lsr delete`` / :func:`delete_documents` records tombstones
 (global document numbers) in ``deletes-<generation>.npy``. ``live.json`` is the commit: generation, segments with
 their global number offsets, and the tombstone file. A commit writes and fsyncs the new files first and then
 renames ``live.json`` into place, so a reader sees the old or the new commit, never a mix, and a process killed
@@ -35,7 +36,7 @@ from lsr.corpus import Document
 from lsr.docstore import DOCSTORE_FILE, DocStore
 from lsr.encoder import SparseBatch
 from lsr.faults import fault_point
-from lsr.pipeline import Window, WindowIndexer, document_text, progress_bar, raise_error, text_windows
+from lsr.pipeline import Window, WindowIndexer, add_bm25_in, document_text, progress_bar, raise_error, text_windows
 from lsr.searcher import Searcher
 from lsr.snapshot import (LIVE_FILE, LIVE_FORMAT, LIVE_FORMAT_VERSION, SEGMENTS_DIR, load_deletes, open_local,
                           read_commit, segment_dirs)
@@ -128,7 +129,8 @@ def _discard_uncommitted(index_dir: Path) -> None:
 
 def verify_live(index_dir: str | os.PathLike) -> list[str]:
     """Check an index at its latest commit: every segment's checksums and invariants (:func:`verify_index`), its
-    document count, the commit's segment ranges and tombstones. Problems in order found."""
+    BM25 field and document count, the commit's segment ranges and tombstones. Problems in order found."""
+    from lsr.bm25_field import verify_field
     from lsr.index.storage import verify_index
 
     index_dir = Path(index_dir)
@@ -148,6 +150,7 @@ def verify_live(index_dir: str | os.PathLike) -> list[str]:
             manifest = read_manifest(path)
         except IndexFormatError:
             continue  # reported by verify_index
+        problems += verify_field(path, manifest)
         if base < end:
             problems.append(f"{index_dir / LIVE_FILE}: segment {path.name} starts at {base}, inside the previous one")
         end = base + manifest["num_docs"]
@@ -275,6 +278,8 @@ def _build_segment(engine, docs: Iterable[Document], staging: Path, *, update: b
     _copy_structures(manifest, staging)
     if dense_encoder is not None:
         _write_dense_like(engine.dense.info, staging, np.concatenate(dense_vectors))
+    if engine.has_bm25:  # the base's avgdl and parameters, its vocabulary extended (lsr.bm25_field)
+        add_bm25_in(staging, base=engine.parts.bm25)
     return count, replaced, indexer.truncated
 
 
@@ -348,6 +353,8 @@ def compact(index_dir: str | os.PathLike, *, progress: bool = True) -> dict:
                 "compacted_from": {"generation": commit["generation"], **before}}, progress)
             if base.get("inference_free"):
                 add_inference_free(staging)
+            if engine.has_bm25:  # analyzed afresh: avgdl and document frequencies of the compacted collection
+                add_bm25_in(staging, engine.parts.bm25.settings)
             fsync_tree(staging)
             fault_point("compact.before_exchange")
         after = {"segments": 1, "deleted": 0, "documents": engine.index.num_docs}
@@ -370,6 +377,8 @@ def _merge_added_segments(index_dir: Path, commit: dict) -> int:
         staging.mkdir()
         count = _write_merged(engine, range(1, len(index.segments)), staging,
                               {"segment_of": str(index_dir.resolve())}, progress=False)
+        if engine.has_bm25 and count:
+            add_bm25_in(staging, base=engine.parts.bm25)
         fsync_tree(staging)
         os.replace(staging, root / name)
         fsync_tree(root, files=False)

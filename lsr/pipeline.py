@@ -26,6 +26,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from lsr.version import __version__
+from lsr.bm25_field import DEFAULT_ANALYZER, Bm25Settings
 from lsr.corpus import CorpusError, CorpusReader, Document
 from lsr.docstore import DOCSTORE_FILE, DocStore, DuplicateIdError
 from lsr.encoder import SparseBatch, SpladeEncoder
@@ -72,9 +73,12 @@ class BuildSettings:
     dense_model: str | None = None
     dense_dtype: str = "float16"
     hnsw_threshold: int | None = None
+    bm25: bool | None = None  # also store the BM25 field (None: for text corpora, not for vector files)
+    bm25_analyzer: str = DEFAULT_ANALYZER  # word (Lucene-English-like) or model (the SPLADE tokenizer)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "structures", tuple(self.structures))
+        Bm25Settings(analyzer=self.bm25_analyzer)  # a clear error for an unknown analyzer, before any work
 
     def load_encoder(self, threads: int | None = None) -> SpladeEncoder:
         """The SPLADE model these settings name."""
@@ -371,6 +375,8 @@ def _write_index(staging: Path, corpus: Path, source: Source, settings: BuildSet
     fault_point("build.finalized")
     if settings.reorder is not None:
         ckpt.discard()  # the document store gets renumbered: an interruption from here starts over
+    if settings.bm25 is None:
+        settings = replace(settings, bm25=isinstance(source, CorpusSource))
     add_optional_parts(staging, settings, progress)
     ckpt.discard()
     fault_point("build.before_exchange")
@@ -504,15 +510,21 @@ def _check_resumable(index_dir: Path, staging: Path, state: dict, settings: dict
 
 # ---------------------------------------------------------------------- optional parts of an index
 def add_optional_parts(index_dir: Path, settings: BuildSettings, progress: bool) -> None:
-    """The reordering, structures and dense vectors ``settings`` ask for, added to a written index directory."""
-    add_structures_in(index_dir, settings.structures, settings.reorder)
+    """The reordering, BM25 field, structures and dense vectors ``settings`` ask for, added to a written index
+    directory (the BM25 field after the reordering, so it is analyzed in the final document order)."""
+    add_structures_in(index_dir, (), settings.reorder)
+    if settings.bm25:
+        add_bm25_in(index_dir, Bm25Settings(analyzer=settings.bm25_analyzer))
+    add_structures_in(index_dir, settings.structures, None)
     if settings.dense:
         add_dense_in(index_dir, settings.dense_model, batch_size=settings.batch_size, dtype=settings.dense_dtype,
                      hnsw_threshold=settings.hnsw_threshold, progress=progress)
 
 
 def add_structures_in(index_dir: Path, names: Sequence[str], reorder: str | None, **params) -> None:
-    """Reorder documents (renumbering the document store to match), then build the named structures."""
+    """Reorder documents (renumbering the document store to match, and re-analyzing the BM25 field), then build the
+    named structures (for the BM25 field too, with their default parameters)."""
+    from lsr.bm25_field import field_dir, has_field
     from lsr.index.structures import add_structure
 
     if reorder is not None:
@@ -527,11 +539,53 @@ def add_structures_in(index_dir: Path, names: Sequence[str], reorder: str | None
         manifest = read_manifest(index_dir)
         manifest["documents"]["sha256"] = sha256_file(index_dir / DOCSTORE_FILE)
         write_manifest(index_dir, manifest)
+        if has_field(manifest):
+            add_bm25_in(index_dir)
     if names:
         index = InvertedIndex.open(index_dir)
         for name in names:
             add_structure(index, name, **params.get(name, {}))
             index = InvertedIndex.open(index_dir)
+        if has_field(read_manifest(index_dir)):
+            for name in names:
+                add_structure(InvertedIndex.open(field_dir(index_dir)), name)
+
+
+def add_bm25_in(index_dir: Path, settings: Bm25Settings | None = None, *, base=None) -> None:
+    """Analyze the stored documents of an index directory into its BM25 field (replacing any), with the pruning
+    structures the index has, and record it in the manifest. ``settings``: default those of the field it replaces,
+    else the defaults. ``base``: the open field (:class:`lsr.bm25_field.Bm25Side`) of the live index a new segment
+    joins, whose settings, ``avgdl`` and vocabulary it keeps (:func:`lsr.bm25_field.build_bm25_field`)."""
+    from lsr.bm25_field import Bm25Side, build_bm25_field, field_dir, has_field, manifest_entry
+    from lsr.index.structures import add_structure
+
+    index_dir = Path(index_dir)
+    manifest = read_manifest(index_dir)
+    if base is None and settings is None:
+        settings = Bm25Side.open([field_dir(index_dir)]).settings if has_field(manifest) else Bm25Settings()
+    analyzer = (base.settings if base is not None else settings).analyzer
+    tokenizer_json = _model_tokenizer_json(index_dir, manifest) if analyzer == "model" and base is None else None
+    store = DocStore(index_dir / DOCSTORE_FILE, readonly=True)
+    texts = (document_text(store.get(docno)) for docno in range(len(store)))
+    with staged_directory(field_dir(index_dir)) as staging:
+        build_bm25_field(texts, staging, settings or Bm25Settings(), tokenizer_json=tokenizer_json, base=base)
+        for name in manifest.get("structures", {}):
+            add_structure(InvertedIndex.open(staging), name)
+    del store, texts  # read-only connection: nothing to commit
+    manifest = read_manifest(index_dir)
+    manifest["bm25"] = manifest_entry(index_dir)
+    write_manifest(index_dir, manifest)
+
+
+def _model_tokenizer_json(index_dir: Path, manifest: dict) -> str:
+    """The SPLADE model's fast tokenizer: the index's inference-free copy, else loaded from the model."""
+    from lsr.models import resolve_model
+    from lsr.query_encoders import TOKENIZER_FILE, fast_tokenizer_json
+
+    stored = index_dir / TOKENIZER_FILE
+    if stored.is_file():
+        return stored.read_text(encoding="utf-8")
+    return fast_tokenizer_json(resolve_model(manifest["model"]["name"]).path)
 
 
 def add_inference_free_in(index_dir: Path, encoder: SpladeEncoder) -> None:

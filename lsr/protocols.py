@@ -1,7 +1,7 @@
 """The parts an engine is assembled from, as small protocols.
 
 A single index, a live (segmented) index and a sharded index each provide the same three sides (a sparse
-index, a document source, optionally a dense side) bundled as :class:`IndexParts`; the search layer
+index, a document source, optionally a dense side and a BM25 field) bundled as :class:`IndexParts`; the search layer
 (:class:`lsr.searcher.Searcher`) and :class:`lsr.engine.Engine` only use what is declared here. Document numbers
 are whatever the parts agree on (local, global over segments, or ``ordinal * shards + shard``); a lower number
 wins a tie everywhere.
@@ -77,6 +77,18 @@ class DenseSide(Protocol):
 
 
 @runtime_checkable
+class Bm25Field(Protocol):
+    """The BM25 field (``lsr.bm25_field.Bm25Side``): text queries as (term ids, idf x count) vectors over ``index``,
+    a sparse side like the learned one."""
+
+    index: SparseSide
+
+    def query_vector(self, text: str) -> Vector: ...
+
+    def describe(self) -> dict: ...
+
+
+@runtime_checkable
 class IndexParts(Protocol):
     """An opened index: its manifest and sides, plus how to describe, refresh and release it
     (:class:`lsr.snapshot.LocalIndex` for a single or live index, :class:`lsr.sharded.search.ShardSet`)."""
@@ -88,6 +100,9 @@ class IndexParts(Protocol):
 
     @property
     def dense(self) -> DenseSide | None: ...
+
+    @property
+    def bm25(self) -> "Bm25Field | None": ...
 
     def is_current(self) -> bool:
         """False once a newer commit of the index exists on disk."""

@@ -9,7 +9,7 @@ Searcher; the HTTP server and ``lsr eval`` call :meth:`Searcher.retrieve` with q
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Union
@@ -18,14 +18,22 @@ import numpy as np
 
 from lsr.corpus import Document
 from lsr.encoder import SparseBatch, SpladeEncoder
-from lsr.fusion import FusionConfig, fuse
+from lsr.fusion import (DEFAULT_PSEUDO_QUERIES, Candidates, FusionConfig, Scorer, agreement_weights, fuse,
+                        pseudo_query_weights, sample_pseudo_queries)
 from lsr.index.structures import MODES
 from lsr.protocols import DenseSide, IndexParts, Vector
 from lsr.onnx_encoders import DEFAULT_QUERY_RUNTIME, check_query_runtime, runtime_for
 from lsr.query_encoders import DEFAULT_QUERY_ENCODER, check_query_encoder
 
 Query = Union[str, dict[str, float], tuple[Sequence[int], Sequence[float]]]
-RETRIEVERS = ("sparse", "dense", "hybrid")
+SINGLE_RETRIEVERS = ("sparse", "dense", "bm25")  # each produces its own candidate lists
+# The combinations, best first as measured on the shared collections (eval/results/fusion-study.md): ``auto`` is
+# the first one the index holds every retriever of.
+AUTO_ORDER = (("sparse", "dense", "bm25"), ("sparse", "dense"), ("sparse", "bm25"), ("dense", "bm25"), ("sparse",))
+DEFAULT_RETRIEVER = "auto"
+LABEL_FREE_METHODS = ("pseudo", "agreement")  # weights chosen per collection without labels (label_free_weights)
+RETRIEVER_HELP = ("auto (the best combination this index holds), hybrid (all its retrievers fused), sparse, dense, "
+                  "bm25, or a combination such as sparse+dense+bm25")
 
 
 class ModelMismatchError(RuntimeError):
@@ -51,6 +59,7 @@ class HybridHit(Hit):
 
     sparse_score: float | None = None
     dense_score: float | None = None
+    bm25_score: float | None = None
 
 
 def check_search_args(k: int, mode: str) -> None:
@@ -60,10 +69,22 @@ def check_search_args(k: int, mode: str) -> None:
         raise ValueError(f"unknown mode {mode!r}; available: {', '.join(MODES)}")
 
 
-def check_retriever(retriever: str) -> None:
-    if retriever not in RETRIEVERS:
-        raise ValueError(f"unknown retriever {retriever!r}; available: {', '.join(RETRIEVERS)}")
+def parse_retriever(spec: str) -> tuple[str, ...] | str:
+    """A retriever spec: ``auto`` or ``hybrid`` (resolved against an index), or the retrievers it names
+    (``sparse``, ``dense+bm25``, ...) in canonical order. ValueError with the accepted forms otherwise."""
+    if spec in ("auto", "hybrid"):
+        return spec
+    names = [part.strip() for part in str(spec).split("+")]
+    unknown = [n for n in names if n not in SINGLE_RETRIEVERS]
+    if unknown or not names:
+        raise ValueError(f"unknown retriever {unknown[0] if unknown else spec!r} in {spec!r}; use {RETRIEVER_HELP}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"retriever {spec!r} names a retriever twice; use {RETRIEVER_HELP}")
+    return tuple(n for n in SINGLE_RETRIEVERS if n in names)
 
+
+def check_retriever(spec: str) -> None:
+    parse_retriever(spec)
 
 def matches_filter(metadata: dict, conditions: dict[str, Any]) -> bool:
     """Metadata equality: every ``field: value`` must be present and equal (a list value means any of)."""
@@ -95,6 +116,7 @@ class Searcher:
         # what runs text queries through a model: torch, onnx, onnx-int8 (lsr.onnx_encoders)
         self.query_runtime = check_query_runtime(query_runtime or DEFAULT_QUERY_RUNTIME)
         self._onnx_encoders: dict[tuple[str, str], object] = {}  # (sparse|dense, runtime) -> ONNX query encoder
+        self._label_free: dict[tuple, dict[str, float]] = {}  # label_free_weights, once per engine
         if encoder is not None:
             self._check_encoder(encoder)
             self._encoder = encoder
@@ -135,6 +157,40 @@ class Searcher:
         if not all(isinstance(q, str) for q in queries):
             raise ValueError("dense and hybrid retrieval need text queries")
         return self.dense_query_encoder(query_runtime).encode_queries(list(queries))
+
+    # ------------------------------------------------------------------ BM25 field
+    @property
+    def has_bm25(self) -> bool:
+        """Whether the index stores the BM25 field (``retriever="bm25"``)."""
+        return self.parts.bm25 is not None
+
+    def require_bm25(self):
+        """The BM25 field (:class:`lsr.bm25_field.Bm25Side`), or a ValueError saying how to add it."""
+        if self.parts.bm25 is None:
+            raise ValueError(f"index {self.index_dir} has no BM25 field; add it with `lsr index --add-bm25 --index "
+                             f"{self.index_dir}` or Engine.add_bm25()")
+        return self.parts.bm25
+
+    def bm25_query_vectors(self, queries: Sequence[Query]) -> list[Vector]:
+        """BM25 query vectors (term ids, idf x count) of text queries."""
+        if not all(isinstance(q, str) for q in queries):
+            raise ValueError("BM25 retrieval needs text queries")
+        field = self.require_bm25()
+        return [field.query_vector(q) for q in queries]
+
+    def bm25_candidates(self, queries: Sequence[str], k: int, mode: str = "exact", params: dict | None = None,
+                        threads: int | None = None) -> list[list[tuple[int, float]]]:
+        """Top-k (document number, BM25 score) of each text query from the BM25 field, in ``mode`` (exact, bmp,
+        bmp-approx, seismic: the field's own structures); ``params`` are the mode's knobs."""
+        check_search_args(k, mode)
+        rankings = self._bm25_rankings(self.bm25_query_vectors(queries), k, mode, params or {}, threads)
+        return [[(int(d), float(s)) for d, s in zip(ids, scores)] for ids, scores in rankings]
+
+    def _bm25_rankings(self, vectors: list[Vector], k: int, mode: str, params: dict, threads: int | None):
+        index = self.require_bm25().index
+        if len(vectors) == 1:
+            return [index.search(*vectors[0], k=k, mode=mode, **params)]
+        return index.search_batch(vectors, k=k, threads=threads, mode=mode, **params)
 
     # ------------------------------------------------------------------ sparse query encoders
     @property
@@ -218,85 +274,145 @@ class Searcher:
                 vectors.append(self.query_vector(q))
         return vectors
 
-    # ------------------------------------------------------------------ search
-    def search(self, query: Query, k: int = 10, mode: str = "exact", *, retriever: str = "sparse",
-               fusion=None, alpha: float | None = None, filter: dict | None = None,
-               query_encoder: str = DEFAULT_QUERY_ENCODER, query_runtime: str | None = None, **params) -> list[Hit]:
-        """Top-k documents for one query; ``params`` are the mode's knobs (e.g. BMP's alpha/beta).
+    # ------------------------------------------------------------------ retrievers
+    def available_retrievers(self) -> tuple[str, ...]:
+        """The single retrievers this index holds: ``sparse``; ``dense`` with dense vectors; ``bm25`` with a BM25
+        field."""
+        have = {"sparse": True, "dense": self.dense is not None, "bm25": self.has_bm25}
+        return tuple(name for name in SINGLE_RETRIEVERS if have[name])
 
-        ``retriever="dense"|"hybrid"`` uses the dense vectors (hybrid: fused with :mod:`lsr.fusion`; ``fusion``
-        is ``"convex"``, ``"rrf"`` or a :class:`lsr.fusion.FusionConfig`, ``alpha`` the sparse weight);
-        ``filter`` keeps documents whose metadata equals every ``{field: value}``. ``query_encoder`` encodes text
-        for the sparse side: ``model`` (SPLADE) or ``inference-free`` (tokenizer + the index's IDF table, no model).
-        ``query_runtime`` (``torch``, ``onnx``, ``onnx-int8``; default: the engine's) runs the models on text queries.
+    def resolve_retriever(self, spec: str = DEFAULT_RETRIEVER, text: bool = True) -> tuple[str, ...]:
+        """The retrievers a spec means on this index (ValueError naming what is missing).
+
+        ``auto``: the first combination of :data:`AUTO_ORDER` this index holds (only ``sparse`` unless the queries
+        are ``text``: dense and BM25 retrieval encode text); ``hybrid``: every retriever the index holds, fused."""
+        parsed = parse_retriever(spec)
+        have = self.available_retrievers() if text else ("sparse",)
+        if parsed == "auto":
+            return next(combo for combo in AUTO_ORDER if set(combo) <= set(have))
+        if parsed == "hybrid":
+            if len(have) < 2:
+                raise ValueError(f"hybrid retrieval fuses several retrievers, and index {self.index_dir} has only "
+                                 "sparse vectors; add dense vectors with `lsr index --add-dense` (or a BM25 field)")
+            return have
+        for name in parsed:
+            if name == "dense":
+                self.require_dense()
+            elif name == "bm25":
+                self.require_bm25()
+        return parsed
+
+    def label_free_weights(self, retriever: str = "hybrid", method: str = "pseudo", *,
+                           queries: int = DEFAULT_PSEUDO_QUERIES, seed: int = 0, depth: int = 100) -> dict[str, float]:
+        """Fusion weights for this collection chosen without relevance labels (cached per engine).
+
+        ``pseudo``: :func:`lsr.fusion.pseudo_query_weights` on ``queries`` known-item pseudo-queries drawn from the
+        index's own documents (:func:`lsr.fusion.sample_pseudo_queries`, ``seed``); ``agreement``:
+        :func:`lsr.fusion.agreement_weights` on the same pseudo-queries. Each retriever answers them to ``depth``."""
+        if method not in LABEL_FREE_METHODS:
+            raise ValueError(f"unknown label-free weighting {method!r}; available: {', '.join(LABEL_FREE_METHODS)}")
+        names = self.resolve_retriever(retriever)
+        if len(names) < 2:
+            raise ValueError(f"retriever {retriever!r} is {names[0]} alone on {self.index_dir}: nothing to weigh")
+        key = (names, method, queries, seed, depth)
+        if key not in self._label_free:
+            from lsr.pipeline import document_text
+
+            pairs = sample_pseudo_queries(self.index.num_docs, lambda docno: document_text(self.docs.get(docno)),
+                                          queries, seed)
+            texts = [text for _, text in pairs]
+            runs = {name: [(np.array([h.docno for h in hits], np.int64), np.array([h.score for h in hits]))
+                           for hits in self.retrieve(texts, depth, retriever=name)] for name in names}
+            self._label_free[key] = (pseudo_query_weights(runs, [docno for docno, _ in pairs]) if method == "pseudo"
+                                     else agreement_weights(runs))
+        return self._label_free[key]
+
+    # ------------------------------------------------------------------ search
+    def search(self, query: Query, k: int = 10, mode: str = "exact", *, retriever: str = DEFAULT_RETRIEVER,
+               fusion=None, alpha: float | None = None, weights: dict[str, float] | str | None = None,
+               filter: dict | None = None, query_encoder: str = DEFAULT_QUERY_ENCODER,
+               query_runtime: str | None = None, **params) -> list[Hit]:
+        """Top-k documents for one query; ``params`` are the sparse mode's knobs (e.g. BMP's alpha/beta).
+
+        ``retriever``: ``auto`` (default: the best measured combination this index holds, see :data:`AUTO_ORDER`),
+        ``hybrid`` (all of the index's retrievers fused), a single retriever (``sparse``, ``dense``, ``bm25``) or a
+        combination (``sparse+dense``, ``dense+bm25``, ...) fused with :mod:`lsr.fusion`: ``fusion`` is
+        ``"convex"``, ``"rrf"`` or a :class:`lsr.fusion.FusionConfig`, ``weights`` each retriever's weight or
+        ``"pseudo"``/``"agreement"`` to choose them on this collection without labels (:meth:`label_free_weights`;
+        ``alpha``: the sparse weight of sparse+dense). ``filter`` keeps documents whose metadata equals every
+        ``{field: value}``. ``query_encoder`` encodes text for the sparse side: ``model`` (SPLADE) or
+        ``inference-free`` (tokenizer + the index's IDF table, no model). ``query_runtime`` (``torch``, ``onnx``,
+        ``onnx-int8``; default: the engine's) runs the models on text queries.
         """
-        check_query_encoder(query_encoder)
-        if retriever != "sparse" or fusion is not None or alpha is not None or filter:
-            sparse = dense = None
-            if (query_encoder != DEFAULT_QUERY_ENCODER or query_runtime) and retriever != "dense":
-                sparse = [self.query_vector(query, query_encoder, query_runtime)]
-            if query_runtime and retriever != "sparse" and isinstance(query, str):
-                dense = self.dense_query_vectors([query], query_runtime)
-            return self.retrieve([query], k, mode=mode, retriever=retriever, fusion=fusion, alpha=alpha,
-                                 filter=filter, params=params, sparse_vectors=sparse, dense_vectors=dense)[0]
-        check_search_args(k, mode)
-        ids, scores = self.index.search(*self.query_vector(query, query_encoder, query_runtime), k=k, mode=mode,
-                                        **params)
-        return self._hits(ids, scores)
+        return self.search_batch([query], k, mode, retriever=retriever, fusion=fusion, alpha=alpha, weights=weights,
+                                 filter=filter, query_encoder=query_encoder, query_runtime=query_runtime, **params)[0]
 
     def search_batch(
         self, queries: Sequence[Query], k: int = 10, mode: str = "exact", threads: int | None = None, *,
-        retriever: str = "sparse", fusion=None, alpha: float | None = None, filter: dict | None = None,
+        retriever: str = DEFAULT_RETRIEVER, fusion=None, alpha: float | None = None,
+        weights: dict[str, float] | str | None = None, filter: dict | None = None,
         query_encoder: str = DEFAULT_QUERY_ENCODER, query_runtime: str | None = None, **params
     ) -> list[list[Hit]]:
         """Top-k documents for many queries (text queries encoded in batches, search parallel over queries)."""
         check_query_encoder(query_encoder)
-        if retriever != "sparse" or fusion is not None or alpha is not None or filter:
+        names = self.resolve_retriever(retriever, text=all(isinstance(q, str) for q in queries))
+        if names != ("sparse",) or fusion is not None or alpha is not None or weights is not None or filter:
             sparse = dense = None
-            if (query_encoder != DEFAULT_QUERY_ENCODER or query_runtime) and retriever != "dense":
+            if "sparse" in names and (query_encoder != DEFAULT_QUERY_ENCODER or query_runtime):
                 sparse = self.query_vectors(queries, query_encoder, query_runtime)
-            if query_runtime and retriever != "sparse":
+            if "dense" in names and query_runtime:
                 dense = self.dense_query_vectors(queries, query_runtime)
-            return self.retrieve(queries, k, mode=mode, retriever=retriever, fusion=fusion, alpha=alpha,
-                                 filter=filter, threads=threads, params=params, sparse_vectors=sparse,
-                                 dense_vectors=dense)
+            return self.retrieve(queries, k, mode=mode, retriever="+".join(names), fusion=fusion, alpha=alpha,
+                                 weights=weights, filter=filter, threads=threads, params=params,
+                                 sparse_vectors=sparse, dense_vectors=dense)
         check_search_args(k, mode)
         vectors = self.query_vectors(queries, query_encoder, query_runtime)
-        results = self.index.search_batch(vectors, k=k, threads=threads, mode=mode, **params)
+        if len(vectors) == 1:  # the single-query kernel: no parallel region, so concurrent callers scale over threads
+            results = [self.index.search(*vectors[0], k=k, mode=mode, **params)]
+        else:
+            results = self.index.search_batch(vectors, k=k, threads=threads, mode=mode, **params)
         return [self._hits(ids, scores) for ids, scores in results]
 
     def retrieve(
-        self, queries: Sequence[Query], k: int = 10, *, mode: str = "exact", retriever: str = "sparse",
+        self, queries: Sequence[Query], k: int = 10, *, mode: str = "exact", retriever: str = DEFAULT_RETRIEVER,
         fusion: FusionConfig | str | None = None, alpha: float | None = None, normalization: str | None = None,
-        depth: int | None = None, rrf_k: int | None = None, filter: dict[str, Any] | None = None,
-        sparse_vectors: Sequence[Vector] | None = None, dense_vectors: np.ndarray | None = None,
-        threads: int | None = None, params: dict[str, Any] | None = None,
+        depth: int | None = None, rrf_k: int | None = None, weights: dict[str, float] | str | None = None,
+        filter: dict[str, Any] | None = None, sparse_vectors: Sequence[Vector] | None = None,
+        dense_vectors: np.ndarray | None = None, threads: int | None = None, params: dict[str, Any] | None = None,
     ) -> list[list[HybridHit]]:
-        """Top-k of each query with the sparse, dense or hybrid retriever, hits with per-retriever scores.
+        """Top-k of each query with a retriever spec (see :meth:`search`), hits with per-retriever scores.
 
         ``filter`` keeps only documents whose metadata equals every given ``{field: value}`` (the ranking is
         deepened until k documents pass or the collection is exhausted). ``sparse_vectors`` / ``dense_vectors`` are
         precomputed query vectors (e.g. encoded in a micro-batch by the server); otherwise text queries are encoded
-        here. ``params`` are the sparse mode's knobs.
+        here. ``params`` are the sparse mode's knobs (the BM25 field is searched in the same mode).
         """
-        check_retriever(retriever)
+        text = all(isinstance(q, str) for q in queries)
+        names = self.resolve_retriever(retriever, text=text)
         check_search_args(k, mode)
         params = params or {}
-        config = FusionConfig.make(fusion, alpha=alpha, normalization=normalization, depth=depth, rrf_k=rrf_k)
+        if isinstance(weights, str):  # a label-free method: weights chosen on this collection's pseudo-queries
+            weights = self.label_free_weights("+".join(names), weights) if len(names) > 1 else None
+        config = FusionConfig.make(fusion, alpha=alpha, normalization=normalization, depth=depth, rrf_k=rrf_k,
+                                   weights=weights)
+        if len(names) > 1:
+            config.weights_for(names)  # weights that do not fit the retrievers fail before any search
+        if not text and set(names) & {"dense", "bm25"}:
+            raise ValueError(f"retriever {'+'.join(names)} needs text queries (dense and BM25 retrieval encode text)")
         if not len(queries):
             return []
-        if retriever in ("sparse", "hybrid") and sparse_vectors is None:
+        if "sparse" in names and sparse_vectors is None:
             sparse_vectors = self.query_vectors(queries)
-        if retriever in ("dense", "hybrid"):
+        if "dense" in names:
             self.require_dense()
             if dense_vectors is None:
                 dense_vectors = self.dense_query_vectors(queries)
             dense_vectors = np.asarray(dense_vectors, np.float32)
+        batch = QueryBatch(list(queries), None if "sparse" not in names else list(sparse_vectors),
+                           None if "dense" not in names else dense_vectors)
 
         def rank(kk: int, rows: list[int]) -> list[list[HybridHit]]:
-            return self._rank(kk, mode, retriever, config, params, threads,
-                              None if sparse_vectors is None else [sparse_vectors[i] for i in rows],
-                              None if dense_vectors is None else dense_vectors[rows])
+            return self._rank(kk, mode, names, config, params, threads, batch.rows(rows))
 
         rows = list(range(len(queries)))
         if not filter:
@@ -316,50 +432,36 @@ class Searcher:
             pending, fetch = again, min(num_docs, fetch * 4)
         return results
 
-    def _rank(self, k: int, mode: str, retriever: str, config: FusionConfig, params: dict, threads: int | None,
-              sparse_vectors: list[Vector] | None, dense_vectors: np.ndarray | None) -> list[list[HybridHit]]:
-        """Each side's top-k' (k' = the fusion depth for hybrid), fused with exact scores for missing sides."""
-        n = len(sparse_vectors if sparse_vectors is not None else dense_vectors)
-        depth_k = max(k, config.depth) if retriever == "hybrid" else k
-        sparse_results = dense_results = None
-        if retriever in ("sparse", "hybrid"):
-            if n == 1:  # the single-query kernel: no parallel region, so concurrent callers scale over threads
-                sparse_results = [self.index.search(*sparse_vectors[0], k=depth_k, mode=mode, **params)]
-            else:
-                sparse_results = self.index.search_batch(list(sparse_vectors), k=depth_k, threads=threads, mode=mode,
-                                                         **params)
-        if retriever in ("dense", "hybrid"):
-            dense_results = self.dense.search_batch(dense_vectors, k=depth_k)
+    def _rank(self, k: int, mode: str, names: tuple[str, ...], config: FusionConfig, params: dict,
+              threads: int | None, batch: "QueryBatch") -> list[list[HybridHit]]:
+        """Each retriever's top-k' (k' = the fusion depth when fusing), fused with exact scores where a retriever
+        can score the documents it did not return."""
+        depth_k = max(k, config.depth) if len(names) > 1 else k
+        lists = {name: RETRIEVER_REGISTRY[name].candidates(self, batch, depth_k, mode, params, threads)
+                 for name in names}
         out = []
-        for i in range(n):
-            if retriever == "sparse":
-                ids, scores = sparse_results[i]
-                out.append(self._hybrid_hits(ids, scores, scores, None))
-            elif retriever == "dense":
-                ids, scores = dense_results[i]
-                out.append(self._hybrid_hits(ids, scores, None, scores))
-            else:
-                vector, qvec = sparse_vectors[i], dense_vectors[i]
-                fused = fuse(sparse_results[i], dense_results[i], config, k,
-                             score_sparse=lambda docs, v=vector: self.index.score_docs(v, docs),
-                             score_dense=lambda docs, q=qvec: self.dense.score(q, docs).astype(np.float64))
-                out.append(self._hybrid_hits(fused.docs, fused.scores, fused.sparse, fused.dense))
+        for i in range(len(batch)):
+            if len(names) == 1:
+                ids, scores = lists[names[0]][i]
+                out.append(self._hybrid_hits(ids, scores, {names[0]: scores}))
+                continue
+            scorers = {name: RETRIEVER_REGISTRY[name].scorer(self, batch, i) for name in names}
+            fused = fuse({name: lists[name][i] for name in names}, config, k, scorers)
+            out.append(self._hybrid_hits(fused.docs, fused.scores, fused.retriever_scores))
         return out
 
     def _hits(self, ids: np.ndarray, scores: np.ndarray) -> list[Hit]:
         headers = self.docs.headers([int(i) for i in ids])
         return [Hit(headers[int(i)][0], float(s), headers[int(i)][1], int(i)) for i, s in zip(ids, scores)]
 
-    def _hybrid_hits(self, ids, scores, sparse, dense) -> list[HybridHit]:
+    def _hybrid_hits(self, ids, scores, per_retriever: dict[str, np.ndarray]) -> list[HybridHit]:
         ids = [int(i) for i in ids]
         headers = self.docs.headers(ids)
         hits = []
         for j, docno in enumerate(ids):
-            hits.append(HybridHit(
-                headers[docno][0], float(scores[j]), headers[docno][1], docno,
-                sparse_score=None if sparse is None or np.isnan(sparse[j]) else float(sparse[j]),
-                dense_score=None if dense is None or np.isnan(dense[j]) else float(dense[j]),
-            ))
+            own = {f"{name}_score": None if np.isnan(values[j]) else float(values[j])
+                   for name, values in per_retriever.items()}
+            hits.append(HybridHit(headers[docno][0], float(scores[j]), headers[docno][1], docno, **own))
         return hits
 
     # ------------------------------------------------------------------ documents
@@ -371,3 +473,67 @@ class Searcher:
         """A document's indexed (quantized) term weights, decoded to tokens."""
         terms, weights = self.index.doc_vector(self.docs.docno(doc_id))
         return self.encoder.decode(terms, weights, top)
+
+
+# ---------------------------------------------------------------------- the retriever registry
+@dataclass
+class QueryBatch:
+    """Queries with what each retriever reads: the text, sparse vectors, dense vectors [n, dim]."""
+
+    queries: list[Query]
+    sparse: list[Vector] | None = None
+    dense: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.queries)
+
+    def rows(self, rows: list[int]) -> "QueryBatch":
+        return QueryBatch([self.queries[i] for i in rows], None if self.sparse is None else [self.sparse[i] for i in rows],
+                          None if self.dense is None else self.dense[rows])
+
+
+def _sparse_candidates(searcher: Searcher, batch: QueryBatch, k: int, mode: str, params: dict,
+                       threads: int | None) -> list[Candidates]:
+    if len(batch) == 1:  # the single-query kernel: no parallel region, so concurrent callers scale over threads
+        return [searcher.index.search(*batch.sparse[0], k=k, mode=mode, **params)]
+    return searcher.index.search_batch(list(batch.sparse), k=k, threads=threads, mode=mode, **params)
+
+
+def _dense_candidates(searcher: Searcher, batch: QueryBatch, k: int, mode: str, params: dict,
+                      threads: int | None) -> list[Candidates]:
+    return searcher.dense.search_batch(batch.dense, k=k)
+
+
+def _bm25_candidates(searcher: Searcher, batch: QueryBatch, k: int, mode: str, params: dict,
+                     threads: int | None) -> list[Candidates]:
+    return searcher._bm25_rankings(searcher.bm25_query_vectors(batch.queries), k, mode, params, threads)
+
+
+def _sparse_scorer(searcher: Searcher, batch: QueryBatch, i: int) -> Scorer:
+    return lambda docs: searcher.index.score_docs(batch.sparse[i], docs)
+
+
+def _dense_scorer(searcher: Searcher, batch: QueryBatch, i: int) -> Scorer:
+    return lambda docs: searcher.dense.score(batch.dense[i], docs).astype(np.float64)
+
+
+def _bm25_scorer(searcher: Searcher, batch: QueryBatch, i: int) -> Scorer:
+    vector = searcher.bm25_query_vectors([batch.queries[i]])[0]
+    return lambda docs: searcher.require_bm25().index.score_docs(vector, docs)
+
+
+@dataclass(frozen=True)
+class SingleRetriever:
+    """A retriever that produces its own candidates: ``candidates(searcher, batch, k, mode, params, threads)`` gives
+    each query's top-k (doc numbers, scores); ``scorer(searcher, batch, i)`` the exact scorer of query i's
+    documents, or None (a fused candidate it did not return then counts as its worst retrieved score)."""
+
+    candidates: Callable[..., list[Candidates]]
+    scorer: Callable[[Searcher, QueryBatch, int], Scorer | None]
+
+
+RETRIEVER_REGISTRY: dict[str, SingleRetriever] = {
+    "sparse": SingleRetriever(_sparse_candidates, _sparse_scorer),
+    "dense": SingleRetriever(_dense_candidates, _dense_scorer),
+    "bm25": SingleRetriever(_bm25_candidates, _bm25_scorer),
+}

@@ -231,6 +231,7 @@ class LocalIndex:
         self.commit = commit  # the live-index commit, None for a never-changed index
         self.stamp = stamp  # commit_stamp() when opened
         self._dense = dense
+        self._bm25 = _NOT_OPENED
 
     @property
     def dense(self) -> DenseSide | None:
@@ -240,6 +241,13 @@ class LocalIndex:
 
             self._dense = DenseIndex.open(self.index_dir, self.manifest)
         return self._dense
+
+    @property
+    def bm25(self):
+        """The BM25 field (:class:`lsr.bm25_field.Bm25Side`, over every segment of a live index), or None."""
+        if self._bm25 is _NOT_OPENED:
+            self._bm25 = open_bm25(self.index_dir, self.commit, self.index)
+        return self._bm25
 
     def is_current(self) -> bool:
         return commit_stamp(self.index_dir) == self.stamp
@@ -273,11 +281,32 @@ class LocalIndex:
         }
 
 
+def open_bm25(index_dir: Path, commit: dict | None, index):
+    """The BM25 field of a single index or of every segment of a live one (None if the index has none); segments
+    are searched as one :class:`SegmentedIndex` with the same tombstones as ``index``."""
+    from lsr.bm25_field import Bm25Side, field_dir, has_field
+
+    parts = segment_dirs(index_dir, commit)
+    manifests = [read_manifest(path) for path, _ in parts]
+    have = [has_field(m) for m in manifests]
+    if not any(have):
+        return None
+    if not all(have):
+        raise IndexFormatError(f"{index_dir}: some segments have the BM25 field and others not; run `lsr index "
+                               f"--add-bm25 --index {index_dir}` after `lsr compact`")
+    dirs = [field_dir(path) for path, _ in parts]
+    fields = [InvertedIndex.open(d, checksums=True) for d in dirs]
+    if commit is None:
+        return Bm25Side.open(dirs, fields[0])
+    return Bm25Side.open(dirs, SegmentedIndex(fields, [base for _, base in parts], index.deleted))
+
+
 def build_details(manifest: dict) -> dict:
     """The build's part of ``info()``: quantization, models, when and from what, optional parts (single, live and
     sharded indexes alike)."""
     required = {key: manifest[key] for key in ("quantization", "model", "built_at", "build_seconds", "corpus")}
-    return {**required, "dense": manifest.get("dense"), "inference_free": manifest.get("inference_free")}
+    return {**required, "dense": manifest.get("dense"), "inference_free": manifest.get("inference_free"),
+            "bm25": manifest.get("bm25")}
 
 
 def open_local(index_dir: str | os.PathLike, verify: bool = False, checksums: bool = True) -> LocalIndex:

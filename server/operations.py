@@ -15,6 +15,7 @@ import numpy as np
 
 from lsr.corpus import Document
 from lsr.engine import Engine, IndexFormatError
+from lsr.fusion import FusionConfig
 from lsr.server.errors import UserError
 from lsr.server.rendering import needs_sparse_vector, render_hits, search_response
 from lsr.server.schemas import (AddDocumentsRequest, BatchSearchRequest, DocumentResponse, SearchOptions,
@@ -31,8 +32,8 @@ async def search(state: ServerState, q: Optional[str], opts: SearchOptions) -> S
     started = time.perf_counter()
     q = state.limits.check_query(q)
     engine = state.engine  # one snapshot for the whole request, even if a newer commit is swapped in meanwhile
-    _check_options(engine, opts)
-    need_sparse, need_dense = needs_sparse_vector(opts), opts.retriever != "sparse"
+    names = _check_options(engine, opts)
+    need_sparse, need_dense = needs_sparse_vector(opts, names), "dense" in names
     free = opts.query_encoder == INFERENCE_FREE  # tokenizer + table lookup: microseconds, no batching
     sparse_vec, dense_vec = await asyncio.gather(
         state.sparse_batcher.submit(q) if need_sparse and not free else _none(),
@@ -40,12 +41,12 @@ async def search(state: ServerState, q: Optional[str], opts: SearchOptions) -> S
     )
     if need_sparse and free:
         sparse_vec = engine.query_vectors([q], INFERENCE_FREE)[0]
-    hits = await state.search_pool.run(_rank_and_render, state, engine, [q], opts,
+    hits = await state.search_pool.run(_rank_and_render, state, engine, [q], opts, names,
                                        None if sparse_vec is None else [sparse_vec],
                                        None if dense_vec is None else np.asarray(dense_vec)[None, :])
     took = time.perf_counter() - started
     state.record(took)
-    return search_response(q, opts, hits[0], took)
+    return search_response(q, opts, names, hits[0], took)
 
 
 async def search_batch(state: ServerState, body: BatchSearchRequest) -> BatchSearchResponse:
@@ -54,39 +55,45 @@ async def search_batch(state: ServerState, body: BatchSearchRequest) -> BatchSea
     state.limits.check_batch(len(body.queries))
     queries = [state.limits.check_query(q) for q in body.queries]
     engine = state.engine
-    _check_options(engine, body)
-    need_sparse, need_dense = needs_sparse_vector(body), body.retriever != "sparse"
+    names = _check_options(engine, body)
+    need_sparse, need_dense = needs_sparse_vector(body, names), "dense" in names
     if need_sparse and body.query_encoder == INFERENCE_FREE:
         sparse_vecs = engine.query_vectors(queries, INFERENCE_FREE)
     else:
         sparse_vecs = await state.encode_pool.run(state.encode_sparse_chunked, queries) if need_sparse else None
     dense_vecs = await state.encode_pool.run(state.encode_dense_chunked, queries) if need_dense else None
-    results = await state.search_pool.run(_rank_and_render, state, engine, queries, body, sparse_vecs, dense_vecs)
+    results = await state.search_pool.run(_rank_and_render, state, engine, queries, body, names, sparse_vecs,
+                                          dense_vecs)
     took = time.perf_counter() - started
     state.record(took, len(queries))
     return BatchSearchResponse(took_ms=round(took * 1000, 3), results=[
-        search_response(q, body, hits, took) for q, hits in zip(queries, results)])
+        search_response(q, body, names, hits, took) for q, hits in zip(queries, results)])
 
 
-def _check_options(engine: Engine, opts: SearchOptions) -> None:
-    if opts.retriever != "sparse" and engine.dense is None:
-        raise UserError(422, f"retriever {opts.retriever!r} needs dense vectors, and this index has none "
-                             "(build it with `lsr index --dense`)")
+def _check_options(engine: Engine, opts: SearchOptions) -> tuple[str, ...]:
+    """The retrievers ``opts.retriever`` means on this index (422 when the index lacks one, or for bad weights)."""
+    try:
+        names = engine.resolve_retriever(opts.retriever)
+        if len(names) > 1:
+            FusionConfig.make(opts.fusion, alpha=opts.alpha, weights=opts.weights).weights_for(names)
+    except ValueError as err:
+        raise UserError(422, str(err)) from None
     if opts.query_encoder not in engine.query_encoder_names():
         raise UserError(422, f"query_encoder {opts.query_encoder!r} needs the index's query table, and this index has "
                              f"none (add it with `lsr index --add-inference-free --index {engine.index_dir}`)")
+    return names
 
 
 def _rank_and_render(cancellation: Cancellation, state: ServerState, engine: Engine, queries: list[str],
-                     opts: SearchOptions, sparse_vecs, dense_vecs) -> list[list[dict]]:
+                     opts: SearchOptions, names: tuple[str, ...], sparse_vecs, dense_vecs) -> list[list[dict]]:
     """Runs on a search thread: rank with the engine, then render the hits (stops once abandoned)."""
     state.reached("search")
     cancellation.check()
     try:
         ranked = engine.search_encoded(
             queries, opts.k, sparse_vectors=sparse_vecs, dense_vectors=dense_vecs, mode=opts.mode,
-            retriever=opts.retriever, fusion=opts.fusion, alpha=opts.alpha, normalization=opts.normalization,
-            depth=opts.depth, rrf_k=opts.rrf_k, filter=opts.filter, params=opts.params, threads=1)
+            retriever="+".join(names), fusion=opts.fusion, alpha=opts.alpha, normalization=opts.normalization,
+            depth=opts.depth, rrf_k=opts.rrf_k, weights=opts.weights, filter=opts.filter, params=opts.params, threads=1)
     except (ValueError, TypeError, IndexFormatError) as err:  # bad mode knobs, mode without its structure
         raise UserError(422, str(err)) from err
     return [render_hits(engine, q, hits, opts, None if sparse_vecs is None else sparse_vecs[i], cancellation)

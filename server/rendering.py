@@ -13,7 +13,7 @@ from fastapi.staticfiles import StaticFiles
 from lsr.engine import Engine
 from lsr.explain import snippet
 from lsr.fusion import FusionConfig
-from lsr.server.schemas import DEFAULT_FIELDS, SearchHit, SearchOptions, SearchResponse
+from lsr.server.schemas import DEFAULT_FIELDS, SCORE_FIELDS, SearchHit, SearchOptions, SearchResponse
 from lsr.server.workers import Cancellation
 
 STATIC_DIR = Path(__file__).parent / "static"
@@ -30,9 +30,9 @@ def hit_fields(opts: SearchOptions) -> set[str]:
     return fields
 
 
-def needs_sparse_vector(opts: SearchOptions) -> bool:
+def needs_sparse_vector(opts: SearchOptions, retrievers: tuple[str, ...]) -> bool:
     """Whether the query's sparse vector is needed: sparse ranking, or explaining and highlighting hits."""
-    return opts.retriever != "dense" or opts.explain or "highlights" in set(opts.fields or DEFAULT_FIELDS)
+    return "sparse" in retrievers or opts.explain or "highlights" in set(opts.fields or DEFAULT_FIELDS)
 
 
 def render_hits(engine: Engine, q: str, hits, opts: SearchOptions, sparse_vec,
@@ -52,7 +52,7 @@ def render_hits(engine: Engine, q: str, hits, opts: SearchOptions, sparse_vec,
             row["score"] = hit.score
         if "title" in fields:
             row["title"] = hit.title
-        for name in ("sparse_score", "dense_score"):
+        for name in SCORE_FIELDS:
             if name in fields:
                 row[name] = getattr(hit, name, None)
         terms = None
@@ -82,13 +82,15 @@ def render_hits(engine: Engine, q: str, hits, opts: SearchOptions, sparse_vec,
     return out
 
 
-def search_response(q: str, opts: SearchOptions, hits: list[dict], took: float) -> SearchResponse:
-    """One query's response (with the fusion settings used, for hybrid)."""
+def search_response(q: str, opts: SearchOptions, retrievers: tuple[str, ...], hits: list[dict],
+                    took: float) -> SearchResponse:
+    """One query's response (with the fusion settings used, each retriever's weight included, when fusing)."""
     fusion = None
-    if opts.retriever == "hybrid":
-        fusion = FusionConfig.make(opts.fusion, alpha=opts.alpha, normalization=opts.normalization,
-                                   depth=opts.depth, rrf_k=opts.rrf_k).to_dict()
-    return SearchResponse(query=q, retriever=opts.retriever, query_encoder=opts.query_encoder, mode=opts.mode,
+    if len(retrievers) > 1:
+        config = FusionConfig.make(opts.fusion, alpha=opts.alpha, normalization=opts.normalization,
+                                   depth=opts.depth, rrf_k=opts.rrf_k, weights=opts.weights)
+        fusion = {**config.to_dict(), "weights": config.weights_for(retrievers)}
+    return SearchResponse(query=q, retriever="+".join(retrievers), query_encoder=opts.query_encoder, mode=opts.mode,
                           k=opts.k, fusion=fusion, took_ms=round(took * 1000, 3), hits=[SearchHit(**h) for h in hits])
 
 

@@ -9,13 +9,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
-from lsr.engine import MODES
+from lsr.engine import DEFAULT_RETRIEVER, MODES, RETRIEVER_HELP
 from lsr.fusion import MAX_DEPTH
 from lsr.server import operations
 from lsr.server.auth import ApiKeyScheme, BearerScheme
 from lsr.server.schemas import (
     HIT_FIELDS, AddDocumentsResponse, BatchSearchRequest, BatchSearchResponse, DeleteDocumentResponse,
-    DocumentResponse, ErrorBody, FusionName, Health, Limits, Normalization, QueryEncoderName, Retriever,
+    DocumentResponse, ErrorBody, FusionName, Health, Limits, Normalization, QueryEncoderName,
     SearchOptions, SearchRequest, SearchResponse, Stats, AddDocumentsRequest,
 )
 from lsr.server.state import ServerState, get_state
@@ -93,7 +93,7 @@ async def search_get(
     q: Annotated[Optional[str], Query(description="Query text.")] = None,
     k: Annotated[int, Query(ge=1, le=1000)] = 10,
     mode: str = "exact",
-    retriever: Retriever = "sparse",
+    retriever: Annotated[str, Query(description=f"Retriever: {RETRIEVER_HELP}.")] = DEFAULT_RETRIEVER,
     query_encoder: QueryEncoderName = "model",
     fusion: Optional[FusionName] = None,
     alpha: Annotated[Optional[float], Query(ge=0.0, le=1.0)] = None,

@@ -7,7 +7,7 @@ from typing import Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, field_validator
 
-from lsr.engine import MODES
+from lsr.engine import DEFAULT_RETRIEVER, MODES, RETRIEVER_HELP, parse_retriever
 from lsr.fusion import NORMALIZATIONS, MAX_DEPTH
 
 MAX_K = 1000
@@ -20,11 +20,10 @@ MAX_TITLE_CHARS = 2_000
 MAX_ID_CHARS = 512
 MAX_METADATA_DEPTH = 8
 DEFAULT_TIMEOUT_S = 30.0          # per-request timeout of searches and document fetches (--timeout)
-HIT_FIELDS = ("id", "score", "title", "snippet", "highlights", "text", "metadata", "sparse_score", "dense_score",
-              "explain")
-DEFAULT_FIELDS = ("id", "score", "title", "snippet", "highlights", "sparse_score", "dense_score")
+SCORE_FIELDS = ("sparse_score", "dense_score", "bm25_score")  # each retriever's score behind a hit's
+HIT_FIELDS = ("id", "score", "title", "snippet", "highlights", "text", "metadata", *SCORE_FIELDS, "explain")
+DEFAULT_FIELDS = ("id", "score", "title", "snippet", "highlights", *SCORE_FIELDS)
 
-Retriever = Literal["sparse", "dense", "hybrid"]
 QueryEncoderName = Literal["model", "inference-free"]
 FusionName = Literal["convex", "rrf"]
 Normalization = Literal["tmm", "minmax", "zscore"]
@@ -46,12 +45,15 @@ class SearchOptions(BaseModel):
 
     k: int = Field(10, ge=1, le=MAX_K, description="Number of hits (1..1000).")
     mode: str = Field("exact", description=f"Sparse search mode: {', '.join(MODES)}.")
-    retriever: Retriever = Field("sparse", description="sparse (SPLADE), dense (embeddings) or hybrid (fused).")
+    retriever: str = Field(DEFAULT_RETRIEVER, description=f"Retriever: {RETRIEVER_HELP}.")
     query_encoder: QueryEncoderName = Field(
         "model", description="Sparse query encoding: model (SPLADE) or inference-free (tokenizer + the index's IDF "
                              "table, no model inference).")
     fusion: Optional[FusionName] = Field(None, description="Hybrid fusion: convex or rrf (default: the tuned one).")
-    alpha: Optional[StrictFloat] = Field(None, ge=0.0, le=1.0, description="Convex fusion: weight of the sparse side.")
+    alpha: Optional[StrictFloat] = Field(None, ge=0.0, le=1.0, description="Convex fusion of sparse+dense: weight of "
+                                                                            "the sparse side.")
+    weights: Optional[dict[str, float]] = Field(
+        None, description="Fusion: each retriever's weight, e.g. {\"sparse\": 1, \"dense\": 2, \"bm25\": 1}.")
     normalization: Optional[Normalization] = Field(
         None, description=f"Convex fusion score normalisation: {', '.join(NORMALIZATIONS)}.")
     depth: Optional[int] = Field(None, ge=1, le=MAX_DEPTH, description="Hybrid: candidates k' per retriever.")
@@ -63,6 +65,12 @@ class SearchOptions(BaseModel):
     params: Optional[dict[str, Union[int, float, str, bool]]] = Field(None, description="Sparse mode knobs.")
 
     _integers = field_validator("k", "depth", "rrf_k", mode="before")(_json_integer)
+
+    @field_validator("retriever")
+    @classmethod
+    def _known_retriever(cls, retriever: str) -> str:
+        parse_retriever(retriever)
+        return retriever
 
     @field_validator("mode")
     @classmethod
@@ -118,12 +126,13 @@ class SearchHit(BaseModel):
     metadata: Optional[dict[str, Any]] = None
     sparse_score: Optional[float] = None
     dense_score: Optional[float] = None
+    bm25_score: Optional[float] = None
     explain: Optional[list[TermContribution]] = None
 
 
 class SearchResponse(BaseModel):
     query: str
-    retriever: str
+    retriever: str = Field(description="The retrievers that answered, e.g. sparse+dense+bm25 for retriever=auto.")
     query_encoder: str = "model"
     mode: str
     k: int
@@ -158,6 +167,8 @@ class Stats(BaseModel):
     dense_model: Optional[dict[str, Any]] = None
     dense_search: Optional[str] = None
     modes: list[str]
+    retrievers: list[str] = ["sparse"]
+    default_retriever: str = "sparse"
     query_encoders: list[str] = ["model"]
     queries: int
     errors: int

@@ -229,7 +229,8 @@ class ServerState:
         return Stats(
             documents=status["documents"], index_size_bytes=status["size_bytes"], index=str(self.index_dir.resolve()),
             model=status["model"], dense_model=status["dense_model"], dense_search=status["dense_search"],
-            modes=status["modes"], queries=queries, errors=errors, query_encoders=status["query_encoders"],
+            modes=status["modes"], retrievers=status["retrievers"], default_retriever=status["default_retriever"],
+            queries=queries, errors=errors, query_encoders=status["query_encoders"],
             latency_ms={
                 "p50": None if lat is None else round(float(np.percentile(lat, 50)), 3),
                 "p99": None if lat is None else round(float(np.percentile(lat, 99)), 3),

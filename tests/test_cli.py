@@ -36,6 +36,28 @@ def test_search_text_and_json(cli_index, engine):
     assert payload["hits"] == [h.to_dict() for h in engine.search("parse command line arguments", k=2)]
 
 
+def test_search_retrievers(cli_index, hybrid_engine):
+    """--retriever: the default is the best combination the index holds; combinations fuse; bad specs are errors."""
+    query = "parse command line arguments"
+    index = str(hybrid_engine.index_dir)
+    payload = json.loads(run("search", query, "--index", index, "-k", "3", "--json").stdout)
+    assert payload["hits"] == [h.to_dict() for h in hybrid_engine.search(query, k=3)]
+    assert all(h["sparse_score"] is not None and h["dense_score"] is not None for h in payload["hits"])
+    payload = json.loads(run("search", query, "--index", index, "-k", "3", "--json", "--retriever", "dense+sparse",
+                             "--weights", "sparse=1,dense=3").stdout)
+    assert payload["hits"] == [h.to_dict() for h in hybrid_engine.search(query, k=3, retriever="sparse+dense",
+                                                                         alpha=0.25)]
+    for args, message in (
+            (["--retriever", "sparse+colbert"], "unknown retriever 'colbert' in 'sparse+colbert'"),
+            (["--retriever", "sparse+sparse"], "retriever 'sparse+sparse' names a retriever twice"),
+            (["--weights", "sparse=heavy"], "--weights expects NAME=NUMBER,..., e.g. sparse=1,dense=2; got 'sparse=heavy'"),
+            (["--retriever", "sparse+dense", "--weights", "sparse=1"], "fusion weights give no weight for dense")):
+        result = runner.invoke(app, ["search", query, "--index", index, *args])
+        assert result.exit_code == 2 and result.output.startswith(f"error: {message}"), result.output
+    result = runner.invoke(app, ["search", query, "--index", cli_index, "--retriever", "dense"])
+    assert result.exit_code == 2 and "has no dense vectors" in result.output
+
+
 def test_search_queries_file_json_and_run(cli_index, corpus_dir, tmp_path):
     run_file = tmp_path / "run.trec"
     result = run("search", "--queries", str(corpus_dir / "queries.jsonl"), "--index", cli_index, "-k", "5",

@@ -130,14 +130,16 @@ def test_layout_and_shared_scale(sharded, single):
 @pytest.mark.parametrize("k", [1, 10, 60])
 def test_sharded_equals_single_index(sharded, single, mode, k):
     for q in QUERIES:
-        expected, got = single.search(q, k=k, mode=mode), sharded.search(q, k=k, mode=mode)
+        expected = single.search(q, k=k, mode=mode, retriever="sparse")
+        got = sharded.search(q, k=k, mode=mode, retriever="sparse")
         assert _ranked(got) == _ranked(expected), (q, mode, k)  # same ids, same float scores, same order
-    batch = sharded.search_batch(QUERIES, k=k, mode=mode)  # queries encoded together: compare with a batch
-    assert [_ranked(h) for h in batch] == [_ranked(h) for h in single.search_batch(QUERIES, k=k, mode=mode)]
+    batch = sharded.search_batch(QUERIES, k=k, mode=mode, retriever="sparse")  # encoded together: compare a batch
+    assert [_ranked(h) for h in batch] == [_ranked(h) for h in single.search_batch(QUERIES, k=k, mode=mode,
+                                                                                   retriever="sparse")]
 
 
 def test_ties_break_like_a_single_index(sharded, single):
-    hits = sharded.search("tie breaking twin document", k=6)
+    hits = sharded.search("tie breaking twin document", k=6, retriever="sparse")
     assert [h.id for h in hits] == [f"twin-{i}" for i in range(6)]  # corpus order across both shards
     assert len({h.score for h in hits}) == 1
     assert [h.docno for h in hits] == sorted(h.docno for h in hits)
@@ -146,15 +148,16 @@ def test_ties_break_like_a_single_index(sharded, single):
 
 def test_inference_free_queries_use_collection_idf(sharded, single):
     for q in QUERIES:
-        assert _ranked(sharded.search(q, k=10, query_encoder="inference-free")) == \
-               _ranked(single.search(q, k=10, query_encoder="inference-free"))
+        assert _ranked(sharded.search(q, k=10, retriever="sparse", query_encoder="inference-free")) == \
+               _ranked(single.search(q, k=10, retriever="sparse", query_encoder="inference-free"))
 
 
 def test_seismic_recall_against_exact(sharded, single):
     recalls = []
     for q in QUERIES:
-        truth = {h.id for h in single.search(q, k=10)}
-        recalls.append(len(truth & {h.id for h in sharded.search(q, k=10, mode="seismic")}) / len(truth))
+        truth = {h.id for h in single.search(q, k=10, retriever="sparse")}
+        recalls.append(len(truth & {h.id for h in sharded.search(q, k=10, mode="seismic", retriever="sparse")})
+                       / len(truth))
     assert np.mean(recalls) >= 0.9, recalls
 
 
@@ -241,10 +244,10 @@ def test_server_searches_through_the_coordinator(sharded, single):
     from lsr.server.app import create_app
 
     with TestClient(create_app(sharded.index_dir, load="now")) as client:
-        r = client.get("/search", params={"q": "parse command line arguments", "k": 5})
+        r = client.get("/search", params={"q": "parse command line arguments", "k": 5, "retriever": "sparse"})
         assert r.status_code == 200, r.text
         assert isinstance(client.app.state.lsr.engine.parts, ShardSet)
-        expected = single.search("parse command line arguments", k=5)
+        expected = single.search("parse command line arguments", k=5, retriever="sparse")
         hits = r.json()["hits"]
         assert [h["id"] for h in hits] == [h.id for h in expected]  # the server encodes on its own torch thread
         assert [h["score"] for h in hits] == pytest.approx([h.score for h in expected], rel=1e-5)

@@ -99,12 +99,14 @@ def test_failed_build_keeps_previous_index(encoder, tmp_path):
     good = write_jsonl(tmp_path / "good.jsonl", [{"id": "a", "text": "the cat sat on the mat"}, {"id": "b", "text": "dogs bark"}])
     index_dir = tmp_path / "idx"
     Engine.build(good, index_dir, encoder=encoder, progress=False)
-    before = {p.name: p.read_bytes() for p in index_dir.iterdir()}
+    files = lambda: {str(p.relative_to(index_dir)): p.read_bytes() for p in index_dir.rglob("*") if p.is_file()}
+    before = files()
+    assert "bm25/manifest.json" in before
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"id": "x", "text": "fine"}\n{"id": "y", "text": "also fine"}\n{"id": "z", "text": \n', encoding="utf-8")
     with pytest.raises(CorpusError, match=r"bad\.jsonl:3"):
         Engine.build(bad, index_dir, encoder=encoder, progress=False)
-    assert {p.name: p.read_bytes() for p in index_dir.iterdir()} == before
+    assert files() == before
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".idx")] == []
     assert Engine.open(index_dir).search("cat on a mat", k=1)[0].id == "a"
 

@@ -212,10 +212,24 @@ def test_adopting_an_index_of_another_corpus_is_refused(tmp_path, engine, corpus
 
 
 def test_bm25_baseline_says_which_implementation(tmp_path, dataset):
-    r = ev.run_eval(dataset, retriever="bm25", bm25="bm25s", cache_dir=tmp_path, progress=False)
+    r = ev.run_eval(dataset, retriever="pyserini-bm25", bm25="bm25s", cache_dir=tmp_path, progress=False)
     assert r["implementation"] == "bm25s" and r["mode"] is None and r["details"]["params"]["k1"] == 0.9
     assert r["ndcg@10"] > 0.3 and r["index_size_bytes"] > 0
     assert ev.result_key(r) == "bm25"
+    assert ev.result_key({**r, "retriever": "bm25", "implementation": "pyserini"}) == "bm25"  # records before
+
+
+def test_native_bm25_is_added_to_an_index_without_it(tmp_path, dataset, encoder):
+    from lsr import Engine
+
+    old = Engine.build(dataset, tmp_path / "old", encoder=encoder, progress=False, dense=False, bm25=False)
+    cache = tmp_path / "cache"
+    r = ev.run_eval(dataset, retriever="bm25", cache_dir=cache, adopt=old.index_dir, progress=False)
+    assert r["implementation"] == "lsr-bm25" and r["mode"] == "exact" and ev.result_key(r) == "bm25-native"
+    assert r["details"]["params"]["analyzer"] == "word" and r["index_size_bytes"] == r["details"]["sizes"]["bm25"] > 0
+    assert r["ndcg@10"] > 0.3
+    bmp = ev.run_eval(dataset, retriever="bm25", mode="bmp", cache_dir=cache, progress=False)
+    assert ev.result_key(bmp) == "bm25-native-bmp" and bmp["ndcg@10"] == r["ndcg@10"]  # safe BMP: same ranking
 
 
 def test_dense_and_hybrid_go_through_the_engine(tmp_path, dataset, hybrid_engine):
@@ -228,6 +242,17 @@ def test_dense_and_hybrid_go_through_the_engine(tmp_path, dataset, hybrid_engine
         assert r["ndcg@10"] > 0.3 and r["details"]["fusion"]["method"] == fusion
     with pytest.raises(ValueError, match="unknown fusion"):
         ev.run_eval(dataset, retriever="hybrid", fusion="nope", cache_dir=cache, progress=False)
+    # a combination goes through the same engine path; label-free weights are chosen before the queries
+    r = ev.run_eval(dataset, retriever="dense+sparse", cache_dir=cache, progress=False,
+                    params={"fusion.weights": "agreement"})
+    assert r["retrievers"] == ["sparse", "dense"] and ev.result_key(r) == "dense+sparse-convex-agreement"
+    assert r["weights"] == pytest.approx(hybrid_engine.label_free_weights("sparse+dense", "agreement"))
+    assert r["ndcg@10"] > 0.3 and r["mode"] == "exact"
+    for spec, params, message in (("sparse+nope", {}, "unknown retriever 'nope'"),
+                                  ("sparse+dense", {"fusion.weights": "oracle"}, "fusion.weights='oracle'"),
+                                  ("sparse+dense", {"fusion.weights": {"sparse": 1}}, "no weight for dense")):
+        with pytest.raises(ev.EvalError, match=message):
+            ev.run_eval(dataset, retriever=spec, params=params, cache_dir=cache, progress=False)
 
 
 def test_registered_retrievers_plug_in(tmp_path, dataset, monkeypatch):
@@ -288,12 +313,16 @@ def test_make_results_builds_the_table_and_plots(tmp_path):
     (results / "a.json").write_text(json.dumps({**base, "dataset": "scifact", "retriever": "bm25", "ndcg@10": 0.679}))
     (results / "b.json").write_text(json.dumps({**base, "dataset": "scifact", "retriever": "sparse", "mode": "exact",
                                                 "ndcg@10": 0.6436}))
+    (results / "c.json").write_text(json.dumps({**base, "dataset": "scifact", "retriever": "bm25", "mode": "exact",
+                                                "implementation": "lsr-bm25", "ndcg@10": 0.6789}))
     (results / "fusion-scifact.json").write_text(json.dumps({"metric": "nDCG@10", "grid": []}))  # not a record
     out = tmp_path / "RESULTS.md"
     assert make_results.main(["--results", str(results), "--out", str(out)]) == 0
     text = out.read_text()
     row = next(line for line in text.splitlines() if line.startswith("| scifact |"))
-    assert row.startswith("| scifact | 0.679 / 0.900 (1.5 ms) | 0.644 / 0.900 (1.5 ms) | — |")
+    assert row.startswith("| scifact | **0.679 / 0.900 (1.5 ms)** | 0.679 / 0.900 (1.5 ms) | 0.644 / 0.900 (1.5 ms) | — |")
+    assert "| dataset | Pyserini BM25 | BM25 (native) | sparse exact |" in text
+    assert row.endswith("| Pyserini BM25 |")  # the best system of the row by nDCG@10 (the first of a tie)
     assert "| time | — |" in text and "Do not edit by hand" in text
     assert (tmp_path / "plots" / "ndcg_at_10.png").stat().st_size > 1000
     assert (tmp_path / "plots" / "recall_vs_latency.png").stat().st_size > 1000

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import shutil
 
 import numpy as np
@@ -11,7 +12,8 @@ from lsr import Engine
 from lsr.dense import DenseIndex
 from lsr.engine import document_text
 from lsr.explain import explain, query_token_ids, snippet
-from lsr.fusion import FusionConfig, convex, fuse, normalize, rrf
+from lsr.fusion import (FusionConfig, agreement_weights, convex, fuse, normalize, pseudo_query_weights, rrf,
+                        sample_pseudo_queries)
 
 QUERIES = ["parse command line arguments", "compress files with gzip", "regular expression matching",
            "send email over the network", "random numbers"]
@@ -47,21 +49,58 @@ def test_convex_and_fuse_with_exact_fill():
     exact_sparse = {1: 10.0, 2: 5.0, 3: 2.5, 4: 7.5}
     exact_dense = {1: 0.6, 2: 0.1, 3: -0.2, 4: 0.8}
     config = FusionConfig(method="convex", alpha=0.5, normalization="tmm")
-    fused = fuse(sparse, dense, config, k=4,
-                 score_sparse=lambda d: np.array([exact_sparse[int(x)] for x in d]),
-                 score_dense=lambda d: np.array([exact_dense[int(x)] for x in d]))
+    fused = fuse({"sparse": sparse, "dense": dense}, config, k=4,
+                 scorers={"sparse": lambda d: np.array([exact_sparse[int(x)] for x in d]),
+                          "dense": lambda d: np.array([exact_dense[int(x)] for x in d])})
     expected = {d: 0.5 * exact_sparse[d] / 10.0 + 0.5 * (exact_dense[d] + 1) / 1.8 for d in exact_sparse}
     assert fused.docs.tolist() == sorted(expected, key=lambda d: -expected[d])
     assert fused.scores == pytest.approx([expected[d] for d in fused.docs.tolist()])
-    assert fused.sparse.tolist() == [exact_sparse[d] for d in fused.docs.tolist()]
+    assert fused.retriever_scores["sparse"].tolist() == [exact_sparse[d] for d in fused.docs.tolist()]
     # same numbers from the vectorised helper
-    assert convex(np.array([7.5]), np.array([0.8]), 0.5, "tmm", sparse[1], dense[1]) == pytest.approx(expected[4])
+    assert convex({"sparse": np.array([7.5]), "dense": np.array([0.8])}, {"sparse": 0.5, "dense": 0.5}, "tmm",
+                  {"sparse": sparse[1], "dense": dense[1]}) == pytest.approx(expected[4])
+
+
+def test_three_way_fusion_by_hand():
+    lists = {"sparse": (np.array([1, 2]), np.array([8.0, 4.0])),
+             "dense": (np.array([2, 3]), np.array([0.6, 0.2])),
+             "bm25": (np.array([3, 1, 4]), np.array([12.0, 6.0, 3.0]))}
+    exact = {"sparse": {1: 8.0, 2: 4.0, 3: 2.0, 4: 0.0}, "dense": {1: -0.4, 2: 0.6, 3: 0.2, 4: 0.0}}
+    scorers = {name: (lambda d, e=e: np.array([e[int(x)] for x in d])) for name, e in exact.items()}
+    config = FusionConfig(method="convex", normalization="tmm", weights={"sparse": 1, "dense": 2, "bm25": 1})
+    fused = fuse(lists, config, k=4, scorers=scorers)
+    # tmm: sparse / 8, (dense + 1) / 1.6, bm25 / 12 (bm25 has no scorer: doc 2 gets its worst retrieved, 3.0)
+    bm25 = {1: 6.0, 2: 3.0, 3: 12.0, 4: 3.0}
+    expected = {d: 0.25 * exact["sparse"][d] / 8 + 0.5 * (exact["dense"][d] + 1) / 1.6 + 0.25 * bm25[d] / 12
+                for d in (1, 2, 3, 4)}
+    assert fused.docs.tolist() == sorted(expected, key=lambda d: (-expected[d], d))
+    assert fused.scores == pytest.approx([expected[d] for d in fused.docs.tolist()])
+    assert fused.retriever_scores["bm25"].tolist() == [bm25[d] for d in fused.docs.tolist()]
+    # RRF over the three rankings, weighted
+    rrf_fused = fuse(lists, FusionConfig(method="rrf", weights={"sparse": 1, "dense": 1, "bm25": 2}), k=4)
+    by_hand = {1: 1 / 61 + 2 / 62, 2: 1 / 62 + 1 / 61, 3: 1 / 62 + 2 / 61, 4: 2 / 63}
+    assert dict(zip(rrf_fused.docs.tolist(), rrf_fused.scores.tolist())) == pytest.approx(by_hand)
+    assert np.isnan(rrf_fused.retriever_scores["dense"][rrf_fused.docs.tolist().index(1)])  # dense did not return 1
+
+
+def test_weights_resolution():
+    assert FusionConfig().weights_for(["sparse", "dense", "bm25"]) == pytest.approx(
+        {"sparse": 1 / 3, "dense": 1 / 3, "bm25": 1 / 3})
+    assert FusionConfig(alpha=0.25).weights_for(["sparse", "dense"]) == {"sparse": 0.25, "dense": 0.75}
+    assert FusionConfig(weights={"dense": 3, "bm25": 1}).weights_for(["dense", "bm25"]) == {"dense": 0.75, "bm25": 0.25}
+    with pytest.raises(ValueError, match="give weights instead"):
+        FusionConfig(alpha=0.5).weights_for(["sparse", "dense", "bm25"])
+    with pytest.raises(ValueError, match="no weight for bm25"):
+        FusionConfig(weights={"sparse": 1, "dense": 1}).weights_for(["sparse", "dense", "bm25"])
+    for bad in ({"sparse": -1, "dense": 1}, {"sparse": 0, "dense": 0}):
+        with pytest.raises(ValueError, match="weights"):
+            FusionConfig(weights=bad)
 
 
 def test_fuse_rrf_and_ties():
     sparse = (np.array([5, 2]), np.array([1.0, 1.0]))
     dense = (np.array([2, 5]), np.array([0.5, 0.5]))
-    fused = fuse(sparse, dense, FusionConfig(method="rrf"), k=2)
+    fused = fuse({"sparse": sparse, "dense": dense}, FusionConfig(method="rrf"), k=2)
     assert fused.docs.tolist() == [2, 5]  # equal RRF scores: lower doc number first
     assert fused.scores[0] == pytest.approx(fused.scores[1])
 
@@ -107,14 +146,14 @@ def test_dense_store_and_exact_search(hybrid_engine, module_docs):
 
 def test_hybrid_extremes_match_single_retrievers(hybrid_engine):
     for q in QUERIES:
-        sparse = hybrid_engine.search(q, k=10)
+        sparse = hybrid_engine.search(q, k=10, retriever="sparse")
         dense = hybrid_engine.search(q, k=10, retriever="dense")
-        only_sparse = hybrid_engine.search(q, k=10, retriever="hybrid", fusion="convex", alpha=1.0)
-        only_dense = hybrid_engine.search(q, k=10, retriever="hybrid", fusion="convex", alpha=0.0)
+        only_sparse = hybrid_engine.search(q, k=10, retriever="sparse+dense", fusion="convex", alpha=1.0)
+        only_dense = hybrid_engine.search(q, k=10, retriever="dense+sparse", fusion="convex", alpha=0.0)
         assert [h.id for h in only_sparse] == [h.id for h in sparse]
         assert [h.id for h in only_dense] == [h.id for h in dense]
         # the per-retriever scores behind a fused score are exact, also for documents one side did not return
-        for hit in hybrid_engine.search(q, k=10, retriever="hybrid"):
+        for hit in hybrid_engine.search(q, k=10, retriever="sparse+dense"):
             assert hit.sparse_score is not None and hit.dense_score is not None
             vec = hybrid_engine.query_vector(q)
             assert hit.sparse_score == pytest.approx(hybrid_engine.index.score_docs(vec, np.array([hit.docno]))[0])
@@ -139,30 +178,54 @@ def test_hybrid_defaults_batch_and_rrf(hybrid_engine):
 
 def test_filter_on_metadata(hybrid_engine):
     q = "random numbers"  # the top hits are from the random and secrets modules, not pickle
-    assert not hybrid_engine.search(q, k=1)[0].id.startswith("module:pickle")
+    assert not hybrid_engine.search(q, k=1, retriever="sparse")[0].id.startswith("module:pickle")
     hits = hybrid_engine.search(q, k=3, retriever="hybrid", filter={"module": "pickle"})
     assert hits and all(h.id.startswith("module:pickle#") for h in hits)
-    either = hybrid_engine.search(q, k=50, filter={"module": ["json", "pickle"]})
+    either = hybrid_engine.search(q, k=50, retriever="sparse", filter={"module": ["json", "pickle"]})
     assert either and {h.id.split("#")[0] for h in either} <= {"module:json", "module:pickle"}
-    unfiltered = [h.id for h in hybrid_engine.search(q, k=hybrid_engine.index.num_docs)]
+    unfiltered = [h.id for h in hybrid_engine.search(q, k=hybrid_engine.index.num_docs, retriever="sparse")]
     assert [h.id for h in either] == [i for i in unfiltered if i.split("#")[0] in ("module:json", "module:pickle")]
-    assert hybrid_engine.search(q, k=3, filter={"module": "no-such-module"}) == []
+    assert hybrid_engine.search(q, k=3, retriever="sparse", filter={"module": "no-such-module"}) == []
 
 
 def test_search_errors(hybrid_engine, engine):
     with pytest.raises(ValueError, match="unknown retriever"):
         hybrid_engine.search("x", retriever="colbert")
     with pytest.raises(ValueError, match="alpha"):
-        hybrid_engine.search("x", retriever="hybrid", alpha=2.0)
+        hybrid_engine.search("x", retriever="sparse+dense", alpha=2.0)
     with pytest.raises(ValueError, match="no dense vectors"):
         engine.search("x", retriever="dense")
+    for spec, message in (("sparse+colbert", "unknown retriever 'colbert'"), ("sparse+sparse", "twice"),
+                          ("sparse+", "unknown retriever ''")):
+        with pytest.raises(ValueError, match=message):
+            hybrid_engine.search("x", retriever=spec)
+    with pytest.raises(ValueError, match="no BM25 field"):
+        hybrid_engine.search("x", retriever="sparse+dense+bm25")
+    with pytest.raises(ValueError, match="only sparse"):
+        engine.search("x", retriever="hybrid")
+    with pytest.raises(ValueError, match="needs text queries"):
+        hybrid_engine.retrieve([hybrid_engine.query_vector("x")], retriever="sparse+dense")
+
+
+def test_default_retriever_is_what_the_index_holds(hybrid_engine, engine):
+    """auto: sparse+dense(+bm25) on an index with dense vectors, sparse(+bm25) without; vectors: sparse."""
+    with_bm25 = ("bm25",) if hybrid_engine.available_retrievers()[-1] == "bm25" else ()
+    assert hybrid_engine.resolve_retriever() == ("sparse", "dense", *with_bm25)
+    assert engine.resolve_retriever() == ("sparse", *(("bm25",) if engine.available_retrievers()[-1] == "bm25" else ()))
+    assert hybrid_engine.resolve_retriever("hybrid") == hybrid_engine.available_retrievers()
+    assert hybrid_engine.resolve_retriever("auto", text=False) == ("sparse",)
+    default = hybrid_engine.search(QUERIES[0], k=5)
+    fused = hybrid_engine.search(QUERIES[0], k=5, retriever="+".join(hybrid_engine.resolve_retriever()))
+    assert [h.id for h in default] == [h.id for h in fused]
+    assert all(h.sparse_score is not None and h.dense_score is not None for h in default)
+    assert engine.status()["default_retriever"] == "+".join(engine.resolve_retriever())
 
 
 def test_explain_contributions_sum_to_score(hybrid_engine):
     q = "random numbers"
     vec = hybrid_engine.query_vector(q)
     own = query_token_ids(hybrid_engine, q)
-    hit = hybrid_engine.search(q, k=1)[0]
+    hit = hybrid_engine.search(q, k=1, retriever="sparse")[0]
     terms = explain(hybrid_engine, vec, hit.docno, own_tokens=own, top=None)
     assert sum(t.contribution for t in terms) == pytest.approx(hit.score, rel=0.02)
     contributions = [t.contribution for t in terms]
@@ -234,3 +297,54 @@ def test_cli_add_dense_and_info(engine, tmp_path):
     assert bad.exit_code == 2 and "give no CORPUS" in bad.output
     missing = runner.invoke(app, ["serve", "--index", str(tmp_path / "nope")])
     assert missing.exit_code == 2 and "no index" in missing.output
+
+
+# ---------------------------------------------------------------------- label-free weights
+def test_pseudo_queries_are_deterministic_quotes():
+    texts = ["The quick brown fox jumps over the lazy dog. It was not amused at all.",
+             "short", "Sparse retrieval with learned term weights. Dense retrieval with embeddings of passages.",
+             "One two three four five six seven eight nine ten eleven twelve."]
+    pairs = sample_pseudo_queries(len(texts), texts.__getitem__, n=3, seed=7)
+    assert pairs == sample_pseudo_queries(len(texts), texts.__getitem__, n=3, seed=7)
+    assert len(pairs) == 3 and all(docno != 1 for docno, _ in pairs)  # "short" has too few words to quote
+    for docno, query in pairs:
+        assert 4 <= len(query.split()) <= 10 and query in texts[docno]
+
+
+def test_pseudo_query_weights_by_hand():
+    """Retriever a ranks each source document first, b ranks it third: weights on a win (MRR 1 vs 1/3)."""
+    def ranked(first, *rest):
+        docs = np.array([first, *rest])
+        return docs, np.linspace(1.0, 0.5, len(docs))
+
+    runs = {"a": [ranked(1, 2, 3), ranked(4, 5, 6)], "b": [ranked(2, 3, 1), ranked(5, 6, 4)]}
+    weights = pseudo_query_weights(runs, [1, 4])
+    assert weights["a"] > weights["b"] and sum(weights.values()) == pytest.approx(1.0)
+    assert pseudo_query_weights(runs, [1, 4]) == weights
+    # nothing to choose between: the point nearest equal weights
+    assert pseudo_query_weights({"a": runs["a"], "b": runs["a"]}, [1, 4]) == {"a": 0.5, "b": 0.5}
+    # agreement: c agrees with a and b, a and b only with c
+    tops = {"a": [(np.array([1, 2]), np.ones(2))], "b": [(np.array([3, 4]), np.ones(2))],
+            "c": [(np.array([1, 3]), np.ones(2))]}
+    assert agreement_weights(tops, cutoff=2) == {"a": 0.25, "b": 0.25, "c": 0.5}
+
+
+def test_label_free_weights_read_no_labels(hybrid_engine, tmp_path):
+    """The weights come from the index alone: no parameter takes labels, and a copy of the index with no qrels
+    anywhere near it gives the same weights."""
+    for function in (pseudo_query_weights, agreement_weights, sample_pseudo_queries, hybrid_engine.label_free_weights):
+        params = set(inspect.signature(function).parameters)
+        assert not {p for p in params if any(word in p for word in ("qrel", "label", "relevan", "judg"))}
+    weights = hybrid_engine.label_free_weights("sparse+dense", "pseudo", queries=30)
+    assert set(weights) == {"sparse", "dense"} and sum(weights.values()) == pytest.approx(1.0)
+    target = tmp_path / "copy"
+    shutil.copytree(hybrid_engine.index_dir, target)
+    copy = Engine.open(target, encoder=hybrid_engine.encoder)
+    assert copy.label_free_weights("sparse+dense", "pseudo", queries=30) == weights
+    agreement = copy.label_free_weights("sparse+dense", "agreement", queries=30)
+    assert agreement == hybrid_engine.label_free_weights("sparse+dense", "agreement", queries=30)
+    hits = copy.search(QUERIES[0], k=5, retriever="sparse+dense", weights="pseudo")
+    expected = copy.search(QUERIES[0], k=5, retriever="sparse+dense", weights=weights)
+    assert [h.id for h in hits] == [h.id for h in expected]
+    with pytest.raises(ValueError, match="unknown label-free weighting"):
+        copy.label_free_weights("sparse+dense", "oracle")

@@ -30,12 +30,13 @@ def test_health_page_and_openapi(client):
 
 
 def test_get_search_sparse(client, hybrid_engine):
-    r = client.get("/search", params={"q": "parse command line arguments", "k": 5})
+    r = client.get("/search", params={"q": "parse command line arguments", "k": 5, "retriever": "sparse"})
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["retriever"] == "sparse" and body["mode"] == "exact" and body["k"] == 5 and body["took_ms"] > 0
+    assert "fusion" not in body
     hits = body["hits"]
-    expected = hybrid_engine.search("parse command line arguments", k=5)
+    expected = hybrid_engine.search("parse command line arguments", k=5, retriever="sparse")
     assert [h["id"] for h in hits] == [h.id for h in expected]
     assert [h["score"] for h in hits] == pytest.approx([h.score for h in expected], rel=1e-6)
     first = hits[0]
@@ -44,6 +45,23 @@ def test_get_search_sparse(client, hybrid_engine):
     for span in first["highlights"]:
         word = first["snippet"][span["start"]:span["end"]].lower()
         assert word.startswith(span["term"])
+
+
+def test_default_retriever_is_the_best_combination_the_index_holds(client, hybrid_engine):
+    body = client.get("/search", params={"q": "random numbers", "k": 5}).json()
+    names = hybrid_engine.resolve_retriever()
+    assert body["retriever"] == "+".join(names) and len(names) >= 2  # the fixture index has dense vectors
+    assert [h["id"] for h in body["hits"]] == [h.id for h in hybrid_engine.search("random numbers", k=5)]
+    assert body["fusion"]["weights"] == pytest.approx({n: 1 / len(names) for n in names})
+    assert all(h.get(f"{n}_score") is not None for h in body["hits"] for n in ("sparse", "dense"))
+    stats = client.get("/stats").json()
+    assert stats["retrievers"] == list(hybrid_engine.available_retrievers())
+    assert stats["default_retriever"] == body["retriever"]
+    weighted = client.post("/search", json={"q": "random numbers", "k": 5, "retriever": "dense+sparse",
+                                            "weights": {"sparse": 1, "dense": 3}}).json()
+    assert weighted["retriever"] == "sparse+dense" and weighted["fusion"]["weights"] == {"sparse": 0.25, "dense": 0.75}
+    expected = hybrid_engine.search("random numbers", k=5, retriever="sparse+dense", alpha=0.25)
+    assert [h["id"] for h in weighted["hits"]] == [h.id for h in expected]
 
 
 @pytest.mark.parametrize("retriever", ["dense", "hybrid"])
@@ -61,7 +79,7 @@ def test_dense_and_hybrid(client, hybrid_engine, retriever):
 
 
 def test_post_explain_fields_filter(client):
-    body = {"q": "random numbers", "k": 3, "retriever": "hybrid", "alpha": 0.7, "explain": True,
+    body = {"q": "random numbers", "k": 3, "retriever": "sparse+dense", "alpha": 0.7, "explain": True,
             "fields": ["title", "metadata"], "filter": {"module": "random"}}
     r = client.post("/search", json=body)
     assert r.status_code == 200, r.text
@@ -104,6 +122,8 @@ def test_documents(client, hybrid_engine):
     ({"q": "x", "mode": "bogus"}, 422), ({"q": "x", "retriever": "colbert"}, 422),
     ({"q": "x", "fusion": "max"}, 422), ({"q": "x", "alpha": 1.5}, 422), ({"q": "x", "fields": "id,nope"}, 422),
     ({"q": "x", "normalization": "l2"}, 422), ({"q": "x", "depth": 0}, 422),
+    ({"q": "x", "retriever": "sparse+colbert"}, 422), ({"q": "x", "retriever": "dense+dense"}, 422),
+    ({"q": "x", "retriever": "sparse+dense+bm25", "alpha": 0.5}, 422),
     ({"q": ""}, 400), ({"q": "   "}, 400), ({}, 400), ({"q": "x" * (MAX_QUERY_CHARS + 1)}, 400),
 ])
 def test_get_errors(client, params, status):
@@ -113,6 +133,10 @@ def test_get_errors(client, params, status):
 
 
 def test_post_errors(client):
+    r = client.post("/search", json={"q": "x", "retriever": "sparse+dense", "weights": {"sparse": 1}})
+    assert r.status_code == 422 and "no weight for dense" in r.json()["detail"]
+    r = client.post("/search", json={"q": "x", "retriever": "sparse++dense"})
+    assert r.status_code == 422 and "unknown retriever" in str(r.json()["detail"])
     assert client.post("/search", json={"q": "x", "k": 5000}).status_code == 422
     assert client.post("/search", json={"q": "x", "bogus": 1}).status_code == 422
     assert client.post("/search", json={"q": "x", "filter": {"a": {"nested": 1}}}).status_code == 422

@@ -105,8 +105,9 @@ def _has_dense(manifest: dict, want: dict) -> bool:
         and info.get("hnsw_threshold") == want["hnsw_threshold"]
 
 
-def eval_engine(ctx: EvalContext, mode: str = "exact", dense: bool = False):
-    """Open the cached index for the context (building it once) with what ``mode`` and ``dense`` need.
+def eval_engine(ctx: EvalContext, mode: str = "exact", dense: bool = False, bm25: bool = False):
+    """Open the cached index for the context (building it once) with what ``mode``, ``dense`` and ``bm25`` (the
+    BM25 field, added in place when an index built before it existed lacks it) need.
 
     The encoded base index is keyed by corpus, model and index settings. Dense vectors and a structure
     built without reordering are added to it in place; reordering (``bp`` before BMP by default) or structure
@@ -127,6 +128,8 @@ def eval_engine(ctx: EvalContext, mode: str = "exact", dense: bool = False):
     if dense and not _has_dense(engine.manifest, want_dense):
         engine = engine.add_dense(want_dense["model"], batch_size=ctx.batch_size, dtype=want_dense["dtype"],
                                   hnsw_threshold=want_dense["hnsw_threshold"], progress=ctx.progress)
+    if bm25 and not engine.has_bm25:
+        engine = engine.add_bm25()
     if structure is None:
         return engine
     reorder = DEFAULT_REORDER.get(structure) if ctx.reorder == "auto" else ctx.reorder
@@ -134,9 +137,10 @@ def eval_engine(ctx: EvalContext, mode: str = "exact", dense: bool = False):
     target = base
     if reorder or build:
         target = base.parent / f"{base.name}-{slug(reorder or 'noreorder')}-{digest([structure, build], 8)}"
-        stale = (target / "manifest.json").is_file() and dense and not _has_dense(Engine.open(target).manifest,
-                                                                                   want_dense)
-        if stale or not (target / "manifest.json").is_file():  # (re)copy the base, dense vectors included
+        copied = Engine.open(target) if (target / "manifest.json").is_file() else None
+        stale = copied is not None and ((dense and not _has_dense(copied.manifest, want_dense))
+                                        or (bm25 and not copied.has_bm25))
+        if stale or copied is None:  # (re)copy the base, dense vectors and BM25 field included
             copy_dir(base, target)
     engine = _with_query_table(ctx, Engine.open(target))
     if structure not in engine.manifest.get("structures", {}):
@@ -161,7 +165,8 @@ def _with_query_table(ctx: EvalContext, engine):
 
 def index_sizes(engine) -> dict:
     """Bytes on disk of an index by part, from its manifest: ``base`` (postings, forward index, manifest),
-    ``structures`` (per structure), ``dense`` (vectors and graph) and ``docstore``."""
+    ``structures`` (per structure), ``dense`` (vectors and graph), ``docstore`` and ``bm25`` (the BM25 field's
+    directory, its structures included)."""
     m, root = engine.manifest, Path(engine.index_dir)
 
     def size(name: str) -> int:
@@ -179,6 +184,8 @@ def index_sizes(engine) -> dict:
             sizes["base"] += size(entry["file"])
     if dense.get("hnsw"):
         sizes["dense"] += size(dense["hnsw"]["file"])
+    if m.get("bm25"):
+        sizes["bm25"] = sum(f.stat().st_size for f in (root / m["bm25"]["dir"]).rglob("*") if f.is_file())
     return sizes
 
 

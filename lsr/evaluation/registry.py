@@ -108,6 +108,15 @@ def load_plugins() -> None:
 
 
 def get_retriever(name: str) -> Retriever:
+    if "+" in name:  # a combination: fused by the engine (lsr.evaluation.retrievers.fused_retriever)
+        from lsr.evaluation.retrievers import fused_retriever
+        from lsr.searcher import parse_retriever
+
+        try:
+            parse_retriever(name)
+        except ValueError as err:
+            raise EvalError(str(err)) from err
+        return functools.partial(fused_retriever, spec=name)
     if name not in RETRIEVERS:
         load_plugins()
     if name not in RETRIEVERS:

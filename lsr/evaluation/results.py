@@ -45,15 +45,22 @@ def portable_model(name: str) -> str:
 
 
 def result_key(result: dict) -> str:
-    """Column name of a result: ``bm25``, ``sparse-<mode>``, ``dense``, ``hybrid-<fusion>`` (+ ``-<mode>``);
-    ``-inference-free`` is appended when the sparse side used inference-free queries."""
+    """Column name of a result: ``bm25`` (the Pyserini/bm25s baseline, ``pyserini-bm25``, which records written
+    before the native field called ``bm25``), ``bm25-native`` (+ ``-<mode>``), ``sparse-<mode>``, ``dense``,
+    ``hybrid-<fusion>`` or a combination such as ``sparse+dense+bm25-<fusion>`` (+ ``-<label-free weights>``,
+    + ``-<mode>``); ``-inference-free`` is appended when the sparse side used inference-free queries."""
     name = result["retriever"]
     free = "-inference-free" if result.get("query_encoder") == "inference-free" else ""
+    if name == "bm25" and result.get("implementation") == "lsr-bm25":
+        return "bm25-native" + (f"-{result['mode']}" if result.get("mode") not in (None, "exact") else "")
+    if name in ("bm25", "pyserini-bm25"):
+        return "bm25"
     if name == "sparse":
         return f"sparse-{result['mode']}{free}"
-    if name == "hybrid":
-        return (f"hybrid-{result['fusion']}" + (f"-{result['mode']}" if result.get("mode") not in (None, "exact") else "")
-                + free)
+    if name == "hybrid" or "+" in name:
+        return (f"{name}-{result['fusion']}" + (f"-{result['label_free_weights']}" if result.get("label_free_weights")
+                                               else "")
+                + (f"-{result['mode']}" if result.get("mode") not in (None, "exact") else "") + free)
     return name
 
 

@@ -1,4 +1,6 @@
-"""The built-in retrievers: ``sparse`` (any search mode), ``dense``, ``hybrid`` (``lsr.fusion``) and ``bm25``."""
+"""The built-in retrievers: ``sparse`` (any search mode), ``dense``, ``bm25`` (the index's native BM25 field, any
+search mode), ``hybrid`` and combinations such as ``sparse+dense+bm25`` (``lsr.fusion``), and the ``pyserini-bm25``
+baseline."""
 
 from __future__ import annotations
 
@@ -71,51 +73,113 @@ def dense_retriever(ctx: EvalContext) -> Retrieval:
 
 
 def fusion_config(ctx: EvalContext):
-    """The :class:`lsr.fusion.FusionConfig` of ``--fusion`` and ``--param fusion.<field>=value``."""
+    """The :class:`lsr.fusion.FusionConfig` of ``--fusion`` and ``--param fusion.<field>=value`` (``fusion.weights``:
+    a JSON object ``{"sparse": 1, "dense": 2}`` or a label-free method, ``pseudo`` or ``agreement``)."""
     from lsr.fusion import FusionConfig
+    from lsr.searcher import LABEL_FREE_METHODS
 
-    p = ctx.params_for("fusion")
-    unknown = set(p) - {"alpha", "normalization", "depth", "rrf_k"}
+    p = dict(ctx.params_for("fusion"))
+    known = ("alpha", "normalization", "depth", "rrf_k", "weights")
+    unknown = set(p) - set(known)
     if unknown:
-        raise EvalError(f"unknown fusion parameter(s) {', '.join(sorted(unknown))}; "
-                        f"known: alpha, normalization, depth, rrf_k")
-    return FusionConfig.make(ctx.fusion, **p)
+        raise EvalError(f"unknown fusion parameter(s) {', '.join(sorted(unknown))}; known: {', '.join(known)}")
+    weights = p.pop("weights", None)
+    if weights is not None and not isinstance(weights, dict) and weights not in LABEL_FREE_METHODS:
+        raise EvalError(f"fusion.weights={weights!r}: expected a JSON object such as {{\"sparse\": 1, \"dense\": 2}} "
+                        f"or one of {', '.join(LABEL_FREE_METHODS)}")
+    try:
+        return FusionConfig.make(ctx.fusion, **p, weights=weights if isinstance(weights, dict) else None)
+    except ValueError as err:
+        raise EvalError(str(err)) from err
 
 
-@register_retriever("hybrid")
-def hybrid_retriever(ctx: EvalContext) -> Retrieval:
-    """Sparse (in ``--mode``) and dense fused by ``lsr.fusion`` exactly as the engine and server do."""
+def label_free_method(ctx: EvalContext) -> str | None:
+    """``--param fusion.weights=pseudo|agreement``: weights chosen on the collection without labels (or None)."""
+    weights = ctx.params_for("fusion").get("weights")
+    return weights if isinstance(weights, str) else None
+
+
+def fused_retriever(ctx: EvalContext, spec: str) -> Retrieval:
+    """Several retrievers of the cached index fused by ``lsr.fusion`` exactly as the engine and server do: ``hybrid``
+    (every retriever the index holds) or a combination such as ``sparse+dense+bm25``."""
+    from lsr.searcher import parse_retriever
+
+    try:
+        wanted = parse_retriever(spec)
+    except ValueError as err:
+        raise EvalError(str(err)) from err
     config = fusion_config(ctx)
-    engine = eval_engine(ctx, ctx.mode, dense=True)
-    sparse_encoder = engine.query_encoder(ctx.query_encoder, ctx.query_runtime)
-    dense_encoder = engine.dense_query_encoder(ctx.query_runtime)
+    everything = wanted in ("hybrid", "auto")  # what a default index holds: dense vectors and the BM25 field
+    engine = eval_engine(ctx, ctx.mode, dense=everything or "dense" in wanted, bm25=everything or "bm25" in wanted)
+    try:
+        names = engine.resolve_retriever(spec)
+        config.weights_for(names)
+    except ValueError as err:
+        raise EvalError(f"{ctx.dataset.name}: {err}") from err
+    weights = label_free_method(ctx)
+    if weights is not None:  # chosen before the queries are timed, on the collection's own pseudo-queries
+        config = config.make(config, weights=engine.label_free_weights("+".join(names), weights))
+    sparse_encoder = engine.query_encoder(ctx.query_encoder, ctx.query_runtime) if "sparse" in names else None
+    dense_encoder = engine.dense_query_encoder(ctx.query_runtime) if "dense" in names else None
     params = ctx.search_params()
 
     def encode(text):
-        return text, sparse_encoder.encode_query(text), dense_encoder.encode_query(text)
+        return (text, None if sparse_encoder is None else sparse_encoder.encode_query(text),
+                None if dense_encoder is None else dense_encoder.encode_query(text))
 
     def search(encoded, k):
         text, sv, dv = encoded
-        hits = engine.retrieve([text], k, mode=ctx.mode, retriever="hybrid", fusion=config, sparse_vectors=[sv],
-                               dense_vectors=dv[None, :], params=params)[0]
+        hits = engine.retrieve([text], k, mode=ctx.mode, retriever="+".join(names), fusion=config,
+                               sparse_vectors=None if sv is None else [sv],
+                               dense_vectors=None if dv is None else dv[None, :], params=params)[0]
         return [(h.id, h.score) for h in hits]
 
     sizes = index_sizes(engine)
     return timed_queries(
-        ctx.dataset.queries, encode, search, ctx.k, desc=f"searching hybrid/{config.method}", progress=ctx.progress,
-        index_size_bytes=sparse_size(sizes, ctx.mode) + sizes["dense"],
-        info={"implementation": "lsr-fusion", "model": {"sparse": portable_model(engine.manifest["model"]["name"]),
-                                                        "dense": portable_model(dense_encoder.name)},
-              "query_encoder": ctx.query_encoder,
-              "fusion": config.to_dict(), "index": portable_path(engine.index_dir), "sizes": sizes,
+        ctx.dataset.queries, encode, search, ctx.k, desc=f"searching {'+'.join(names)}/{config.method}",
+        progress=ctx.progress,
+        index_size_bytes=sum(sparse_size(sizes, ctx.mode) if n == "sparse" else sizes.get(n, 0) for n in names),
+        info={"implementation": "lsr-fusion", "retrievers": list(names),
+              "model": {"sparse": portable_model(engine.manifest["model"]["name"]),
+                        **({"dense": portable_model(dense_encoder.name)} if dense_encoder is not None else {})},
+              "query_encoder": ctx.query_encoder, "fusion": {**config.to_dict(), "weights": config.weights_for(names)},
+              "label_free_weights": weights, "index": portable_path(engine.index_dir), "sizes": sizes,
               "search_params": params},
     )
+
+
+@register_retriever("hybrid")
+def hybrid_retriever(ctx: EvalContext) -> Retrieval:
+    """Every retriever of a default index (sparse in ``--mode``, dense, BM25; added to the cached index) fused."""
+    return fused_retriever(ctx, "hybrid")
 
 
 # ====================================================================== BM25
 @register_retriever("bm25")
 def bm25_retriever(ctx: EvalContext) -> Retrieval:
-    """BM25 over title + text: Pyserini (Lucene) when available, else bm25s; ``implementation`` says which."""
+    """The index's BM25 field (:mod:`lsr.bm25_field`, added to the cached index when it lacks it) in ``--mode``."""
+    engine = eval_engine(ctx, ctx.mode, bm25=True)
+    params = ctx.search_params()
+    headers = engine.docs.headers
+
+    def search(text, k):
+        ranked = engine.bm25_candidates([text], k, ctx.mode, params, threads=1)[0]
+        ids = headers([d for d, _ in ranked])
+        return [(ids[d][0], s) for d, s in ranked]
+
+    sizes = index_sizes(engine)
+    return timed_queries(
+        ctx.dataset.queries, lambda text: text, search, ctx.k, desc=f"searching bm25/{ctx.mode}",
+        progress=ctx.progress, index_size_bytes=sizes["bm25"],
+        info={"implementation": "lsr-bm25", "params": engine.parts.bm25.describe(),
+              "index": portable_path(engine.index_dir), "sizes": sizes, "search_params": params},
+    )
+
+
+@register_retriever("pyserini-bm25")
+def pyserini_bm25_retriever(ctx: EvalContext) -> Retrieval:
+    """The reference BM25 over title + text: Pyserini (Lucene) when available, else bm25s; ``implementation`` says
+    which (``--bm25`` chooses)."""
     from lsr import bm25
     from lsr.engine import document_text
 

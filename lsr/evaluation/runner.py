@@ -18,6 +18,8 @@ from lsr.evaluation.results import machine, portable_path
 from lsr.evaluation.retrievers import fusion_config
 from lsr.evaluation.runs import write_run
 
+MODE_RETRIEVERS = ("sparse", "hybrid", "bm25")  # the retrievers a search mode applies to
+
 
 def run_eval(
     dataset: str | os.PathLike, *, retriever: str = "sparse", mode: str = "exact", split: str = DEFAULT_SPLIT,
@@ -37,8 +39,12 @@ def run_eval(
 
     if query_encoder not in QUERY_ENCODERS:
         raise EvalError(f"unknown query encoder {query_encoder!r}; available: {', '.join(QUERY_ENCODERS)}")
-    if query_encoder != "model" and retriever not in ("sparse", "hybrid"):
-        raise EvalError(f"--query-encoder {query_encoder} applies to the sparse and hybrid retrievers, not {retriever!r}")
+    fused = retriever == "hybrid" or "+" in retriever
+    uses_sparse = retriever == "sparse" or (fused and (retriever == "hybrid" or "sparse" in retriever.split("+")))
+    uses_mode = retriever in MODE_RETRIEVERS or (fused and (retriever == "hybrid"
+                                                            or bool({"sparse", "bm25"} & set(retriever.split("+")))))
+    if query_encoder != "model" and not uses_sparse:
+        raise EvalError(f"--query-encoder {query_encoder} applies to retrievers with a sparse side, not {retriever!r}")
     if mode not in MODES:
         raise EvalError(f"unknown mode {mode!r}; available: {', '.join(MODES)}")
     if not 1 <= k <= 10_000:
@@ -51,21 +57,22 @@ def run_eval(
     ctx = EvalContext(ds, cache, k=k, mode=mode, model=model, fusion=fusion, params=dict(params or {}),
                       reorder=reorder, bm25=bm25, batch_size=batch_size, progress=progress,
                       query_encoder=query_encoder, query_runtime=query_runtime)
-    if retriever == "hybrid":
+    if fused:
         fusion = fusion_config(ctx).method  # bad fusion settings fail before any index is built
     if adopt is not None:
         adopt_index(ctx, adopt)
     r = ctx.retrieve(retriever)
     metrics = evaluate(r.run, ds.qrels)
     if run_out is not None:
-        write_run(run_out, r.run, tag=f"lsr-{retriever}" + (f"-{mode}" if retriever in ("sparse", "hybrid") else "")
+        write_run(run_out, r.run, tag=f"lsr-{retriever}" + (f"-{mode}" if uses_mode else "")
                   + ("-if" if query_encoder == "inference-free" else ""))
-    uses_sparse = retriever in ("sparse", "hybrid")
     result = {
         "dataset": ds.name, "split": split, "retriever": retriever,
-        "mode": mode if uses_sparse else None, "fusion": fusion if retriever == "hybrid" else None,
+        **({"retrievers": r.info["retrievers"], "weights": r.info["fusion"]["weights"],
+            "label_free_weights": r.info["label_free_weights"]} if fused else {}),
+        "mode": mode if uses_mode else None, "fusion": fusion if fused else None,
         "query_encoder": query_encoder if uses_sparse else None,
-        "query_runtime": query_runtime if retriever in ("sparse", "dense", "hybrid") else None,
+        "query_runtime": query_runtime if retriever not in ("bm25", "pyserini-bm25") else None,
         "implementation": r.info.get("implementation"), "model": r.info.get("model"),
         "queries": len(ds.queries), "documents": ds.num_docs, "k": k,
         **{m: round(v, 6) for m, v in metrics.items()},

@@ -408,6 +408,7 @@ class ShardSet:
         self.index = ShardedIndex(self)
         self.docs = ShardedDocs(self)
         self.dense: DenseSide | None = ShardedDense(self) if manifest.get("dense") else None
+        self.bm25 = None  # sharded builds store no BM25 field yet
 
     @classmethod
     def open(cls, index_dir: str | os.PathLike, *, address: str | None = None, num_cpus: int | None = None,

@@ -2,7 +2,7 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const state = { retriever: "sparse", dense: false, seq: 0 };
+const state = { retriever: "auto", retrievers: ["sparse"], seq: 0 };
 
 function el(tag, attrs, ...children) {
   const node = document.createElement(tag);
@@ -34,11 +34,11 @@ function highlighted(text, spans) {
 
 function fmt(x) { return x === null || x === undefined ? "–" : Number(x).toFixed(3); }
 
-function renderHit(hit, rank) {
+function renderHit(hit, rank, fused) {
   const meta = el("div", { class: "meta" },
     el("span", {}, `#${rank}`), el("span", { class: "doc-id" }, hit.id), el("span", {}, `score ${fmt(hit.score)}`));
-  if (state.retriever === "hybrid") {
-    meta.append(el("span", {}, `sparse ${fmt(hit.sparse_score)}`), el("span", {}, `dense ${fmt(hit.dense_score)}`));
+  if (fused.length > 1) {
+    for (const name of fused) meta.append(el("span", {}, `${name} ${fmt(hit[`${name}_score`])}`));
   }
   const li = el("li", { class: "hit" },
     el("h2", {}, hit.title || hit.id), meta,
@@ -79,9 +79,9 @@ async function search() {
   if (!q) { $("results").replaceChildren(); setStatus(""); return; }
   const body = { q, k: Number($("k").value), mode: $("mode").value, retriever: state.retriever, explain: true };
   if ($("query_encoder").value !== "model") body.query_encoder = $("query_encoder").value;
-  if (state.retriever === "hybrid") {
+  if (isFusion(state.retriever)) {
     if ($("fusion").value) body.fusion = $("fusion").value;
-    if ($("alpha").dataset.touched) body.alpha = Number($("alpha").value);
+    if ($("alpha").dataset.touched && !$("alpha-label").hidden) body.alpha = Number($("alpha").value);
   }
   const params = new URLSearchParams({ q, retriever: state.retriever, mode: body.mode });
   history.replaceState(null, "", `/?${params}`);
@@ -106,9 +106,12 @@ async function search() {
     return;
   }
   const list = $("results");
-  list.replaceChildren(...data.hits.map((hit, i) => renderHit(hit, i + 1)));
-  const what = data.retriever + (data.query_encoder && data.query_encoder !== "model" ? ` [${data.query_encoder} queries]` : "") + (data.fusion ? ` (${data.fusion.method}${data.fusion.method === "convex"
-    ? ` α=${data.fusion.alpha}, ${data.fusion.normalization}` : ""})` : "") + `, ${data.mode}`;
+  const fused = data.retriever.split("+");
+  list.replaceChildren(...data.hits.map((hit, i) => renderHit(hit, i + 1, fused)));
+  const asked = state.retriever === data.retriever ? "" : `${state.retriever}: `;
+  const weights = data.fusion && data.fusion.method === "convex"
+    ? Object.entries(data.fusion.weights).map(([name, w]) => `${name} ${w.toFixed(2)}`).join(", ") + `, ${data.fusion.normalization}` : "";
+  const what = asked + data.retriever + (data.query_encoder && data.query_encoder !== "model" ? ` [${data.query_encoder} queries]` : "") + (data.fusion ? ` (${data.fusion.method}${weights ? ` ${weights}` : ""})` : "") + `, ${data.mode}`;
   setStatus(`${data.hits.length} results · ${what} · server ${data.took_ms.toFixed(1)} ms · round trip ${roundTrip.toFixed(1)} ms`);
   $("status").dataset.latency = String(data.took_ms);
 }
@@ -120,8 +123,11 @@ function setRetriever(value) {
     button.classList.toggle("active", on);
     button.setAttribute("aria-checked", String(on));
   }
-  document.body.classList.toggle("hybrid", value === "hybrid");
+  document.body.classList.toggle("hybrid", isFusion(value));
 }
+
+// Whether a retriever choice fuses several retrievers on this index (auto does when the index holds more than one).
+function isFusion(value) { return value === "hybrid" || (value === "auto" && state.retrievers.length > 1); }
 
 async function init() {
   $("search-form").addEventListener("submit", (event) => { event.preventDefault(); search(); });
@@ -140,7 +146,7 @@ async function init() {
 
   const params = new URLSearchParams(location.search);
   if (params.get("q")) $("q").value = params.get("q");
-  if (["sparse", "dense", "hybrid"].includes(params.get("retriever"))) setRetriever(params.get("retriever"));
+  const asked = params.get("retriever");
 
   // Wait for the index (503 while loading), then fill in modes, the dense switch and the footer.
   for (;;) {
@@ -153,13 +159,20 @@ async function init() {
         const encoders = stats.query_encoders || ["model"];
         $("query_encoder").replaceChildren(...encoders.map((e) => el("option", { value: e }, e)));
         $("query-encoder-label").hidden = encoders.length < 2;
-        state.dense = !!stats.dense_model;
+        state.retrievers = stats.retrievers || ["sparse"];
         for (const button of $("retriever").querySelectorAll("button")) {
-          if (button.dataset.value !== "sparse" && !state.dense) {
+          const value = button.dataset.value;
+          const missing = value === "hybrid" ? state.retrievers.length < 2
+            : !["auto", ...state.retrievers].includes(value);
+          if (missing) {
             button.disabled = true;
-            button.title = "this index has no dense vectors";
+            button.title = value === "hybrid" ? "this index has a single retriever" : `this index has no ${value} field`;
           }
         }
+        // alpha weighs sparse against dense: offered when the index holds exactly those two
+        $("alpha-label").hidden = state.retrievers.join("+") !== "sparse+dense";
+        const button = asked && $("retriever").querySelector(`button[data-value="${CSS.escape(asked)}"]`);
+        setRetriever(button && !button.disabled ? asked : "auto");
         $("footer").textContent = `${stats.documents.toLocaleString()} documents · sparse model ${stats.model.name}` +
           (stats.dense_model ? ` · dense model ${stats.dense_model.name} (${stats.dense_search})` : "") +
           " · highlights: yellow = query term, blue = expansion term added by the model";

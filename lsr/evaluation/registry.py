@@ -80,6 +80,7 @@ class EvalContext:
 
 Retriever = Callable[[EvalContext], Retrieval]
 RETRIEVERS: dict[str, Retriever] = {}
+_combinations: list[Callable[..., Retrieval]] = []  # the one function that runs a combination such as sparse+bm25
 _plugin_errors: dict[str, str] = {}
 
 
@@ -91,6 +92,12 @@ def register_retriever(name: str) -> Callable[[Retriever], Retriever]:
         return fn
 
     return deco
+
+
+def register_combination(fn: Callable[..., Retrieval]) -> Callable[..., Retrieval]:
+    """Register the function ``fn(ctx, spec)`` that runs a combination of retrievers (``sparse+dense+bm25``)."""
+    _combinations.append(fn)
+    return fn
 
 
 @functools.lru_cache(maxsize=None)
@@ -108,15 +115,14 @@ def load_plugins() -> None:
 
 
 def get_retriever(name: str) -> Retriever:
-    if "+" in name:  # a combination: fused by the engine (lsr.evaluation.retrievers.fused_retriever)
-        from lsr.evaluation.retrievers import fused_retriever
+    if "+" in name:  # a combination: fused by the engine (registered by lsr.evaluation.retrievers)
         from lsr.searcher import parse_retriever
 
         try:
             parse_retriever(name)
         except ValueError as err:
             raise EvalError(str(err)) from err
-        return functools.partial(fused_retriever, spec=name)
+        return functools.partial(_combinations[-1], spec=name)
     if name not in RETRIEVERS:
         load_plugins()
     if name not in RETRIEVERS:

@@ -10,7 +10,7 @@ import numpy as np
 
 from lsr.evaluation.base import EvalError, slug
 from lsr.evaluation.index_cache import eval_engine, index_sizes, sparse_size
-from lsr.evaluation.registry import EvalContext, Retrieval, register_retriever, timed_queries
+from lsr.evaluation.registry import EvalContext, Retrieval, register_combination, register_retriever, timed_queries
 from lsr.evaluation.results import portable_model, portable_path
 
 
@@ -99,6 +99,7 @@ def label_free_method(ctx: EvalContext) -> str | None:
     return weights if isinstance(weights, str) else None
 
 
+@register_combination
 def fused_retriever(ctx: EvalContext, spec: str) -> Retrieval:
     """Several retrievers of the cached index fused by ``lsr.fusion`` exactly as the engine and server do: ``hybrid``
     (every retriever the index holds) or a combination such as ``sparse+dense+bm25``."""

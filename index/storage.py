@@ -29,6 +29,11 @@ MANIFEST = "manifest.json"
 _HASH_CHUNK = 1 << 20
 
 
+def term_dtype(vocab_size: int) -> type:
+    """Narrowest unsigned type of term ids below ``vocab_size``: uint16 for BERT-size vocabularies, else uint32."""
+    return np.uint16 if vocab_size <= 65536 else np.uint32
+
+
 class IndexFormatError(RuntimeError):
     """An index directory is missing, corrupt or written in an unsupported format."""
 

@@ -5,7 +5,7 @@ term), ``seismic_block_offsets`` int64[B+1] (range in ``seismic_docs`` uint32), 
 int32[B], ``seismic_list_comps`` int64[V+1] (range of a term's summary components),
 ``seismic_comp_terms`` uint16/uint32[C] (ascending within a list), ``seismic_comp_offsets`` uint32/int64[C+1] (range
 in ``seismic_sum_blocks`` uint16/uint32 = block number inside the list, and ``seismic_sum_values``
-uint8 codes); when the vocabulary fits 16 bits, ``seismic_forward_terms16`` uint16[P], a copy of the
+uint8 codes); for an older index with uint32 forward term ids that fit 16 bits, ``seismic_forward_terms16`` uint16[P], a copy of the
 forward term ids that the query scores documents from (less memory traffic than uint32).
 Summaries are large: with ``summary_energy=0.4`` and SPLADE vectors expect 10-30 entries (3 bytes
 each) per kept posting.
@@ -70,7 +70,7 @@ class SeismicIndex:
         summaries = summarize(list_blocks, block_offsets, docs, keep, forward, config.summary_energy,
                               int(index.vocab_size))
         out = {}
-        if index.vocab_size <= 65536:  # 16-bit copy of the forward term ids: less memory traffic when scoring
+        if index.vocab_size <= 65536 and forward[1].dtype != np.uint16:  # 16-bit copy of an old index's term ids
             out["seismic_forward_terms16"] = np.asarray(forward[1]).astype(np.uint16)
         out.update({"seismic_list_blocks": list_blocks, "seismic_block_offsets": block_offsets, "seismic_docs": docs,
                     **summaries})

@@ -18,7 +18,7 @@ import pytest
 from lsr.index import IndexBuilder, InvertedIndex, verify_index
 from lsr.index.bmp import _bound_terms
 from lsr.index.reorder import reorder_index
-from lsr.index.storage import read_manifest
+from lsr.index.storage import read_manifest, write_array, write_manifest
 from lsr.index.structures import add_structure
 from lsr import Engine
 from lsr.sample import sample_documents
@@ -109,8 +109,8 @@ def exact(base, queries) -> dict:
 
 
 # ----------------------------------------------------------------------------------- safe mode
-@pytest.mark.parametrize("block_size,layout", [(1, "bitmap"), (8, "bitmap"), (64, "bitmap"), (200, "bitmap"),
-                                               (32, "postings")])
+@pytest.mark.parametrize("block_size,layout", [(1, "forward"), (8, "forward"), (64, "forward"), (200, "forward"),
+                                               (1, "bitmap"), (8, "bitmap"), (200, "bitmap"), (32, "postings")])
 def test_safe_bmp_equals_exact(base, queries, exact, tmp_path, block_size, layout):
     index = with_bmp(base, tmp_path / "idx", block_size=block_size, layout=layout)
     for k, expected in exact.items():
@@ -146,6 +146,51 @@ def test_sixteen_bit_impacts_and_large_blocks(tmp_path, queries):
     for k in (1, 10, 200):
         for terms, weights in queries[::3]:
             assert_same(index.search(terms, weights, k=k, mode="bmp"), index.search(terms, weights, k=k))
+
+
+def _widen_forward_terms(index_dir: Path) -> None:
+    """Rewrite an index's forward term ids as uint32, as indexes written before 16-bit term ids hold them."""
+    manifest = read_manifest(index_dir)
+    terms = np.load(index_dir / "forward_terms.npy").astype(np.uint32)
+    manifest["arrays"]["forward_terms"] = write_array(index_dir, "forward_terms", terms)
+    write_manifest(index_dir, manifest)
+
+
+def test_forward_term_ids_narrow_and_legacy_wide(base, queries, exact, tmp_path):
+    """Term ids are stored in 16 bits when the vocabulary allows; an index holding them in 32 bits (older
+    indexes, vocabularies over 65,536 terms) answers every mode the same."""
+    assert InvertedIndex.open(base).array("forward_terms").dtype == np.uint16
+    wide = tmp_path / "wide"
+    shutil.copytree(base, wide)
+    _widen_forward_terms(wide)
+    assert not verify_index(wide)
+    for name, params in (("bmp", {"block_size": 16}), ("seismic", {"n_postings": 300})):
+        add_structure(InvertedIndex.open(wide), name, **params)
+    narrow = with_bmp(base, tmp_path / "narrow", block_size=16)
+    add_structure(narrow, "seismic", n_postings=300)
+    narrow, index = InvertedIndex.open(tmp_path / "narrow"), InvertedIndex.open(wide)
+    assert index.array("forward_terms").dtype == np.uint32
+    for (terms, weights), want in zip(queries, exact[10]):
+        assert_same(index.search(terms, weights, k=10, mode="bmp"), want)
+        assert_same(index.search(terms, weights, k=10, mode="seismic"),
+                    narrow.search(terms, weights, k=10, mode="seismic"))
+        docs = np.arange(0, N_DOCS, 7)
+        assert np.array_equal(index.score_docs((terms, weights), docs), narrow.score_docs((terms, weights), docs))
+    assert index.doc_vector(3)[0].dtype == narrow.doc_vector(3)[0].dtype == np.uint32
+    assert np.array_equal(reorder_index(wide, "bp", iterations=2), reorder_index(tmp_path / "narrow", "bp", iterations=2))
+
+
+def test_vocabulary_over_16_bits_keeps_32_bit_term_ids(tmp_path, queries):
+    indptr, terms, weights = make_docs(5, n_docs=600)
+    terms = terms * 97 + 3  # spread over a 77,600-term vocabulary
+    builder = IndexBuilder(tmp_path / "big", VOCAB * 97)
+    builder.add(indptr, terms, weights)
+    builder.finalize()
+    index = with_bmp(tmp_path / "big", tmp_path / "idx", block_size=8)
+    assert index.array("forward_terms").dtype == np.uint32 and index.doc_vector(1)[0].max() >= 65536
+    for t, w in queries[::4]:
+        t = t * 97 + 3
+        assert_same(index.search(t, w, k=10, mode="bmp"), index.search(t, w, k=10))
 
 
 def test_batch_threads_restored(base, tmp_path, queries):

@@ -69,6 +69,37 @@ def write_array(index_dir: Path, name: str, arr: np.ndarray) -> dict:
     return array_entry(index_dir, name, arr)
 
 
+_NPY_HEADER = 128  # bytes reserved for the .npy header of an array written in pieces
+
+
+class ArrayAppender:
+    """Write a 1-D array into ``index_dir/name.npy`` piece by piece, without holding it in memory; :meth:`close`
+    writes the ``.npy`` header (its length is known only then) and returns the manifest entry."""
+
+    def __init__(self, index_dir: Path, name: str, dtype: type):
+        self.index_dir, self.name, self.dtype = Path(index_dir), name, np.dtype(dtype)
+        self.length = 0
+        self._fh = open(self.index_dir / f"{name}.npy", "wb")
+        self._fh.write(b"\0" * _NPY_HEADER)
+
+    def append(self, arr: np.ndarray) -> None:
+        """Append the values of ``arr`` (cast to the array's dtype)."""
+        self._fh.write(np.ascontiguousarray(arr, self.dtype).tobytes())
+        self.length += len(arr)
+
+    def close(self) -> dict:
+        """Write the header, close the file; the manifest entry."""
+        descr = np.lib.format.dtype_to_descr(self.dtype)
+        text = f"{{'descr': {descr!r}, 'fortran_order': False, 'shape': ({self.length},), }}".encode("latin1")
+        body = _NPY_HEADER - 10
+        self._fh.seek(0)
+        self._fh.write(b"\x93NUMPY\x01\x00" + body.to_bytes(2, "little") + text.ljust(body - 1) + b"\n")
+        self._fh.close()
+        file = f"{self.name}.npy"
+        return {"file": file, "dtype": str(self.dtype), "shape": [self.length],
+                "sha256": sha256_file(self.index_dir / file)}
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:

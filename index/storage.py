@@ -24,7 +24,10 @@ import numpy as np
 from numba import njit
 
 FORMAT_NAME = "lsr-index"
-FORMAT_VERSION = 1
+# 2: uint16 forward term ids when the vocabulary fits, block-major capped Seismic summaries, BMP forward layout.
+# Version 1 indexes open (uint32 term ids, bitmap/postings BMP); their Seismic structure must be rebuilt.
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 MANIFEST = "manifest.json"
 _HASH_CHUNK = 1 << 20
 
@@ -300,9 +303,9 @@ def read_manifest(index_dir: Path) -> dict:
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
         raise IndexFormatError(f"{path}: not an {FORMAT_NAME!r} manifest")
     version = manifest.get("format_version")
-    if version != FORMAT_VERSION:
+    if version not in READABLE_VERSIONS:
         raise IndexFormatError(
-            f"{path}: index format version {version!r}, this code reads version {FORMAT_VERSION}"
+            f"{path}: index format version {version!r}, this code reads version {FORMAT_VERSION} (and the older 1)"
         )
     if not isinstance(manifest.get("arrays"), dict):
         raise IndexFormatError(f"{path}: manifest has no 'arrays' table")

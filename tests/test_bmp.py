@@ -148,22 +148,28 @@ def test_sixteen_bit_impacts_and_large_blocks(tmp_path, queries):
             assert_same(index.search(terms, weights, k=k, mode="bmp"), index.search(terms, weights, k=k))
 
 
-def _widen_forward_terms(index_dir: Path) -> None:
-    """Rewrite an index's forward term ids as uint32, as indexes written before 16-bit term ids hold them."""
+def _as_version_1(index_dir: Path) -> None:
+    """Rewrite an index as format version 1 wrote it: uint32 forward term ids."""
     manifest = read_manifest(index_dir)
     terms = np.load(index_dir / "forward_terms.npy").astype(np.uint32)
     manifest["arrays"]["forward_terms"] = write_array(index_dir, "forward_terms", terms)
+    manifest["format_version"] = 1
     write_manifest(index_dir, manifest)
 
 
 def test_forward_term_ids_narrow_and_legacy_wide(base, queries, exact, tmp_path):
-    """Term ids are stored in 16 bits when the vocabulary allows; an index holding them in 32 bits (older
-    indexes, vocabularies over 65,536 terms) answers every mode the same."""
+    """Term ids are stored in 16 bits when the vocabulary allows; an index holding them in 32 bits (format
+    version 1, vocabularies over 65,536 terms) answers every mode the same, BMP in every layout."""
     assert InvertedIndex.open(base).array("forward_terms").dtype == np.uint16
     wide = tmp_path / "wide"
     shutil.copytree(base, wide)
-    _widen_forward_terms(wide)
+    _as_version_1(wide)
     assert not verify_index(wide)
+    for layout in ("bitmap", "postings"):  # version 1's layouts
+        add_structure(InvertedIndex.open(wide), "bmp", block_size=16, layout=layout)
+        index = InvertedIndex.open(wide)
+        for (terms, weights), want in zip(queries, exact[10]):
+            assert_same(index.search(terms, weights, k=10, mode="bmp"), want)
     for name, params in (("bmp", {"block_size": 16}), ("seismic", {"n_postings": 300})):
         add_structure(InvertedIndex.open(wide), name, **params)
     narrow = with_bmp(base, tmp_path / "narrow", block_size=16)

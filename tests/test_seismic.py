@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from lsr.index import IndexBuilder, InvertedIndex, verify_index
+from lsr.index import IndexBuilder, IndexFormatError, InvertedIndex, verify_index
 from lsr.index.seismic import BUILD_DEFAULTS, SEARCH_DEFAULTS
+from lsr.index.storage import read_manifest, write_manifest
 from lsr.index.structures import add_structure
 
 VOCAB = 3000
@@ -173,6 +174,22 @@ def test_summaries_streamed_in_runs_are_the_same(base_dir, tmp_path, monkeypatch
         np.testing.assert_array_equal(runs.array(name), whole.array(name))
         assert runs.manifest["arrays"][name] == whole.manifest["arrays"][name]
     assert verify_index(runs.index_dir) == []
+
+
+def test_version_1_summaries_ask_for_a_rebuild(approx, tmp_path):
+    """A seismic structure in format version 1's term-major summary layout is refused with the rebuild command."""
+    shutil.copytree(approx.index_dir, tmp_path / "idx")
+    manifest = read_manifest(tmp_path / "idx")
+    manifest["format_version"] = 1
+    info = manifest["structures"]["seismic"]
+    info["arrays"] = [name for name in info["arrays"] if not name.startswith("seismic_sum_")] + [
+        "seismic_comp_terms", "seismic_comp_offsets", "seismic_sum_blocks", "seismic_sum_values"]
+    write_manifest(tmp_path / "idx", manifest)
+    index = InvertedIndex.open(tmp_path / "idx")
+    t, w = make_queries(index, 2, 1)[0]
+    assert index.search(t, w, 10)[0].size
+    with pytest.raises(IndexFormatError, match="--add-structures seismic"):
+        index.search(t, w, 10, mode="seismic")
 
 
 def test_returned_scores_are_exact_and_ranked(approx):

@@ -366,6 +366,9 @@ def open_array(index_dir: Path, manifest: dict, name: str, verify: bool = False)
             f"{path}: expected {entry['dtype']}{tuple(entry['shape'])}, "
             f"found {arr.dtype}{tuple(arr.shape)}"
         )
+    size = path.stat().st_size
+    if isinstance(arr, np.memmap) and arr.offset + arr.nbytes != size:
+        raise IndexFormatError(f"{path}: file has {size} bytes, its header says {arr.offset + arr.nbytes}")
     return arr
 
 

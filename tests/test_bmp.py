@@ -399,3 +399,19 @@ def test_real_index_reordered(real_index, tmp_path):
         hits.append(len(set(approx[0].tolist()) & set(got[0].tolist())) / max(1, len(got[0])))
     assert np.mean(hits) >= 0.8
     assert json.loads((work / "manifest.json").read_text())["reorder"]["method"] == "bp"
+
+
+def test_index_sizes_table(base, tmp_path):
+    """python -m lsr.eval.index_sizes: every file of the index counted once, in the group owning it."""
+    from lsr.eval.index_sizes import format_table, index_sizes
+
+    index = with_bmp(base, tmp_path / "idx", block_size=8)
+    sizes = index_sizes(index.index_dir)
+    assert set(sizes["groups"]) == {"base", "bmp", "other"}
+    assert set(sizes["groups"]["bmp"]) == set(index.manifest["structures"]["bmp"]["arrays"])
+    assert sizes["groups"]["base"]["forward_terms"] == {"dtype": "uint16", "bytes": 128 + 2 * index.num_postings}
+    counted = sum(a["bytes"] for group in sizes["groups"].values() for a in group.values())
+    assert counted == sum(f.stat().st_size for f in index.index_dir.iterdir())
+    table = format_table(sizes)
+    total = f"{counted:,} | {counted / N_DOCS:,.1f} | {counted / index.num_postings:,.2f} |"
+    assert table.splitlines()[-1] == f"| **index total** |  | {total}"

@@ -1,7 +1,7 @@
 """Block-Max Pruning (Mallia, Suel, Tonellotto, SIGIR 2024: "Faster Learned Sparse Retrieval with Block-Max Pruning").
 
 Documents are cut into consecutive blocks of ``block_size`` ids. For every term we store the
-blocks it occurs in with the largest impact it has there (CSR over terms: ``bmp_term_offsets``,
+blocks it occurs in with the largest impact it has there (CSR over terms: ``bmp_term_parts``,
 ``bmp_term_blocks``, ``bmp_term_maxes``). A query then
 
 1. sums ``qweight * block max`` over its terms into one upper bound per block (int32: the query
@@ -41,10 +41,13 @@ Block scoring layouts (build parameter ``layout``):
     no extra postings: each query term's posting list is binary-searched for the block's first doc.
     Compact but slower (several dependent cache misses per (block, term)).
 
-Arrays (all prefixed ``bmp_``): ``term_offsets`` int64 [V + 1], ``term_blocks`` uint32 and
-``term_maxes`` (impact dtype) [term-block pairs], ``term_kth`` [V, 3]; the bitmap layout also
+Arrays (all prefixed ``bmp_``): ``term_blocks`` uint16 (the low 16 bits of the block ids) and ``term_maxes``
+(impact dtype) [term-block pairs]; ``term_parts`` int64 [V, H + 1] with H = ceil(blocks / 65536): term t's pairs
+whose block ids have high part h are ``term_parts[t, h]:term_parts[t, h + 1]`` (so 2 bytes per pair, not 4);
+``term_kth`` [V, 3]; the bitmap layout also
 ``block_offsets`` int64 [blocks + 1] (first entry of each block), ``entry_offsets`` [entries + 1],
-``block_postings`` [num_postings] and ``block_bitmap``.
+``block_postings`` [num_postings] and ``block_bitmap``. Format version 1 stored ``term_offsets`` int64 [V + 1]
+and uint32 ``term_blocks`` instead of ``term_parts``: such structures still load.
 """
 
 from __future__ import annotations
@@ -105,6 +108,19 @@ def _term_block_fill(offsets, docs, impacts, block_size, t_off, t_blocks, t_max)
                 last = b
             elif impacts[p] > t_max[e]:
                 t_max[e] = impacts[p]
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def _term_parts(t_off, t_blocks, parts):
+    """parts[t, h] = first pair of term t whose block id is >= h << 16 (parts[t, H] = its end)."""
+    n_parts = parts.shape[1] - 1
+    for t in prange(t_off.shape[0] - 1):
+        e = t_off[t]
+        for h in range(n_parts):
+            parts[t, h] = e
+            while e < t_off[t + 1] and (np.int64(t_blocks[e]) >> 16) == h:
+                e += 1
+        parts[t, n_parts] = t_off[t + 1]
 
 
 @njit(cache=True, nogil=True, parallel=True)
@@ -250,7 +266,7 @@ def _bound_terms(qterms, qweights, beta):
 
 
 @njit(cache=True, nogil=True)
-def bmp_top_k(layout, t_off, t_blocks, t_max, kth,
+def bmp_top_k(layout, t_parts, t_blocks, t_max, kth,
               b_off, e_off, packed, shift, bitmap,
               p_off, p_docs, p_imps, f_off, f_terms, f_imps, num_docs, block_size,
               qterms, qweights, k, col, alpha, beta,
@@ -276,8 +292,10 @@ def bmp_top_k(layout, t_off, t_blocks, t_max, kth,
     for i in range(bterms.shape[0]):
         t = bterms[i]
         w = bweights[i]
-        for e in range(t_off[t], t_off[t + 1]):
-            ub[t_blocks[e]] += w * np.int32(t_max[e])
+        for h in range(t_parts.shape[1] - 1):
+            high = np.int64(h) << 16
+            for e in range(t_parts[t, h], t_parts[t, h + 1]):
+                ub[high | np.int64(t_blocks[e])] += w * np.int32(t_max[e])
     # Candidate blocks in the top-k heap keyed (-bound, last - block): they come out by decreasing
     # bound, then increasing block id.
     last = nb - 1
@@ -379,7 +397,12 @@ class BmpIndex:
             if code == 1:
                 postings = tuple(index.array(n) for n in ("postings_offsets", "postings_docs", "postings_impacts"))
         forward = tuple(index.array(n) for n in ("forward_offsets", "forward_terms", "forward_impacts"))
-        data = (code, arrays["bmp_term_offsets"], arrays["bmp_term_blocks"], arrays["bmp_term_maxes"],
+        if "bmp_term_parts" in arrays:
+            parts = arrays["bmp_term_parts"]
+        else:  # format version 1: full uint32 block ids in one part per term
+            t_off = np.asarray(arrays["bmp_term_offsets"])
+            parts = _readonly(np.ascontiguousarray(np.stack([t_off[:-1], t_off[1:]], axis=1)))
+        data = (code, parts, arrays["bmp_term_blocks"], arrays["bmp_term_maxes"],
                 arrays["bmp_term_kth"], *block, *postings, *forward, self.num_docs, self.block_size)
         scratch = ((self.num_blocks, np.int32), (self.num_blocks, np.int32), (self.num_blocks, np.uint32),
                    (self.block_size, np.int32),  # ub, cand_key, cand_blk, bacc
@@ -414,7 +437,10 @@ class BmpIndex:
         _term_block_fill(offsets, docs, impacts, block_size, t_off, t_blocks, t_max)
         kth = np.zeros((vocab, len(KTH)), imp_dtype)
         _term_kth(offsets, impacts, np.array(KTH, np.int64), kth)
-        out = {"bmp_term_offsets": t_off, "bmp_term_blocks": t_blocks, "bmp_term_maxes": t_max, "bmp_term_kth": kth}
+        parts = np.empty((vocab, -(-num_blocks // 65536) + 1), np.int64)
+        _term_parts(t_off, t_blocks, parts)
+        out = {"bmp_term_parts": parts, "bmp_term_blocks": t_blocks.astype(np.uint16), "bmp_term_maxes": t_max,
+               "bmp_term_kth": kth}
 
         if layout == "bitmap":
             f_off = np.ascontiguousarray(index.array("forward_offsets"))
@@ -456,7 +482,8 @@ class BmpIndex:
             except KeyError:  # added after the index was opened
                 manifest = manifest or read_manifest(index.index_dir)
                 arrays[name] = open_array(index.index_dir, manifest, name)
-        if arrays["bmp_term_offsets"].shape != (index.vocab_size + 1,) or \
+        parts = arrays.get("bmp_term_parts", arrays.get("bmp_term_offsets"))
+        if parts is None or parts.shape[0] != index.vocab_size + ("bmp_term_parts" not in arrays) or \
                 arrays["bmp_term_kth"].shape != (index.vocab_size, len(KTH)):
             raise IndexFormatError("bmp structure arrays do not match the index vocabulary; rebuild it")
         return cls(index, params, arrays)

@@ -157,6 +157,24 @@ def _as_version_1(index_dir: Path) -> None:
     write_manifest(index_dir, manifest)
 
 
+def _bmp_as_version_1(index_dir: Path) -> None:
+    """Rewrite a bmp structure's term-block arrays as format version 1 wrote them: int64 term offsets, uint32
+    block ids."""
+    manifest = read_manifest(index_dir)
+    parts = np.load(index_dir / "bmp_term_parts.npy")
+    low = np.load(index_dir / "bmp_term_blocks.npy").astype(np.uint32)
+    high = np.concatenate([np.full(b - a, h << 16, np.uint32) for row in parts for h, (a, b) in
+                           enumerate(zip(row[:-1], row[1:]))])
+    offsets = np.append(parts[:, 0], parts[-1, -1])
+    (index_dir / "bmp_term_parts.npy").unlink()
+    del manifest["arrays"]["bmp_term_parts"]
+    manifest["arrays"]["bmp_term_offsets"] = write_array(index_dir, "bmp_term_offsets", offsets)
+    manifest["arrays"]["bmp_term_blocks"] = write_array(index_dir, "bmp_term_blocks", high | low)
+    info = manifest["structures"]["bmp"]
+    info["arrays"] = sorted(set(info["arrays"]) - {"bmp_term_parts"} | {"bmp_term_offsets"})
+    write_manifest(index_dir, manifest)
+
+
 def test_forward_term_ids_narrow_and_legacy_wide(base, queries, exact, tmp_path):
     """Term ids are stored in 16 bits when the vocabulary allows; an index holding them in 32 bits (format
     version 1, vocabularies over 65,536 terms) answers every mode the same, BMP in every layout."""
@@ -165,9 +183,12 @@ def test_forward_term_ids_narrow_and_legacy_wide(base, queries, exact, tmp_path)
     shutil.copytree(base, wide)
     _as_version_1(wide)
     assert not verify_index(wide)
-    for layout in ("bitmap", "postings"):  # version 1's layouts
+    for layout in ("bitmap", "postings"):  # version 1's layouts and arrays
         add_structure(InvertedIndex.open(wide), "bmp", block_size=16, layout=layout)
+        _bmp_as_version_1(wide)
+        assert not verify_index(wide)
         index = InvertedIndex.open(wide)
+        assert index.array("bmp_term_blocks").dtype == np.uint32
         for (terms, weights), want in zip(queries, exact[10]):
             assert_same(index.search(terms, weights, k=10, mode="bmp"), want)
     for name, params in (("bmp", {"block_size": 16}), ("seismic", {"n_postings": 300})):
@@ -197,6 +218,26 @@ def test_vocabulary_over_16_bits_keeps_32_bit_term_ids(tmp_path, queries):
     for t, w in queries[::4]:
         t = t * 97 + 3
         assert_same(index.search(t, w, k=10, mode="bmp"), index.search(t, w, k=10))
+
+
+def test_block_ids_over_16_bits(tmp_path):
+    """Over 65,536 blocks, block ids are split into a 16-bit part per pair and a high part per term range."""
+    rng = np.random.default_rng(4)
+    n_docs = 70_000
+    indptr = np.arange(0, 3 * n_docs + 1, 3, dtype=np.int64)
+    terms = rng.integers(0, 40, 3 * n_docs)
+    terms[3 * np.arange(0, n_docs, 997)] = 41  # a term with pairs on both sides of block 65,536
+    builder = IndexBuilder(tmp_path / "base", 50)
+    builder.add(indptr, terms, rng.exponential(1.0, 3 * n_docs).astype(np.float32))
+    builder.finalize()
+    index = with_bmp(tmp_path / "base", tmp_path / "idx", block_size=1)
+    parts = index.array("bmp_term_parts")
+    assert parts.shape == (50, 3) and index.array("bmp_term_blocks").dtype == np.uint16
+    assert parts[41, 0] < parts[41, 1] < parts[41, 2]
+    for t in ([41], [41, 3], [1, 2, 3, 41], [7]):
+        t = np.array(t)
+        for k in (1, 10, 100):
+            assert_same(index.search(t, np.ones(t.size), k=k, mode="bmp"), index.search(t, np.ones(t.size), k=k))
 
 
 def test_batch_threads_restored(base, tmp_path, queries):

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from numba import njit
 
-from .storage import FORMAT_NAME, FORMAT_VERSION, MANIFEST, array_entry, write_array, write_manifest
+from .storage import FORMAT_NAME, FORMAT_VERSION, MANIFEST, array_entry, term_dtype, write_array, write_manifest
 
 _IMPACT_DTYPES = {8: np.uint8, 16: np.uint16}
 _MAX_IDS = 2**32  # doc and term ids are stored as uint32
@@ -184,7 +184,7 @@ class IndexBuilder:
             self._max_weight = max(self._max_weight, float(weights.max()))
             self._min_weight = min(self._min_weight, float(weights.min()))
             self._term_counts += np.bincount(terms, minlength=self.vocab_size)
-        self._append(docs, terms, weights)
+        self._append(docs, terms.astype(term_dtype(self.vocab_size)), weights)
 
     def _append(self, docs: np.ndarray, terms: np.ndarray, weights: np.ndarray) -> None:
         """Buffer postings, spilling full chunks of ``chunk_postings`` to disk."""
@@ -291,7 +291,7 @@ class IndexBuilder:
             "postings_docs": create("postings_docs", np.uint32, num_postings),
             "postings_impacts": create("postings_impacts", dtype, num_postings),
             "forward_offsets": create("forward_offsets", np.int64, self._num_docs + 1),
-            "forward_terms": create("forward_terms", np.uint32, num_postings),
+            "forward_terms": create("forward_terms", term_dtype(self.vocab_size), num_postings),
             "forward_impacts": create("forward_impacts", dtype, num_postings),
         }
         out["forward_offsets"][:] = 0

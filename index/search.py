@@ -213,7 +213,7 @@ class InvertedIndex:
             raise IndexError(f"doc id {doc_id} out of range [0, {self.num_docs})")
         offsets = self._arrays["forward_offsets"]
         start, end = offsets[doc_id], offsets[doc_id + 1]
-        terms = np.array(self._arrays["forward_terms"][start:end])
+        terms = np.array(self._arrays["forward_terms"][start:end], np.uint32)
         weights = (self._arrays["forward_impacts"][start:end] * self.scale).astype(np.float32)
         return terms, weights
 
@@ -242,6 +242,9 @@ def _check_shapes(index_dir: Path, manifest: dict, arrays: dict[str, np.ndarray]
     if arrays["postings_impacts"].dtype not in (np.uint8, np.uint16):
         dtype = arrays["postings_impacts"].dtype
         raise IndexFormatError(f"{index_dir}/postings_impacts.npy: unsupported impact dtype {dtype}")
+    terms = arrays["forward_terms"].dtype
+    if terms not in (np.uint16, np.uint32) or (terms == np.uint16 and manifest["vocab_size"] > 65536):
+        raise IndexFormatError(f"{index_dir}/forward_terms.npy: term dtype {terms} does not fit the vocabulary")
     for name in ("postings_offsets", "forward_offsets"):
         offsets = arrays[name]
         if offsets[0] != 0 or offsets[-1] != manifest["num_postings"]:

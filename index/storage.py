@@ -24,9 +24,17 @@ import numpy as np
 from numba import njit
 
 FORMAT_NAME = "lsr-index"
-FORMAT_VERSION = 1
+# 2: uint16 forward term ids when the vocabulary fits, block-major capped Seismic summaries, BMP forward layout.
+# Version 1 indexes open (uint32 term ids, bitmap/postings BMP); their Seismic structure must be rebuilt.
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 MANIFEST = "manifest.json"
 _HASH_CHUNK = 1 << 20
+
+
+def term_dtype(vocab_size: int) -> type:
+    """Narrowest unsigned type of term ids below ``vocab_size``: uint16 for BERT-size vocabularies, else uint32."""
+    return np.uint16 if vocab_size <= 65536 else np.uint32
 
 
 class IndexFormatError(RuntimeError):
@@ -62,6 +70,37 @@ def write_array(index_dir: Path, name: str, arr: np.ndarray) -> dict:
     except OSError as err:  # numpy reports a short write without errno or file name
         raise OSError(err.errno or errno.ENOSPC, f"{path}: {err.strerror or err}") from err
     return array_entry(index_dir, name, arr)
+
+
+_NPY_HEADER = 128  # bytes reserved for the .npy header of an array written in pieces
+
+
+class ArrayAppender:
+    """Write a 1-D array into ``index_dir/name.npy`` piece by piece, without holding it in memory; :meth:`close`
+    writes the ``.npy`` header (its length is known only then) and returns the manifest entry."""
+
+    def __init__(self, index_dir: Path, name: str, dtype: type):
+        self.index_dir, self.name, self.dtype = Path(index_dir), name, np.dtype(dtype)
+        self.length = 0
+        self._fh = open(self.index_dir / f"{name}.npy", "wb")
+        self._fh.write(b"\0" * _NPY_HEADER)
+
+    def append(self, arr: np.ndarray) -> None:
+        """Append the values of ``arr`` (cast to the array's dtype)."""
+        self._fh.write(np.ascontiguousarray(arr, self.dtype).tobytes())
+        self.length += len(arr)
+
+    def close(self) -> dict:
+        """Write the header, close the file; the manifest entry."""
+        descr = np.lib.format.dtype_to_descr(self.dtype)
+        text = f"{{'descr': {descr!r}, 'fortran_order': False, 'shape': ({self.length},), }}".encode("latin1")
+        body = _NPY_HEADER - 10
+        self._fh.seek(0)
+        self._fh.write(b"\x93NUMPY\x01\x00" + body.to_bytes(2, "little") + text.ljust(body - 1) + b"\n")
+        self._fh.close()
+        file = f"{self.name}.npy"
+        return {"file": file, "dtype": str(self.dtype), "shape": [self.length],
+                "sha256": sha256_file(self.index_dir / file)}
 
 
 def _fsync_dir(path: Path) -> None:
@@ -264,9 +303,9 @@ def read_manifest(index_dir: Path) -> dict:
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
         raise IndexFormatError(f"{path}: not an {FORMAT_NAME!r} manifest")
     version = manifest.get("format_version")
-    if version != FORMAT_VERSION:
+    if version not in READABLE_VERSIONS:
         raise IndexFormatError(
-            f"{path}: index format version {version!r}, this code reads version {FORMAT_VERSION}"
+            f"{path}: index format version {version!r}, this code reads version {FORMAT_VERSION} (and the older 1)"
         )
     if not isinstance(manifest.get("arrays"), dict):
         raise IndexFormatError(f"{path}: manifest has no 'arrays' table")
@@ -327,6 +366,9 @@ def open_array(index_dir: Path, manifest: dict, name: str, verify: bool = False)
             f"{path}: expected {entry['dtype']}{tuple(entry['shape'])}, "
             f"found {arr.dtype}{tuple(arr.shape)}"
         )
+    size = path.stat().st_size
+    if isinstance(arr, np.memmap) and arr.offset + arr.nbytes != size:
+        raise IndexFormatError(f"{path}: file has {size} bytes, its header says {arr.offset + arr.nbytes}")
     return arr
 
 

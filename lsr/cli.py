@@ -18,7 +18,7 @@ from lsr.engine import (DEFAULT_INDEX_DIR, DEFAULT_RETRIEVER, MODES, RETRIEVER_H
 from lsr.searcher import LABEL_FREE_METHODS
 from lsr.models import ModelNotFoundError
 from lsr.bm25_field import DEFAULT_ANALYZER
-from lsr.pipeline import BuildSettings
+from lsr.pipeline import DEFAULT_STRUCTURES, BuildSettings
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Learned sparse retrieval: index, search, serve, evaluate.")
 
@@ -78,7 +78,8 @@ def index_cmd(
     title_field: Optional[str] = typer.Option(None, "--title-field"),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Log and skip bad records instead of stopping."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="Torch threads for encoding."),
-    structures: Optional[str] = typer.Option(None, "--structures", help="Pruning structures to build too: bmp,seismic."),
+    structures: Optional[str] = typer.Option(
+        None, "--structures", help="Pruning structures to build too: bmp,seismic (default: bmp; 'none': no structure)."),
     add_structures: Optional[str] = typer.Option(
         None, "--add-structures", help="Add structures (bmp,seismic) to the existing index at --index; no CORPUS."),
     reorder: Optional[str] = typer.Option(None, "--reorder", help="Reorder documents for BMP blocks: bp or cluster."),
@@ -130,25 +131,25 @@ def index_cmd(
         if corpus is not None:
             raise ValueError("--add-structures works on the existing index at --index: give no CORPUS")
         names = _split_names(add_structures)
-        Engine.open(index).add_structures(names, reorder=reorder)
+        Engine.open(index, checksums=True).add_structures(names, reorder=reorder)
         typer.echo(f"added {', '.join(names)} to {index} in {time.time() - started:.1f}s")
         return
     if add_inference_free:
         if corpus is not None:
             raise ValueError("--add-inference-free works on the existing index at --index: give no CORPUS")
-        Engine.open(index).add_inference_free()
+        Engine.open(index, checksums=True).add_inference_free()
         typer.echo(f"added the inference-free query table to {index} in {time.time() - started:.1f}s")
         return
     if add_bm25:
         if corpus is not None:
             raise ValueError("--add-bm25 works on the existing index at --index: give no CORPUS")
-        Engine.open(index).add_bm25(bm25_analyzer)
+        Engine.open(index, checksums=True).add_bm25(bm25_analyzer)
         typer.echo(f"added the BM25 field ({bm25_analyzer} analyzer) to {index} in {time.time() - started:.1f}s")
         return
     if add_dense:
         if corpus is not None:
             raise ValueError("--add-dense works on the existing index at --index: give no CORPUS")
-        Engine.open(index).add_dense(dense_model, batch_size=batch_size, hnsw_threshold=hnsw_threshold)
+        Engine.open(index, checksums=True).add_dense(dense_model, batch_size=batch_size, hnsw_threshold=hnsw_threshold)
         typer.echo(f"added dense vectors to {index} in {time.time() - started:.1f}s")
         return
     if corpus is None:
@@ -161,7 +162,7 @@ def index_cmd(
     settings = BuildSettings(
         model=model, batch_size=batch_size, doc_max_length=max_length, query_max_length=query_max_length,
         doc_top_k=doc_top_k, quant_bits=quant_bits, id_field=id_field, text_field=text_field,
-        title_field=title_field, skip_bad=skip_bad, structures=_split_names(structures), reorder=reorder,
+        title_field=title_field, skip_bad=skip_bad, structures=_structure_names(structures), reorder=reorder,
         window=window, dense=dense, dense_model=dense_model, hnsw_threshold=hnsw_threshold, bm25=bm25,
         bm25_analyzer=bm25_analyzer)
     if shards is not None:
@@ -295,6 +296,13 @@ def parse_weights(spec: Optional[str]) -> dict[str, float] | str | None:
 
 def _split_names(names: Optional[str]) -> list[str]:
     return [n.strip() for n in names.split(",") if n.strip()] if names else []
+
+
+def _structure_names(names: Optional[str]) -> list[str]:
+    """The structures of ``--structures``: the default ones if not given, none for 'none'."""
+    if names is None:
+        return list(DEFAULT_STRUCTURES)
+    return [] if names.strip().lower() == "none" else _split_names(names)
 
 
 def write_run(path: Path, qids: list[str], results: list[list[Hit]], tag: str = "lsr") -> None:

@@ -49,6 +49,7 @@ class Engine(Searcher):
     def __init__(self, parts: IndexParts, encoder: SpladeEncoder | None = None, query_runtime: str | None = None):
         super().__init__(parts, encoder, query_runtime)
         self.commit: dict | None = parts.commit if isinstance(parts, LocalIndex) else None  # lsr.live's commit
+        self.checksums = False  # whether opening hashed every file (kept for the commits it reopens)
 
     # ------------------------------------------------------------------ build / open
     @classmethod
@@ -90,7 +91,7 @@ class Engine(Searcher):
 
     @classmethod
     def open(
-        cls, index_dir: str | os.PathLike = DEFAULT_INDEX_DIR, *, verify: bool = False, checksums: bool = True,
+        cls, index_dir: str | os.PathLike = DEFAULT_INDEX_DIR, *, verify: bool = False, checksums: bool = False,
         encoder: SpladeEncoder | None = None, query_runtime: str | None = None, **cluster,
     ) -> "Engine":
         """Open an index directory at its latest commit (memory-mapped); the query encoder loads on first text query.
@@ -99,9 +100,11 @@ class Engine(Searcher):
         model: ``auto`` (per model), ``torch``, ``onnx`` (fp32 export) or ``onnx-int8`` (see :mod:`lsr.onnx_encoders`).
 
         A live index (documents added or deleted since the build, see :mod:`lsr.live`) opens as all its segments
-        minus deleted documents. ``checksums`` (default) checks the sha256 of every file first, so a corrupt
-        index fails with the file's name instead of answering wrongly (each file is hashed once per process);
-        ``verify`` also checks the structural invariants (as ``lsr verify``). A sharded index (``shards.json``)
+        minus deleted documents. Opening reads the manifests and checks every array's ``.npy`` header and file size
+        against them (a truncated or swapped file fails naming it), without reading the data: a one-shot command
+        opens a large index in milliseconds. ``checksums`` also checks the sha256 of every file (each file hashed
+        once per process), as writers (``lsr add``/``delete``/``compact``, structure builds) do before changing an
+        index; ``verify`` also checks the structural invariants (as ``lsr verify``, which hashes everything). A sharded index (``shards.json``)
         opens through its shard actors; ``cluster`` options (``address``, ``num_cpus``, ``threads_per_shard``,
         ``cpus_per_shard``) go to :meth:`lsr.sharded.search.ShardSet.open` and are refused for other indexes.
         """
@@ -112,7 +115,9 @@ class Engine(Searcher):
         if cluster:
             raise TypeError(f"{index_dir} is not a sharded index: options {', '.join(sorted(cluster))} apply only "
                             "to sharded indexes")
-        return cls(open_local(index_dir, verify, checksums), encoder, query_runtime)
+        engine = cls(open_local(index_dir, verify, checksums), encoder, query_runtime)
+        engine.checksums = checksums
+        return engine
 
     def refresh(self) -> "Engine":
         """The engine of the index's latest commit: ``self`` if nothing was committed since this one opened (or if
@@ -307,7 +312,8 @@ class Engine(Searcher):
     def reopen(self) -> "Engine":
         """The engine of the newest commit, sharing this engine's loaded encoders. Unlike :meth:`refresh` it
         raises when that commit cannot be opened (the caller decides whether to retry)."""
-        engine = Engine.open(self.index_dir, encoder=self._encoder, query_runtime=self.query_runtime)
+        engine = Engine.open(self.index_dir, encoder=self._encoder, query_runtime=self.query_runtime,
+                             checksums=self.checksums)
         engine._onnx_encoders = self._onnx_encoders  # same models: every commit of an index has the build's
         dense_encoder = self._dense_encoder
         if dense_encoder is not None and engine.dense is not None \

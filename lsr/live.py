@@ -190,7 +190,7 @@ def add_documents(index_dir: str | os.PathLike, docs: Iterable[Document], *, upd
     """
     index_dir = Path(index_dir)
     with writer_lock(index_dir, "add documents"):
-        engine = Searcher(open_local(index_dir), encoder=encoder)
+        engine = Searcher(open_local(index_dir, checksums=True), encoder=encoder)
         commit = read_commit(index_dir) or _new_commit(index_dir)
         _collect_garbage(index_dir, commit)  # e.g. the segment of a writer killed before its commit: same name
         segment_name = f"{commit['generation'] + 1:06d}"
@@ -306,7 +306,7 @@ def delete_documents(index_dir: str | os.PathLike, ids: Sequence[str], *, missin
     """
     index_dir = Path(index_dir)
     with writer_lock(index_dir, "delete documents"):
-        engine = Searcher(open_local(index_dir))
+        engine = Searcher(open_local(index_dir, checksums=True))
         found, missing = [], []
         for doc_id in dict.fromkeys(ids):
             try:
@@ -337,7 +337,7 @@ def compact(index_dir: str | os.PathLike, *, progress: bool = True) -> dict:
 
     index_dir = Path(index_dir)
     with writer_lock(index_dir, "compact"):
-        engine = Searcher(open_local(index_dir))
+        engine = Searcher(open_local(index_dir, checksums=True))
         commit = read_commit(index_dir)
         before = {"segments": 1 + len(commit["segments"]) if commit else 1,
                   "deleted": int(len(engine.index.deleted)) if commit else 0, "documents": engine.index.num_docs}
@@ -366,7 +366,7 @@ def _merge_added_segments(index_dir: Path, commit: dict) -> int:
 
     The merged segment keeps the first one's starting number and its documents keep their order, so rankings
     (ties included) do not change. Returns how many segments were merged. The caller holds the writer lock."""
-    engine = Searcher(open_local(index_dir))
+    engine = Searcher(open_local(index_dir, checksums=True))
     index: SegmentedIndex = engine.index
     first = commit["segments"][0]["base"]
     name = f"{commit['generation'] + 1:06d}"

@@ -190,7 +190,7 @@ class SegmentedDense:
         return self.parts[s].vector(local)
 
 
-def open_segments(index_dir: Path, commit: dict, verify: bool = False, checksums: bool = True
+def open_segments(index_dir: Path, commit: dict, verify: bool = False, checksums: bool = False
                   ) -> tuple[SegmentedIndex, SegmentedDocStore, object]:
     """The (index, document store, dense side or None) of a commit."""
     from lsr.dense import DenseIndex
@@ -295,7 +295,7 @@ def open_bm25(index_dir: Path, commit: dict | None, index):
         raise IndexFormatError(f"{index_dir}: some segments have the BM25 field and others not; run `lsr index "
                                f"--add-bm25 --index {index_dir}` after `lsr compact`")
     dirs = [field_dir(path) for path, _ in parts]
-    fields = [InvertedIndex.open(d, checksums=True) for d in dirs]
+    fields = [InvertedIndex.open(d) for d in dirs]  # headers and sizes checked; `lsr verify` hashes them
     if commit is None:
         return Bm25Side.open(dirs, fields[0])
     return Bm25Side.open(dirs, SegmentedIndex(fields, [base for _, base in parts], index.deleted))
@@ -309,10 +309,11 @@ def build_details(manifest: dict) -> dict:
             "bm25": manifest.get("bm25")}
 
 
-def open_local(index_dir: str | os.PathLike, verify: bool = False, checksums: bool = True) -> LocalIndex:
+def open_local(index_dir: str | os.PathLike, verify: bool = False, checksums: bool = False) -> LocalIndex:
     """Open a single or live index directory at its latest commit (memory-mapped).
 
-    ``checksums`` checks the sha256 of every file first; ``verify`` also checks the structural invariants. A
+    Array headers and file sizes are always checked; ``checksums`` also checks the sha256 of every file (writers do);
+    ``verify`` also checks the structural invariants. A
     commit made while opening is followed: the directory is opened again at the new commit.
     """
     index_dir = Path(index_dir)

@@ -104,7 +104,8 @@ class ServerState:
         try:
             started = time.time()
             _single_threaded_blas()
-            engine = Engine.open(self.index_dir, query_runtime=self.query_runtime)
+            # a long-running server hashes every file once (then only the files of new commits)
+            engine = Engine.open(self.index_dir, query_runtime=self.query_runtime, checksums=True)
             engine.warm_up(search=self.warmup)
             self.engine = engine
             self.ready = True

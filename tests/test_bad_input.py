@@ -397,22 +397,25 @@ def _damage_target(index_dir: Path, where: str, name: str) -> Path:
     return index_dir / read_commit(index_dir)["deletes"]["file"]
 
 
-def _check_damaged(index_dir: Path, path: Path, new_docs, tmp_path, also: str | None = None) -> None:
-    """A damaged file: Engine.open, lsr search, lsr add name it; lsr verify fails naming it; nothing is written."""
+def _check_damaged(index_dir: Path, path: Path, new_docs, tmp_path, at_open: str | None) -> None:
+    """A damaged file: opening for search fails naming it with ``at_open`` (None: opening trusts the data, which
+    only checksums catch), a checksummed open and the writers (lsr add, lsr delete) fail with its sha256 mismatch,
+    lsr verify fails naming it; nothing is written."""
     mismatch = f"{path}: sha256 mismatch (file corrupt or modified)"
-    with pytest.raises(IndexFormatError) as err:
-        Engine.open(index_dir)
     full = f"{mismatch}; run `lsr verify` and rebuild or restore the index"
+    with pytest.raises(IndexFormatError) as err:
+        Engine.open(index_dir, checksums=True)
     assert str(err.value) == full
-    if also is not None:  # without checksums the array's own reader fails, naming the file too
-        with pytest.raises(IndexFormatError, match=re.escape(f"{path}: {also}")):
-            Engine.open(index_dir, checksums=False)
+    if at_open is None:
+        Engine.open(index_dir)
+    else:
+        with pytest.raises(IndexFormatError, match=re.escape(at_open)):
+            Engine.open(index_dir)
+        assert_user_error(cli("search", "parse command line arguments", "--index", index_dir),
+                          re.compile(re.escape(at_open) + ".*"))
     result = cli("verify", "--index", index_dir)
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert any(line.startswith(mismatch) for line in result.output.splitlines()), result.output
-    if also is not None:
-        assert any(line.startswith(f"{path}: {also}") for line in result.output.splitlines()), result.output
-    assert_user_error(cli("search", "parse command line arguments", "--index", index_dir), full)
     corpus = _corpus_lines(tmp_path, new_docs)
     assert_user_error(cli("add", corpus, "--index", index_dir, "--no-progress"), full)
     assert_user_error(cli("delete", new_docs[0]["_id"], "--index", index_dir), full)
@@ -425,8 +428,9 @@ def test_truncated_npy(where, name, live, new_docs, tmp_path):
     path = _damage_target(index_dir, where, name)
     original = path.read_bytes()
     path.write_bytes(original[: len(original) // 2])
-    _check_damaged(index_dir, path, new_docs, tmp_path,
-                   also="unreadable .npy file" if where != "deletes" else None)
+    at_open = f"{path}: unreadable .npy file" if where != "deletes" else \
+        f"{path}: sha256 mismatch (file corrupt or modified)"  # tombstones are small: always hashed
+    _check_damaged(index_dir, path, new_docs, tmp_path, at_open)
     path.write_bytes(original)  # the damaged file restored: nothing else was touched
     assert_intact(index_dir, before)
 
@@ -439,7 +443,32 @@ def test_flipped_byte_in_array(where, name, live, new_docs, tmp_path):
     data = bytearray(original)
     data[len(data) // 2] ^= 0x5A
     path.write_bytes(bytes(data))
-    _check_damaged(index_dir, path, new_docs, tmp_path)
+    _check_damaged(index_dir, path, new_docs, tmp_path, None)
+    path.write_bytes(original)
+    assert_intact(index_dir, before)
+
+
+def test_open_hashes_nothing_and_checks_sizes(live, monkeypatch):
+    """Opening for search reads no array data (no array is hashed) yet refuses an array whose size is not its
+    header's."""
+    import lsr.index.storage as storage
+
+    index_dir, before = live
+
+    hash_file = storage.sha256_file
+
+    def no_hashing(path):
+        assert Path(path).suffix != ".npy", f"{path} hashed at open"
+        return hash_file(path)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(storage, "sha256_file", no_hashing)
+        Engine.open(index_dir).search("parse command line arguments", k=3)
+    path = _damage_target(index_dir, "base", "forward_impacts")
+    original = path.read_bytes()
+    path.write_bytes(original + b"\0" * 64)
+    with pytest.raises(IndexFormatError, match=re.escape(f"{path}: file has {len(original) + 64} bytes")):
+        Engine.open(index_dir)
     path.write_bytes(original)
     assert_intact(index_dir, before)
 
@@ -452,7 +481,7 @@ def test_future_format_version(file, kind, live, new_docs, tmp_path):
     original = path.read_bytes()
     path.write_text(json.dumps(dict(json.loads(original), format_version=99)), encoding="utf-8")
     future = path.read_bytes()
-    message = f"{path}: {kind} format version 99, this code reads version 1"
+    message = f"{path}: {kind} format version 99, this code reads version " + ("2 (and the older 1)" if kind == "index" else "1")
     with pytest.raises(IndexFormatError) as err:
         Engine.open(index_dir)
     assert str(err.value) == message

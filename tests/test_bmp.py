@@ -18,7 +18,7 @@ import pytest
 from lsr.index import IndexBuilder, InvertedIndex, verify_index
 from lsr.index.bmp import _bound_terms
 from lsr.index.reorder import reorder_index
-from lsr.index.storage import read_manifest
+from lsr.index.storage import read_manifest, write_array, write_manifest
 from lsr.index.structures import add_structure
 from lsr import Engine
 from lsr.sample import sample_documents
@@ -109,8 +109,8 @@ def exact(base, queries) -> dict:
 
 
 # ----------------------------------------------------------------------------------- safe mode
-@pytest.mark.parametrize("block_size,layout", [(1, "bitmap"), (8, "bitmap"), (64, "bitmap"), (200, "bitmap"),
-                                               (32, "postings")])
+@pytest.mark.parametrize("block_size,layout", [(1, "forward"), (8, "forward"), (64, "forward"), (200, "forward"),
+                                               (1, "bitmap"), (8, "bitmap"), (200, "bitmap"), (32, "postings")])
 def test_safe_bmp_equals_exact(base, queries, exact, tmp_path, block_size, layout):
     index = with_bmp(base, tmp_path / "idx", block_size=block_size, layout=layout)
     for k, expected in exact.items():
@@ -146,6 +146,98 @@ def test_sixteen_bit_impacts_and_large_blocks(tmp_path, queries):
     for k in (1, 10, 200):
         for terms, weights in queries[::3]:
             assert_same(index.search(terms, weights, k=k, mode="bmp"), index.search(terms, weights, k=k))
+
+
+def _as_version_1(index_dir: Path) -> None:
+    """Rewrite an index as format version 1 wrote it: uint32 forward term ids."""
+    manifest = read_manifest(index_dir)
+    terms = np.load(index_dir / "forward_terms.npy").astype(np.uint32)
+    manifest["arrays"]["forward_terms"] = write_array(index_dir, "forward_terms", terms)
+    manifest["format_version"] = 1
+    write_manifest(index_dir, manifest)
+
+
+def _bmp_as_version_1(index_dir: Path) -> None:
+    """Rewrite a bmp structure's term-block arrays as format version 1 wrote them: int64 term offsets, uint32
+    block ids."""
+    manifest = read_manifest(index_dir)
+    parts = np.load(index_dir / "bmp_term_parts.npy")
+    low = np.load(index_dir / "bmp_term_blocks.npy").astype(np.uint32)
+    high = np.concatenate([np.full(b - a, h << 16, np.uint32) for row in parts for h, (a, b) in
+                           enumerate(zip(row[:-1], row[1:]))])
+    offsets = np.append(parts[:, 0], parts[-1, -1])
+    (index_dir / "bmp_term_parts.npy").unlink()
+    del manifest["arrays"]["bmp_term_parts"]
+    manifest["arrays"]["bmp_term_offsets"] = write_array(index_dir, "bmp_term_offsets", offsets)
+    manifest["arrays"]["bmp_term_blocks"] = write_array(index_dir, "bmp_term_blocks", high | low)
+    info = manifest["structures"]["bmp"]
+    info["arrays"] = sorted(set(info["arrays"]) - {"bmp_term_parts"} | {"bmp_term_offsets"})
+    write_manifest(index_dir, manifest)
+
+
+def test_forward_term_ids_narrow_and_legacy_wide(base, queries, exact, tmp_path):
+    """Term ids are stored in 16 bits when the vocabulary allows; an index holding them in 32 bits (format
+    version 1, vocabularies over 65,536 terms) answers every mode the same, BMP in every layout."""
+    assert InvertedIndex.open(base).array("forward_terms").dtype == np.uint16
+    wide = tmp_path / "wide"
+    shutil.copytree(base, wide)
+    _as_version_1(wide)
+    assert not verify_index(wide)
+    for layout in ("bitmap", "postings"):  # version 1's layouts and arrays
+        add_structure(InvertedIndex.open(wide), "bmp", block_size=16, layout=layout)
+        _bmp_as_version_1(wide)
+        assert not verify_index(wide)
+        index = InvertedIndex.open(wide)
+        assert index.array("bmp_term_blocks").dtype == np.uint32
+        for (terms, weights), want in zip(queries, exact[10]):
+            assert_same(index.search(terms, weights, k=10, mode="bmp"), want)
+    for name, params in (("bmp", {"block_size": 16}), ("seismic", {"n_postings": 300})):
+        add_structure(InvertedIndex.open(wide), name, **params)
+    narrow = with_bmp(base, tmp_path / "narrow", block_size=16)
+    add_structure(narrow, "seismic", n_postings=300)
+    narrow, index = InvertedIndex.open(tmp_path / "narrow"), InvertedIndex.open(wide)
+    assert index.array("forward_terms").dtype == np.uint32
+    for (terms, weights), want in zip(queries, exact[10]):
+        assert_same(index.search(terms, weights, k=10, mode="bmp"), want)
+        assert_same(index.search(terms, weights, k=10, mode="seismic"),
+                    narrow.search(terms, weights, k=10, mode="seismic"))
+        docs = np.arange(0, N_DOCS, 7)
+        assert np.array_equal(index.score_docs((terms, weights), docs), narrow.score_docs((terms, weights), docs))
+    assert index.doc_vector(3)[0].dtype == narrow.doc_vector(3)[0].dtype == np.uint32
+    assert np.array_equal(reorder_index(wide, "bp", iterations=2), reorder_index(tmp_path / "narrow", "bp", iterations=2))
+
+
+def test_vocabulary_over_16_bits_keeps_32_bit_term_ids(tmp_path, queries):
+    indptr, terms, weights = make_docs(5, n_docs=600)
+    terms = terms * 97 + 3  # spread over a 77,600-term vocabulary
+    builder = IndexBuilder(tmp_path / "big", VOCAB * 97)
+    builder.add(indptr, terms, weights)
+    builder.finalize()
+    index = with_bmp(tmp_path / "big", tmp_path / "idx", block_size=8)
+    assert index.array("forward_terms").dtype == np.uint32 and index.doc_vector(1)[0].max() >= 65536
+    for t, w in queries[::4]:
+        t = t * 97 + 3
+        assert_same(index.search(t, w, k=10, mode="bmp"), index.search(t, w, k=10))
+
+
+def test_block_ids_over_16_bits(tmp_path):
+    """Over 65,536 blocks, block ids are split into a 16-bit part per pair and a high part per term range."""
+    rng = np.random.default_rng(4)
+    n_docs = 70_000
+    indptr = np.arange(0, 3 * n_docs + 1, 3, dtype=np.int64)
+    terms = rng.integers(0, 40, 3 * n_docs)
+    terms[3 * np.arange(0, n_docs, 997)] = 41  # a term with pairs on both sides of block 65,536
+    builder = IndexBuilder(tmp_path / "base", 50)
+    builder.add(indptr, terms, rng.exponential(1.0, 3 * n_docs).astype(np.float32))
+    builder.finalize()
+    index = with_bmp(tmp_path / "base", tmp_path / "idx", block_size=1)
+    parts = index.array("bmp_term_parts")
+    assert parts.shape == (50, 3) and index.array("bmp_term_blocks").dtype == np.uint16
+    assert parts[41, 0] < parts[41, 1] < parts[41, 2]
+    for t in ([41], [41, 3], [1, 2, 3, 41], [7]):
+        t = np.array(t)
+        for k in (1, 10, 100):
+            assert_same(index.search(t, np.ones(t.size), k=k, mode="bmp"), index.search(t, np.ones(t.size), k=k))
 
 
 def test_batch_threads_restored(base, tmp_path, queries):
@@ -348,3 +440,19 @@ def test_real_index_reordered(real_index, tmp_path):
         hits.append(len(set(approx[0].tolist()) & set(got[0].tolist())) / max(1, len(got[0])))
     assert np.mean(hits) >= 0.8
     assert json.loads((work / "manifest.json").read_text())["reorder"]["method"] == "bp"
+
+
+def test_index_sizes_table(base, tmp_path):
+    """python -m lsr.eval.index_sizes: every file of the index counted once, in the group owning it."""
+    from lsr.eval.index_sizes import format_table, index_sizes
+
+    index = with_bmp(base, tmp_path / "idx", block_size=8)
+    sizes = index_sizes(index.index_dir)
+    assert set(sizes["groups"]) == {"base", "bmp", "other"}
+    assert set(sizes["groups"]["bmp"]) == set(index.manifest["structures"]["bmp"]["arrays"])
+    assert sizes["groups"]["base"]["forward_terms"] == {"dtype": "uint16", "bytes": 128 + 2 * index.num_postings}
+    counted = sum(a["bytes"] for group in sizes["groups"].values() for a in group.values())
+    assert counted == sum(f.stat().st_size for f in index.index_dir.iterdir())
+    table = format_table(sizes)
+    total = f"{counted:,} | {counted / N_DOCS:,.1f} | {counted / index.num_postings:,.2f} |"
+    assert table.splitlines()[-1] == f"| **index total** |  | {total}"

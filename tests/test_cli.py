@@ -133,9 +133,14 @@ def test_index_skip_bad_and_text_folder(tmp_path):
     assert result.exit_code == 0 and "indexed 2 documents" in result.output
     hits = json.loads(run("search", "how to bake bread", "--index", str(tmp_path / "idx"), "--json").stdout)["hits"]
     assert hits[0]["id"] == "a.md" and hits[0]["title"] == "Bread baking"
+    # a plain build has the safe pruned mode's structure; --structures none opts out
+    bmp = json.loads(run("search", "how to bake bread", "--index", str(tmp_path / "idx"), "--json", "--mode", "bmp").stdout)
+    assert [h["id"] for h in bmp["hits"]] == [h["id"] for h in hits]
     mixed = write_jsonl(tmp_path / "mixed.jsonl", [{"id": "1", "text": "ok"}, {"id": "2"}, {"id": "1", "text": "dup"}])
-    result = run("index", str(mixed), "--index", str(tmp_path / "idx2"), "--skip-bad")
+    result = run("index", str(mixed), "--index", str(tmp_path / "idx2"), "--skip-bad", "--structures", "none")
     assert result.exit_code == 0 and "skipped 2 bad record(s)" in result.output
+    result = runner.invoke(app, ["search", "ok", "--index", str(tmp_path / "idx2"), "--mode", "bmp"])
+    assert result.exit_code == 2 and "no 'bmp' structure" in result.output, result.output
 
 
 def test_console_script_subprocess(cli_index, engine):

@@ -11,15 +11,16 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from lsr.index import IndexBuilder, InvertedIndex, verify_index
+from lsr.index import IndexBuilder, IndexFormatError, InvertedIndex, verify_index
 from lsr.index.seismic import BUILD_DEFAULTS, SEARCH_DEFAULTS
+from lsr.index.storage import read_manifest, write_manifest
 from lsr.index.structures import add_structure
 
 VOCAB = 3000
 USED = 2800  # term ids >= USED never occur in documents
 N_DOCS = 3000
 # every list kept whole, summaries that bound every score, every query term visited
-EXHAUSTIVE_BUILD = {"pruning": "fixed", "n_postings": N_DOCS, "summary_energy": 1.0}
+EXHAUSTIVE_BUILD = {"pruning": "fixed", "n_postings": N_DOCS, "summary_energy": 1.0, "summary_cap": None}
 EXHAUSTIVE_SEARCH = {"query_cut": None, "heap_factor": 1.0}
 
 
@@ -139,6 +140,56 @@ def test_no_block_skipping_equals_exact_whatever_the_summaries(base_dir, tmp_pat
         eids, escores = index.search(t, w, 10)
         np.testing.assert_array_equal(ids, eids)
         np.testing.assert_array_equal(scores, escores)
+
+
+def test_summaries_capped_to_the_heaviest_terms(base_dir, tmp_path):
+    """A block's summary holds at most summary_cap terms, the heaviest of the block (max impact over its docs)."""
+    cap = 6
+    index = with_seismic(base_dir, tmp_path / "idx", n_postings=400, summary_energy=1.0, summary_cap=cap)
+    fwd = forward_matrix(index).tocsr()
+    s_off, s_terms = np.asarray(index.array("seismic_sum_offsets")), np.asarray(index.array("seismic_sum_terms"))
+    s_vals, b_off = np.asarray(index.array("seismic_sum_values")), np.asarray(index.array("seismic_block_offsets"))
+    docs, steps = np.asarray(index.array("seismic_docs")), np.asarray(index.array("seismic_block_step"))
+    sizes = np.diff(s_off.astype(np.int64))
+    assert s_terms.dtype == np.uint16 and sizes.max() == cap and index.manifest["structures"]["seismic"][
+        "params"]["stats"]["summary_entries"] == s_off[-1]
+    for b in range(0, b_off.shape[0] - 1, 37):
+        block_max = fwd[docs[b_off[b]:b_off[b + 1]]].max(axis=0).toarray().ravel()
+        heaviest = np.sort(block_max)[::-1]
+        terms, values = s_terms[s_off[b]:s_off[b + 1]], s_vals[s_off[b]:s_off[b + 1]].astype(np.int64) * steps[b]
+        assert sizes[b] == min(cap, np.count_nonzero(block_max))
+        np.testing.assert_array_equal(values, block_max[terms])
+        np.testing.assert_array_equal(np.sort(values)[::-1], heaviest[:sizes[b]])
+
+
+def test_summaries_streamed_in_runs_are_the_same(base_dir, tmp_path, monkeypatch):
+    """Summaries built in runs of 7 blocks (appended to their files run by run) equal a build in one run."""
+    from lsr.index.seismic import summaries
+
+    whole = with_seismic(base_dir, tmp_path / "whole", n_postings=400)
+    monkeypatch.setattr(summaries, "RUN_BLOCKS", 7)
+    runs = with_seismic(base_dir, tmp_path / "runs", n_postings=400)
+    assert int(np.asarray(runs.array("seismic_block_offsets")).shape[0]) > 100
+    for name in runs.manifest["structures"]["seismic"]["arrays"]:
+        np.testing.assert_array_equal(runs.array(name), whole.array(name))
+        assert runs.manifest["arrays"][name] == whole.manifest["arrays"][name]
+    assert verify_index(runs.index_dir) == []
+
+
+def test_version_1_summaries_ask_for_a_rebuild(approx, tmp_path):
+    """A seismic structure in format version 1's term-major summary layout is refused with the rebuild command."""
+    shutil.copytree(approx.index_dir, tmp_path / "idx")
+    manifest = read_manifest(tmp_path / "idx")
+    manifest["format_version"] = 1
+    info = manifest["structures"]["seismic"]
+    info["arrays"] = [name for name in info["arrays"] if not name.startswith("seismic_sum_")] + [
+        "seismic_comp_terms", "seismic_comp_offsets", "seismic_sum_blocks", "seismic_sum_values"]
+    write_manifest(tmp_path / "idx", manifest)
+    index = InvertedIndex.open(tmp_path / "idx")
+    t, w = make_queries(index, 2, 1)[0]
+    assert index.search(t, w, 10)[0].size
+    with pytest.raises(IndexFormatError, match="--add-structures seismic"):
+        index.search(t, w, 10, mode="seismic")
 
 
 def test_returned_scores_are_exact_and_ranked(approx):
@@ -268,7 +319,7 @@ def test_real_splade_index(engine, tmp_path):
                                     "unit testing framework", "random numbers", "sockets and networking",
                                     "temporary files and directories"])
     longest = int(np.diff(np.asarray(index.array("postings_offsets"))).max())
-    add_structure(index, "seismic", pruning="fixed", n_postings=longest, summary_energy=1.0)
+    add_structure(index, "seismic", pruning="fixed", n_postings=longest, summary_energy=1.0, summary_cap=None)
     index = InvertedIndex.open(tmp_path / "idx")
     for t, w in queries:
         ids, scores = index.search(t, w, 10, mode="seismic", **EXHAUSTIVE_SEARCH)

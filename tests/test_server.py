@@ -145,7 +145,7 @@ def test_post_errors(client):
     assert client.post("/search/batch", json={"queries": []}).status_code == 422
     assert client.post("/search/batch", json={"queries": ["ok", " "]}).status_code == 400
     # a mode whose structure the index lacks, and knobs a mode does not take: 422, not 500
-    r = client.post("/search", json={"q": "x", "mode": "bmp"})
+    r = client.post("/search", json={"q": "x", "mode": "seismic"})
     assert r.status_code == 422, r.text
     r = client.post("/search", json={"q": "x", "params": {"beta": 0.5}})
     assert r.status_code == 422 and "takes no parameters" in r.json()["detail"]

@@ -9,7 +9,7 @@ One module per concern, as in the authors' library:
 * :mod:`.search`: the query algorithm (a kernel of the shared :mod:`index.batch` scaffold);
 * :mod:`.structure`: :class:`SeismicIndex`, the ``seismic`` structure that builds, stores and searches them.
 
-With ``summary_energy=1`` a summary dot product bounds every document score in the block; then
+With ``summary_energy=1`` and no ``summary_cap`` a summary dot product bounds every document score in the block; then
 ``heap_factor <= 1``, no static pruning (``n_postings`` at least the longest list, fixed pruning) and
 ``query_cut`` at least the number of query terms make the search exact (``heap_factor=0`` does so
 whatever the summaries).

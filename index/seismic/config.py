@@ -4,7 +4,7 @@ Build (:class:`BuildConfig`, defaults :data:`BUILD_DEFAULTS`): static pruning ke
 per list (the paper's λ; ``pruning`` "fixed" or "global", with ``max_fraction``), blocking makes
 ``centroid_fraction`` of a list's documents centroids (clusters of at most ``min_cluster_size`` documents are
 dissolved; documents are clustered on their ``doc_cut`` heaviest terms, with random ``seed``), summaries keep
-``summary_energy`` of a block's L1 mass. Search (:class:`SearchConfig`, :data:`SEARCH_DEFAULTS`): ``query_cut``
+``summary_energy`` of a block's L1 mass in at most ``summary_cap`` terms (None: no cap). Search (:class:`SearchConfig`, :data:`SEARCH_DEFAULTS`): ``query_cut``
 (how many of the query's heaviest terms are visited) and ``heap_factor`` (block skipping threshold).
 """
 
@@ -22,6 +22,7 @@ BUILD_DEFAULTS = {
     "centroid_fraction": 0.1,
     "min_cluster_size": 2,
     "summary_energy": 0.4,
+    "summary_cap": 128,
     "doc_cut": 15,
     "seed": 0,
 }
@@ -48,6 +49,7 @@ class BuildConfig:
     centroid_fraction: float
     min_cluster_size: int
     summary_energy: float
+    summary_cap: int | None
     doc_cut: int
     seed: int
 
@@ -64,6 +66,7 @@ class BuildConfig:
                    centroid_fraction=_number(p, "centroid_fraction", 0.0, 1.0),
                    min_cluster_size=_int(p, "min_cluster_size", 0),
                    summary_energy=_number(p, "summary_energy", 0.0, 1.0),
+                   summary_cap=None if p["summary_cap"] is None else _int(p, "summary_cap", 1),
                    doc_cut=_int(p, "doc_cut", 1), seed=_int(p, "seed", 0))
 
     def to_params(self) -> dict:

@@ -17,7 +17,6 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from ..bsearch import lower_bound
 from ..topk import heap_offer, heap_sort
 
 _I8P = ir.IntType(8).as_pointer()
@@ -55,8 +54,7 @@ def _prefetch_doc(f_off, f_terms, f_imp, d):
 
 
 @njit(cache=True, nogil=True)
-def seismic_top_k(list_blocks, block_offsets, sdocs, block_step,
-                  list_comps, comp_terms, comp_offsets, sum_blocks, sum_values, f_off, f_terms, f_imp,
+def seismic_top_k(list_blocks, block_offsets, sdocs, block_step, sum_offsets, sum_terms, sum_values, f_off, f_terms, f_imp,
                   qterms, qweights, k, query_cut, heap_factor, qdense, visited, acc, top_scores, top_docs):
     """Seismic top-k of one quantized query (terms ascending) into ``top_*[:n]`` (sorted); return n (an
     :mod:`index.batch` kernel).
@@ -80,22 +78,14 @@ def seismic_top_k(list_blocks, block_offsets, sdocs, block_step,
         nb = b1 - b0
         if nb == 0:
             continue
-        # dot products of the whole query with the list's summaries
-        acc[:nb] = 0
-        lo, hi = list_comps[t], list_comps[t + 1]
-        for i in range(nq):
-            term = qterms[i]
-            lo = lower_bound(comp_terms, lo, hi, term)
-            if lo == hi:
-                break
-            if comp_terms[lo] == term:
-                w = np.int64(qweights[i])
-                # unsigned loop indices spare numba's negative-index wraparound code
-                for e in range(np.uint64(comp_offsets[lo]), np.uint64(comp_offsets[lo + 1])):
-                    acc[sum_blocks[e]] += w * sum_values[e]
-                lo += 1
+        # dot products of the whole query with the list's (block-major) summaries; unsigned loop indices
+        # spare numba's negative-index wraparound code
         for j in range(nb):
-            acc[j] *= block_step[b0 + j]
+            b = b0 + j
+            dot = np.int64(0)
+            for e in range(np.uint64(sum_offsets[b]), np.uint64(sum_offsets[b + 1])):
+                dot += np.int64(qdense[sum_terms[e]]) * np.int64(sum_values[e])
+            acc[j] = dot * np.int64(block_step[b])
         if first:
             neg_acc = np.empty(nb, np.int64)
             for j in range(nb):

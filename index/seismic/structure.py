@@ -1,14 +1,11 @@
 """The ``seismic`` structure (:mod:`index.structures` contract): build, load and search of blocked, summarized lists.
 
 Arrays (flat CSR, beside the index's own): ``seismic_list_blocks`` int64[V+1] (block range of a
-term), ``seismic_block_offsets`` int64[B+1] (range in ``seismic_docs`` uint32), ``seismic_block_step``
-int32[B], ``seismic_list_comps`` int64[V+1] (range of a term's summary components),
-``seismic_comp_terms`` uint16/uint32[C] (ascending within a list), ``seismic_comp_offsets`` uint32/int64[C+1] (range
-in ``seismic_sum_blocks`` uint16/uint32 = block number inside the list, and ``seismic_sum_values``
-uint8 codes); when the vocabulary fits 16 bits, ``seismic_forward_terms16`` uint16[P], a copy of the
-forward term ids that the query scores documents from (less memory traffic than uint32).
-Summaries are large: with ``summary_energy=0.4`` and SPLADE vectors expect 10-30 entries (3 bytes
-each) per kept posting.
+term), ``seismic_block_offsets`` uint32/int64[B+1] (range in ``seismic_docs`` uint32), and the block-major
+summaries of :mod:`.summaries`: ``seismic_sum_offsets`` uint32/int64[B+1] (range of a block's summary),
+``seismic_sum_terms`` uint16/uint32, ``seismic_sum_values`` uint8 codes and ``seismic_block_step`` uint16[B] (the
+code scale). For an older index with uint32 forward term ids that fit 16 bits, ``seismic_forward_terms16``
+uint16[P] is a 16-bit copy of them (less memory traffic when scoring documents).
 """
 
 from __future__ import annotations
@@ -16,15 +13,14 @@ from __future__ import annotations
 import numpy as np
 
 from ..batch import QueryRunner, Result
-from ..storage import open_array, read_manifest, write_array
+from ..storage import IndexFormatError, open_array, read_manifest, write_array
 from .build import block_lists, prune
 from .config import BUILD_DEFAULTS, BuildConfig, SearchConfig, auto_n_postings
 from .search import seismic_top_k
 from .summaries import summarize
 
 ARRAYS = ("seismic_list_blocks", "seismic_block_offsets", "seismic_docs", "seismic_block_step",
-          "seismic_list_comps", "seismic_comp_terms", "seismic_comp_offsets",
-          "seismic_sum_blocks", "seismic_sum_values")
+          "seismic_sum_offsets", "seismic_sum_terms", "seismic_sum_values")
 
 
 class SeismicIndex:
@@ -66,23 +62,27 @@ class SeismicIndex:
         if threshold is not None:
             p["global_threshold"] = threshold
         list_blocks, block_offsets, docs = block_lists(index, keep, config)
+        if block_offsets[-1] < 2**32:
+            block_offsets = block_offsets.astype(np.uint32)
         forward = tuple(index.array(n) for n in ("forward_offsets", "forward_terms", "forward_impacts"))
-        summaries = summarize(list_blocks, block_offsets, docs, keep, forward, config.summary_energy,
-                              int(index.vocab_size))
-        out = {}
-        if index.vocab_size <= 65536:  # 16-bit copy of the forward term ids: less memory traffic when scoring
+        arrays, entries = summarize(index.index_dir, block_offsets, docs, forward, config.summary_energy,
+                                    config.summary_cap or int(index.vocab_size), int(index.vocab_size))
+        out = {"seismic_list_blocks": list_blocks, "seismic_block_offsets": block_offsets, "seismic_docs": docs}
+        if index.vocab_size <= 65536 and forward[1].dtype != np.uint16:  # 16-bit copy of an old index's term ids
             out["seismic_forward_terms16"] = np.asarray(forward[1]).astype(np.uint16)
-        out.update({"seismic_list_blocks": list_blocks, "seismic_block_offsets": block_offsets, "seismic_docs": docs,
-                    **summaries})
-        p["stats"] = {"postings": int(docs.shape[0]), "blocks": int(list_blocks[-1]),
-                      "summary_entries": int(summaries["seismic_sum_values"].shape[0])}
-        return {"params": p, "arrays": {name: write_array(index.index_dir, name, arr) for name, arr in out.items()}}
+        arrays.update({name: write_array(index.index_dir, name, arr) for name, arr in out.items()})
+        p["stats"] = {"postings": int(docs.shape[0]), "blocks": int(list_blocks[-1]), "summary_entries": entries}
+        return {"params": p, "arrays": arrays}
 
     @classmethod
     def load(cls, index, info: dict) -> "SeismicIndex":
         """Open the structure's (memory-mapped) arrays."""
+        names = info.get("arrays", ARRAYS)
+        if "seismic_comp_terms" in names:
+            raise IndexFormatError(f"{index.index_dir}: the seismic structure is in the term-major summary layout of "
+                                   "format version 1; rebuild it with `lsr index --index DIR --add-structures seismic`")
         arrays, manifest = {}, None
-        for name in info.get("arrays", ARRAYS):
+        for name in names:
             try:
                 arrays[name] = index.array(name)
             except KeyError:  # built after this index object was opened

@@ -495,7 +495,7 @@ def run(args, name: str, work: Path) -> dict:
     return {
         "name": name, "source": origin, "docs": index.num_docs, "postings": index.num_postings, "vocab_size": vocab,
         "queries": len(queries), "avg_query_terms": float(np.mean([len(t) for t, _ in queries])), "k": k,
-        "threads": threads, "reorder": args.reorder, "structure_params": params,
+        "threads": threads, "reorder": args.reorder, "structure_params": params, "sizes": sizes,
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "load_avg_at_start": os.getloadavg()},
         "builds": builds, "runs": runs, "notes": notes,
     }

@@ -51,6 +51,7 @@ from lsr.eval.peers import (BMP_MAX_TERMS, BmpPeer, SeismicPeer, bmp_impact_scal
 from lsr.index import IndexBuilder, InvertedIndex
 from lsr.index.bmp import DEFAULT_BLOCK_SIZE
 from lsr.index.seismic import BUILD_DEFAULTS as SEISMIC_BUILD_DEFAULTS
+from lsr.index.storage import read_manifest
 from lsr.index.structures import add_structure
 from lsr.eval.synthetic import SHAPES, VOCAB as SYNTH_VOCAB, generate, shape_stats
 from lsr.evaluation.results import portable_path
@@ -240,6 +241,9 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-queries", type=int, default=1000)
     parser.add_argument("--work", type=Path, default=None, help="Build directory (default: a temporary one).")
     parser.add_argument("--seed", type=int, default=0, help="Synthetic data seed.")
+    parser.add_argument("--reuse", action="store_true",
+                        help="Reuse the builds already in --work from an earlier run with the same data and settings "
+                             "(their time and peak RSS are then not measured: NaN).")
     parser.add_argument("-k", type=int, default=10)
     parser.add_argument("--threads", type=int, default=2, help="Threads for builds and batch search.")
     parser.add_argument("--peers", action="store_true",
@@ -363,7 +367,8 @@ def run(args, name: str, work: Path) -> dict:
         manifest, quant_bits, vocab = None, 8, SYNTH_VOCAB
         print(f"generating {args.synthetic} synthetic documents of shape {args.shape} …", flush=True)
         indptr, terms, weights, queries = generate(args.shape, args.synthetic, args.max_queries, args.seed)
-        np.savez(vectors_path, indptr=indptr, terms=terms, weights=weights)
+        if not (args.reuse and vectors_path.is_file()):
+            np.savez(vectors_path, indptr=indptr, terms=terms, weights=weights)
         origin = {"synthetic": args.synthetic, "shape": args.shape, "seed": args.seed,
                   "stats": shape_stats(indptr, terms, queries)}
         del indptr, terms, weights
@@ -387,9 +392,23 @@ def run(args, name: str, work: Path) -> dict:
 
     def step(label: str, target: str, **kwargs) -> dict:
         steps.set_postfix_str(label)
-        result = run_child(target, **kwargs)
+        result = reused(label) if args.reuse and reused(label) else run_child(target, **kwargs)
         steps.update()
         return result
+
+    def reused(label: str) -> dict | None:
+        """With --reuse: a record of a build already in ``work`` (no time or peak measured), else None."""
+        stub = {"seconds": float("nan"), "peak_rss_mb": float("nan"), "rss_before_mb": float("nan"), "reused": True}
+        built = read_manifest(lsr_dir) if (lsr_dir / "manifest.json").is_file() else None
+        structure = built and built.get("structures", {}).get(label.removeprefix("lsr "))
+        peer = {"pyseismic-lsr": work / "peer.index.seismic", "bmp package": work / "peer.bmp"}.get(label)
+        if label == "lsr base" and built or label == "lsr reorder" and built and "doc_original" in built["arrays"]:
+            return stub
+        if label in ("lsr bmp", "lsr seismic") and structure:
+            return {**stub, "params": structure["params"]}
+        if peer is not None and peer.is_file():
+            return {**stub, "size_bytes": peer.stat().st_size}
+        return None
 
     me = "lsr.eval.bench_pruning"
     builds["lsr base"] = step("lsr base", f"{me}:build_lsr", vectors_path=str(vectors_path), out_dir=str(lsr_dir),
@@ -397,8 +416,9 @@ def run(args, name: str, work: Path) -> dict:
     if args.reorder:
         builds["lsr reorder"] = step("lsr reorder", f"{me}:reorder_lsr", index_dir=str(lsr_dir),
                                      method=args.reorder, threads=threads)
-        np.savez(vectors_path, **dict(zip(("indptr", "terms", "weights"),
-                                          forward_vectors(InvertedIndex.open(lsr_dir)))))
+        if not builds["lsr reorder"].get("reused"):
+            np.savez(vectors_path, **dict(zip(("indptr", "terms", "weights"),
+                                              forward_vectors(InvertedIndex.open(lsr_dir)))))
     for structure in ("bmp", "seismic"):
         builds[f"lsr {structure}"] = step(f"lsr {structure}", f"{me}:add_lsr_structure", index_dir=str(lsr_dir),
                                           name=structure, params=params[structure], threads=threads)

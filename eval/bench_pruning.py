@@ -544,7 +544,8 @@ def render(r: dict) -> str:
         lines.append(f"| {run['system']} | {run['setting']} | {b['seconds']:.2f} | {_fmt(b['size_mb'], '.1f')} | "
                      f"{b['peak_rss_mb']:.0f} | {lat['mean']:.3f} | {lat['p50']:.3f} | {lat['p99']:.3f} | {qps} | "
                      f"{run['recall']:.4f} | {run['vs_exact']:.2f} | {run['vs_scipy']:.3f} |")
-    before = {name: round(b["rss_before_mb"]) for name, b in r["builds"].items()}
+    before = {name: round(b["rss_before_mb"]) for name, b in r["builds"].items()
+              if not b.get("reused")}
     lines += ["", f"Latency: one query at a time on one thread. Batch: {r['threads']} threads. Builds: each in a fresh "
               f"child process; peak MB is its RSS high-water mark (VmHWM), which includes its interpreter and loaded "
               f"data (RSS before building, MB: {before}). lsr sizes: base index + structure; scipy: in-memory matrix. "

@@ -100,8 +100,8 @@ def main() -> None:
                          for engine, best in fastest(result["runs"], args.target).items()}
     RESULTS.mkdir(exist_ok=True)
     PLOTS.mkdir(exist_ok=True)
-    text = summary(result, args.target) + "\n\n" + render(result)
     (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2))
+    text = summary(result, args.target) + "\n\n" + render(result)
     (RESULTS / f"{name}.md").write_text(text + "\n")
     plot(result, PLOTS / f"{name}.png")
     print(text)

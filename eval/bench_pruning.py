@@ -3,21 +3,23 @@ and scipy brute force, all on the same vectors, in one run.
 
     python -m lsr.eval.bench_pruning --index $LSR_CACHE/indexes/scifact-splade-tiny-b5712e6cc5ee \\
         --queries $LSR_DATA/beir/scifact/queries.jsonl --name scifact
-    python -m lsr.eval.bench_pruning --synthetic 1000000 --name synthetic-1m
+    python -m lsr.eval.bench_pruning --synthetic 1000000 --reorder bp --peers --name synthetic-1m
+    python -m lsr.eval.bench_pruning --synthetic 200000 --shape msmarco --reorder bp --peers
     python -m lsr.eval.bench_pruning --synthetic 20000 --max-queries 200 --name synthetic-20k     # smoke test
 
 * Vectors: ``--index`` takes an existing index's (dequantized) document vectors, in its document order, and
   encodes ``--queries`` with its model (cached in ``eval/results/bench_pruning_<name>.queries.npz``);
-  ``--synthetic N`` generates an MS MARCO-shaped collection (see :func:`synthetic_collection`). The user's index
-  is only read.
+  ``--synthetic N`` generates a collection of the ``--shape`` (:mod:`eval.synthetic`: ``project``, ``msmarco``,
+  ``long-query``).
 * Builds, each in a fresh spawned child process, into ``--work`` (default: a temporary directory): time and peak
   RSS (the child's high-water mark, :func:`eval.peers.peak_rss_mb`; it includes the interpreter, its imports and
   the loaded vectors, ``rss_before_mb`` in the JSON). Ours: IndexBuilder on the vectors, optionally ``--reorder``
   (counted in lsr bmp's build; synthetic documents come in random order, so BMP blocks have no locality without
   it), then the ``bmp`` and ``seismic`` structures (with the ``--index``'s own settings when it has them), after
   a tiny warm-up build that loads the Numba kernels; sizes count the base index plus the structure. Peers:
-  scipy's CSR matrix; pyseismic-lsr with the same posting budget (:func:`eval.peers.seismic_params`); the
-  ``bmp`` package on our quantized impacts, rescaled against overflow (:func:`eval.peers.bmp_impact_scale`).
+  scipy's CSR matrix; with ``--peers``, pyseismic-lsr with the same total posting budget as ours
+  (:func:`eval.peers.seismic_params`; ``--seismic-n-postings`` sets ours) and the ``bmp`` package on our
+  quantized impacts, rescaled against overflow (:func:`eval.peers.bmp_impact_scale`).
 * Search, in this process: per-query latency on one thread (Numba set to 1 thread; the peers' single-query
   calls), batch queries/s on ``--threads`` threads (ours: ``search_batch``; pyseismic-lsr: ``batch_search``;
   bmp: none; scipy: single-threaded chunks), and Recall@k against our exact top-k.
@@ -42,7 +44,6 @@ from pathlib import Path
 import numba
 import numpy as np
 import scipy.sparse as sp
-from numba import njit, prange
 from tqdm.auto import tqdm
 
 from lsr.eval.timing import latency_summary, time_each
@@ -50,7 +51,9 @@ from lsr.eval.peers import (BMP_MAX_TERMS, BmpPeer, SeismicPeer, bmp_impact_scal
 from lsr.index import IndexBuilder, InvertedIndex
 from lsr.index.bmp import DEFAULT_BLOCK_SIZE
 from lsr.index.seismic import BUILD_DEFAULTS as SEISMIC_BUILD_DEFAULTS
+from lsr.index.storage import read_manifest
 from lsr.index.structures import add_structure
+from lsr.eval.synthetic import SHAPES, VOCAB as SYNTH_VOCAB, generate, shape_stats
 from lsr.evaluation.results import portable_path
 
 RESULTS = Path(__file__).parent / "results"
@@ -58,119 +61,6 @@ PLOTS = Path(__file__).parent / "plots"
 WARMUP_QUERIES = 5
 SCIPY_CHUNK = 64  # queries per scipy batch product (an N x 64 float32 score matrix)
 SYSTEMS = ("lsr exact", "lsr bmp", "lsr seismic", "bmp package", "pyseismic-lsr", "scipy")
-
-
-# ---------------------------------------------------------------------------------------------- synthetic data
-SYNTH_VOCAB = 30522
-SYNTH_DOC_TERMS = 120
-SYNTH_TOPIC_TERMS = 256  # vocabulary of a topic
-SYNTH_TOPIC_SHARE = 0.45  # share of a document's terms drawn from its topic
-SYNTH_MAX_WEIGHT = 3.0
-
-
-@njit(cache=True, inline="always")
-def _mix(x):
-    """splitmix64 finalizer: a well-spread uint64 from any uint64."""
-    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return x ^ (x >> np.uint64(31))
-
-
-@njit(cache=True, inline="always")
-def _uniform(state):
-    """(next state, uniform float in [0, 1)) of a splitmix64 stream."""
-    state = state + np.uint64(0x9E3779B97F4A7C15)
-    return state, np.float64(_mix(state) >> np.uint64(11)) * (1.0 / 9007199254740992.0)
-
-
-@njit(cache=True, nogil=True, parallel=True)
-def _synth_docs(seed, indptr, topic_of, topic_terms, cdf, rank_term, rarity, out_terms, out_weights):
-    """Fill every document with ``indptr[d + 1] - indptr[d]`` distinct terms (sorted) and log-normal weights.
-
-    A term is a topic term (uniform over the document's topic vocabulary) with probability SYNTH_TOPIC_SHARE,
-    else a Zipfian draw over the vocabulary; repeats are redrawn. Each document has its own random stream, so
-    the output does not depend on the thread count. Returns the number of documents left short (0 in practice).
-    """
-    n = indptr.shape[0] - 1
-    vocab = rarity.shape[0]
-    chunks = 256
-    short = np.zeros(chunks, np.int64)
-    for c in prange(chunks):
-        stamp = np.full(vocab, -1, np.int64)
-        for d in range(c * n // chunks, (c + 1) * n // chunks):
-            state = _mix(np.uint64(seed) * np.uint64(0x100000001B3) + np.uint64(d))
-            a, length = indptr[d], indptr[d + 1] - indptr[d]
-            m, attempts = 0, 0
-            while m < length and attempts < 50 * length:
-                attempts += 1
-                state, u = _uniform(state)
-                state, v = _uniform(state)
-                topical = u < SYNTH_TOPIC_SHARE
-                if topical:
-                    t = topic_terms[topic_of[d], int(v * topic_terms.shape[1])]
-                else:
-                    t = rank_term[min(np.searchsorted(cdf, v), vocab - 1)]
-                if stamp[t] == d:
-                    continue
-                stamp[t] = d
-                state, u1 = _uniform(state)
-                state, u2 = _uniform(state)
-                g = np.sqrt(-2.0 * np.log(1.0 - u1)) * np.cos(2.0 * np.pi * u2)
-                mu = -0.5 if topical else -1.6 + rarity[t]
-                out_terms[a + m] = t
-                out_weights[a + m] = min(SYNTH_MAX_WEIGHT, np.exp(mu + 0.5 * g))
-                m += 1
-            if m < length:
-                short[c] += 1
-            order = np.argsort(out_terms[a:a + m])
-            out_terms[a:a + m] = out_terms[a:a + m][order]
-            out_weights[a:a + m] = out_weights[a:a + m][order]
-    return short.sum()
-
-
-def synthetic_collection(n_docs: int, n_queries: int, seed: int):
-    """An MS MARCO-shaped collection: (indptr int64, terms uint32, weights float32, queries).
-
-    Documents have ~120 distinct terms (log-normal lengths, median 115) over a 30522-term vocabulary: 45% from
-    the document's topic (one of ``clip(N / 200, 16, 5000)``, each with 256 mid-frequency terms), the rest
-    Zipfian (``p ∝ 1 / (rank + 2.7)``); weights are log-normal (rarer terms heavier, topic terms heavier still)
-    capped at 3. A query (~40 terms) is a noisy subsample of a random document: up to 24 of its terms (heavier
-    more likely, weights × log-normal noise), 8 more terms of its topic and 8 Zipfian terms, lighter.
-    """
-    rng = np.random.default_rng(seed)
-    vocab = SYNTH_VOCAB
-    ranks = np.arange(vocab, dtype=np.float64)
-    p = 1.0 / (ranks + 2.7)
-    p /= p.sum()
-    cdf = np.cumsum(p)
-    rank_term = rng.permutation(vocab).astype(np.int64)
-    rarity = np.empty(vocab)
-    rarity[rank_term] = np.log1p(ranks) / np.log(vocab)
-    n_topics = int(np.clip(n_docs // 200, 16, 5000))
-    content = p[200:] / p[200:].sum()
-    topic_terms = rank_term[200 + rng.choice(vocab - 200, size=(n_topics, SYNTH_TOPIC_TERMS), p=content)]
-    topic_of = rng.integers(0, n_topics, n_docs)
-    lengths = np.clip(np.rint(rng.lognormal(np.log(SYNTH_DOC_TERMS) - 0.06, 0.35, n_docs)), 16, 512).astype(np.int64)
-    indptr = np.zeros(n_docs + 1, np.int64)
-    np.cumsum(lengths, out=indptr[1:])
-    terms = np.empty(int(indptr[-1]), np.uint32)
-    weights = np.empty(int(indptr[-1]), np.float32)
-    short = _synth_docs(seed, indptr, topic_of, topic_terms, cdf, rank_term, rarity, terms, weights)
-    if short:
-        raise RuntimeError(f"{short} synthetic documents could not get their distinct terms")
-    queries = []
-    for d in rng.integers(0, n_docs, n_queries):
-        a, b = indptr[d], indptr[d + 1]
-        take = rng.choice(b - a, size=min(b - a, 24), replace=False, p=weights[a:b] / weights[a:b].sum())
-        q_terms = np.concatenate([terms[a:b][take], topic_terms[topic_of[d], rng.integers(0, SYNTH_TOPIC_TERMS, 8)],
-                                  rank_term[np.minimum(np.searchsorted(cdf, rng.random(8)), vocab - 1)]])
-        q_weights = np.concatenate([weights[a:b][take] * rng.lognormal(0.0, 0.3, take.size),
-                                    rng.lognormal(-1.0, 0.5, 8), rng.lognormal(-1.8, 0.5, 8)]).astype(np.float32)
-        order = np.lexsort((-q_weights, q_terms))
-        q_terms, q_weights = q_terms[order], q_weights[order]
-        first = np.concatenate([[True], q_terms[1:] != q_terms[:-1]])  # duplicates: keep the largest weight
-        queries.append((q_terms[first].astype(np.uint32), q_weights[first]))
-    return indptr, terms, weights, queries
 
 
 # ---------------------------------------------------------------------------------------------- builds (children)
@@ -344,31 +234,47 @@ def parse_grid(text: str) -> list[tuple[float, float]]:
     return [tuple(float(x) for x in pair.split(":")) for pair in text.split(",") if pair]
 
 
+def add_common_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options shared with :mod:`eval.bench_scale`."""
+    parser.add_argument("--shape", choices=sorted(SHAPES), default="project",
+                        help="Synthetic collection shape (see eval/synthetic.py).")
+    parser.add_argument("--max-queries", type=int, default=1000)
+    parser.add_argument("--work", type=Path, default=None, help="Build directory (default: a temporary one).")
+    parser.add_argument("--seed", type=int, default=0, help="Synthetic data seed.")
+    parser.add_argument("--reuse", action="store_true",
+                        help="Reuse the builds already in --work from an earlier run with the same data and settings "
+                             "(their time and peak RSS are then not measured: NaN).")
+    parser.add_argument("-k", type=int, default=10)
+    parser.add_argument("--threads", type=int, default=2, help="Threads for builds and batch search.")
+    parser.add_argument("--peers", action="store_true",
+                        help="Also build and search pyseismic-lsr and the bmp package (pip install 'lsr[bench]').")
+    parser.add_argument("--bmp-block-size", type=int, default=None,
+                        help="Block size of our bmp structure and of the bmp package (default: the index's, else "
+                             f"{DEFAULT_BLOCK_SIZE}).")
+    parser.add_argument("--seismic-n-postings", type=int, default=None,
+                        help="Seismic's posting budget λ per list (default: the index's, else auto_n_postings(N)); "
+                             "pyseismic-lsr gets the same total budget.")
+    parser.add_argument("--bmp-grid", default="0.95:1,0.9:1,0.8:1,1:0.7,0.95:0.7,0.9:0.7,1:0.5,0.9:0.5",
+                        help="alpha:beta settings of bmp-approx and of the bmp package's approximate runs.")
+    parser.add_argument("--seismic-grid", default="3:0.8,5:0.8,8:0.8,10:0.8,12:0.8,8:0.9,10:0.9,8:1,10:1",
+                        help="query_cut:heap_factor settings of our seismic mode and of pyseismic-lsr.")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--index", type=Path, help="An lsr index (read only).")
     source.add_argument("--synthetic", type=int, metavar="N", help="Generate N synthetic documents instead.")
     parser.add_argument("--queries", type=Path, help="queries.jsonl or TSV (with --index).")
-    parser.add_argument("--max-queries", type=int, default=1000)
     parser.add_argument("--name", default=None, help="Result name (default: index dir name / synthetic-N).")
-    parser.add_argument("--work", type=Path, default=None, help="Build directory (default: a temporary one).")
-    parser.add_argument("--seed", type=int, default=0, help="Synthetic data seed.")
-    parser.add_argument("-k", type=int, default=10)
-    parser.add_argument("--threads", type=int, default=2, help="Threads for builds and batch search.")
     parser.add_argument("--reorder", choices=("bp", "terms"), default=None,
                         help="Reorder our index's documents before the structures (peers get the same order).")
-    parser.add_argument("--bmp-block-size", type=int, default=None,
-                        help="Block size of our bmp structure and of the bmp package (default: the index's, else "
-                             f"{DEFAULT_BLOCK_SIZE}).")
-    parser.add_argument("--bmp-grid", default="0.9:1,0.8:1,0.7:1,1:0.5,0.9:0.5",
-                        help="alpha:beta settings of bmp-approx and of the bmp package's approximate runs.")
-    parser.add_argument("--seismic-grid", default="3:0.8,5:0.8,8:0.8,12:0.8,8:0.6,8:1.0",
-                        help="query_cut:heap_factor settings of our seismic mode and of pyseismic-lsr.")
+    add_common_arguments(parser)
     args = parser.parse_args()
     if args.index is not None and args.queries is None:
         parser.error("--index needs --queries")
-    name = args.name or (args.index.name if args.index is not None else f"synthetic-{args.synthetic}")
+    name = args.name or (args.index.name if args.index is not None else
+                         f"synthetic-{args.synthetic}" + ("" if args.shape == "project" else f"-{args.shape}"))
     if args.work is None:
         with tempfile.TemporaryDirectory(prefix="bench_pruning_") as tmp:
             result = run(args, name, Path(tmp))
@@ -406,8 +312,9 @@ def encoded_queries(index_dir: Path, path: Path, limit: int, cache: Path, model_
     return [(np.asarray(t, np.uint32), np.asarray(w, np.float32)) for t, w in queries]
 
 
-def structure_params(manifest: dict | None, block_size: int | None) -> dict:
-    """Our bmp / seismic build parameters: the source index's own when it has the structure, else defaults."""
+def structure_params(manifest: dict | None, block_size: int | None, n_postings: int | None = None) -> dict:
+    """Our bmp / seismic build parameters: the source index's own when it has the structure, else defaults;
+    ``block_size`` and ``n_postings`` (Seismic's λ) override them when given."""
     structures = (manifest or {}).get("structures", {})
     given = structures.get("bmp", {}).get("params", {})
     bmp = {key: given[key] for key in ("block_size", "layout") if key in given}
@@ -415,6 +322,8 @@ def structure_params(manifest: dict | None, block_size: int | None) -> dict:
         bmp["block_size"] = block_size
     seismic = {key: value for key, value in structures.get("seismic", {}).get("params", {}).items()
                if key in SEISMIC_BUILD_DEFAULTS}
+    if n_postings is not None:
+        seismic["n_postings"] = n_postings
     return {"bmp": bmp, "seismic": seismic}
 
 
@@ -456,15 +365,20 @@ def run(args, name: str, work: Path) -> dict:
         del source
     else:
         manifest, quant_bits, vocab = None, 8, SYNTH_VOCAB
-        print(f"generating {args.synthetic} synthetic documents …", flush=True)
-        indptr, terms, weights, queries = synthetic_collection(args.synthetic, args.max_queries, args.seed)
-        np.savez(vectors_path, indptr=indptr, terms=terms, weights=weights)
+        print(f"generating {args.synthetic} synthetic documents of shape {args.shape} …", flush=True)
+        indptr, terms, weights, queries = generate(args.shape, args.synthetic, args.max_queries, args.seed)
+        if not (args.reuse and vectors_path.is_file()):
+            np.savez(vectors_path, indptr=indptr, terms=terms, weights=weights)
+        origin = {"synthetic": args.synthetic, "shape": args.shape, "seed": args.seed,
+                  "stats": shape_stats(indptr, terms, queries)}
         del indptr, terms, weights
-        origin = {"synthetic": args.synthetic, "seed": args.seed}
-    params = structure_params(manifest, args.bmp_block_size)
-    have = {peer: importable(module) for peer, module in (("pyseismic-lsr", "seismic"), ("bmp package", "bmp"))}
+    params = structure_params(manifest, args.bmp_block_size, args.seismic_n_postings)
+    have = {peer: args.peers and importable(module)
+            for peer, module in (("pyseismic-lsr", "seismic"), ("bmp package", "bmp"))}
+    if not args.peers:
+        notes.append("peers not run (no --peers).")
     for peer, ok in have.items():
-        if not ok:
+        if args.peers and not ok:
             print(f"note: {peer} is not installed (pip install 'lsr[bench]'); skipping it", flush=True)
             notes.append(f"{peer} not installed: skipped.")
     if vocab > BMP_MAX_TERMS:
@@ -478,9 +392,23 @@ def run(args, name: str, work: Path) -> dict:
 
     def step(label: str, target: str, **kwargs) -> dict:
         steps.set_postfix_str(label)
-        result = run_child(target, **kwargs)
+        result = reused(label) if args.reuse and reused(label) else run_child(target, **kwargs)
         steps.update()
         return result
+
+    def reused(label: str) -> dict | None:
+        """With --reuse: a record of a build already in ``work`` (no time or peak measured), else None."""
+        stub = {"seconds": float("nan"), "peak_rss_mb": float("nan"), "rss_before_mb": float("nan"), "reused": True}
+        built = read_manifest(lsr_dir) if (lsr_dir / "manifest.json").is_file() else None
+        structure = built and built.get("structures", {}).get(label.removeprefix("lsr "))
+        peer = {"pyseismic-lsr": work / "peer.index.seismic", "bmp package": work / "peer.bmp"}.get(label)
+        if label == "lsr base" and built or label == "lsr reorder" and built and "doc_original" in built["arrays"]:
+            return stub
+        if label in ("lsr bmp", "lsr seismic") and structure:
+            return {**stub, "params": structure["params"]}
+        if peer is not None and peer.is_file():
+            return {**stub, "size_bytes": peer.stat().st_size}
+        return None
 
     me = "lsr.eval.bench_pruning"
     builds["lsr base"] = step("lsr base", f"{me}:build_lsr", vectors_path=str(vectors_path), out_dir=str(lsr_dir),
@@ -488,8 +416,9 @@ def run(args, name: str, work: Path) -> dict:
     if args.reorder:
         builds["lsr reorder"] = step("lsr reorder", f"{me}:reorder_lsr", index_dir=str(lsr_dir),
                                      method=args.reorder, threads=threads)
-        np.savez(vectors_path, **dict(zip(("indptr", "terms", "weights"),
-                                          forward_vectors(InvertedIndex.open(lsr_dir)))))
+        if not builds["lsr reorder"].get("reused"):
+            np.savez(vectors_path, **dict(zip(("indptr", "terms", "weights"),
+                                              forward_vectors(InvertedIndex.open(lsr_dir)))))
     for structure in ("bmp", "seismic"):
         builds[f"lsr {structure}"] = step(f"lsr {structure}", f"{me}:add_lsr_structure", index_dir=str(lsr_dir),
                                           name=structure, params=params[structure], threads=threads)
@@ -586,7 +515,7 @@ def run(args, name: str, work: Path) -> dict:
     return {
         "name": name, "source": origin, "docs": index.num_docs, "postings": index.num_postings, "vocab_size": vocab,
         "queries": len(queries), "avg_query_terms": float(np.mean([len(t) for t, _ in queries])), "k": k,
-        "threads": threads, "reorder": args.reorder, "structure_params": params,
+        "threads": threads, "reorder": args.reorder, "structure_params": params, "sizes": sizes,
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "load_avg_at_start": os.getloadavg()},
         "builds": builds, "runs": runs, "notes": notes,
     }
@@ -615,7 +544,8 @@ def render(r: dict) -> str:
         lines.append(f"| {run['system']} | {run['setting']} | {b['seconds']:.2f} | {_fmt(b['size_mb'], '.1f')} | "
                      f"{b['peak_rss_mb']:.0f} | {lat['mean']:.3f} | {lat['p50']:.3f} | {lat['p99']:.3f} | {qps} | "
                      f"{run['recall']:.4f} | {run['vs_exact']:.2f} | {run['vs_scipy']:.3f} |")
-    before = {name: round(b["rss_before_mb"]) for name, b in r["builds"].items()}
+    before = {name: round(b["rss_before_mb"]) for name, b in r["builds"].items()
+              if not b.get("reused")}
     lines += ["", f"Latency: one query at a time on one thread. Batch: {r['threads']} threads. Builds: each in a fresh "
               f"child process; peak MB is its RSS high-water mark (VmHWM), which includes its interpreter and loaded "
               f"data (RSS before building, MB: {before}). lsr sizes: base index + structure; scipy: in-memory matrix. "

@@ -15,7 +15,7 @@ and a cost model for MS MARCO v1 (8.8M passages) and v2 (138M) from the measured
    on each shard alone in this process (a shard's own compute). Also: result equality of sharded and single
    for exact/BMP, Seismic Recall@10 against exact, batch throughput, query-encoding time.
 3. Shard size: exact latency and bytes per document of MS MARCO-shaped synthetic collections
-   (:func:`eval.bench_pruning.synthetic_collection`, ~120 terms per document) at ``--synthetic`` sizes; a
+   (:func:`eval.synthetic.generate`, shape ``project``, ~120 terms per document) at ``--synthetic`` sizes; a
    least-squares line latency = a + b * documents gives the per-shard latency of larger shards.
 4. Cost model: memory per shard, shards and nodes needed, expected latency for 8.8M and 138M documents.
 
@@ -204,7 +204,7 @@ def bench_shard_size(sizes: list[int], work: Path, n_queries: int) -> dict:
     """Exact latency and size per document at each synthetic size; on the largest also BP order + BMP + Seismic."""
     import numba
 
-    from lsr.eval.bench_pruning import SYNTH_VOCAB, synthetic_collection
+    from lsr.eval.synthetic import VOCAB as SYNTH_VOCAB, generate
     from lsr.index import IndexBuilder, InvertedIndex
     from lsr.index.reorder import reorder_index
     from lsr.index.structures import add_structure
@@ -213,7 +213,7 @@ def bench_shard_size(sizes: list[int], work: Path, n_queries: int) -> dict:
     rows = []
     largest = None
     for n in sizes:
-        indptr, terms, weights, queries = synthetic_collection(n, n_queries, seed=7)
+        indptr, terms, weights, queries = generate("project", n, n_queries, seed=7)
         out = work / f"synthetic-{n}"
         builder = IndexBuilder(out, SYNTH_VOCAB)
         builder.add(indptr, terms, weights)

@@ -3,9 +3,9 @@
 Independently for every term's posting list:
 
 1. **Static pruning** keeps the list's top postings by impact (ties: lower doc id). ``pruning="fixed"``
-   (default) keeps the top ``n_postings`` of every list (the paper's λ; default 1/128 of the collection,
-   clipped to [512, 6000]); ``pruning="global"`` (the authors' library's scheme) keeps the postings whose
-   impact reaches the level where ``n_postings * #non-empty lists`` postings are kept, at most
+   (default) keeps the top ``n_postings`` of every list (the paper's λ; default ``22 * N^(1/3)``, clipped to
+   [512, 6000], :func:`~.config.auto_n_postings`); ``pruning="global"`` (the authors' library's scheme) keeps
+   the postings whose impact reaches the level where ``n_postings * #non-empty lists`` postings are kept, at most
    ``max_fraction * n_postings`` per list.
 2. **Blocking** by a shallow k-means: ``max(1, centroid_fraction * len)`` random documents of the list are
    centroids; each document joins the centroid with the largest dot product between the document's

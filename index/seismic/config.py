@@ -26,17 +26,21 @@ BUILD_DEFAULTS = {
     "doc_cut": 15,
     "seed": 0,
 }
-SEARCH_DEFAULTS = {"query_cut": 8, "heap_factor": 0.8}
+# query_cut 10 (was 8): +0.006-0.014 Recall@10 on ~44-term queries at a few more lists visited; heap_factor 0.8
+# kept (0.9 lost ~0.04). eval/results/scale-200k-notes.md.
+SEARCH_DEFAULTS = {"query_cut": 10, "heap_factor": 0.8}
 PRUNING = ("fixed", "global")
 
 
 def auto_n_postings(num_docs: int) -> int:
-    """Default λ: 1/128 of the collection, clipped to [512, 6000] (6000: the paper's MS MARCO setting).
+    """Default λ: ``22 * N^(1/3)``, clipped to [512, 6000] (810 at 50k documents, 1,287 at 200k, 2,200 at 1M,
+    4,549 at MS MARCO's 8.8M; 6000 is the paper's MS MARCO setting).
 
-    Recall@10 vs exact at the default query_cut=8, heap_factor=0.8: 0.99 on SciFact (5k docs, λ=512),
-    ~0.96 on 33k WordNet/GCIDE passages (λ=512), 0.958 on 94k of them (λ=736; λ=N/256 gave 0.936).
-    Summary memory grows with λ: about a dozen 3-byte summary entries per kept posting."""
-    return int(min(6000, max(512, num_docs // 128)))
+    The budget that reaches a given recall grows far slower than the collection: on the synthetic ``msmarco``
+    shape (eval/results/scale-200k-notes.md) the fastest λ at Recall@10 >= 0.97 was ~800 at 50k documents and
+    ~1,300 at 200k, while the former N/128 rule (6000 from 768k documents on) made Seismic about 2x slower than
+    pyseismic-lsr with a budget scaled to the collection. Summary memory and build time grow with λ."""
+    return int(min(6000, max(512, round(22 * num_docs ** (1 / 3)))))
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,6 @@ import argparse
 import itertools
 import json
 import os
-import random
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +31,7 @@ from lsr.evaluation import read_qrels
 from lsr.evaluation.metrics import evaluate
 from lsr.evaluation.results import portable_path
 from lsr.evaluation.runs import read_run
-from lsr.fusion import (DEFAULT_NORMALIZATION, DEFAULT_PSEUDO_QUERIES, NORMALIZATIONS, FusionConfig, agreement_weights, fuse, pseudo_query_weights,
+from lsr.fusion import (DEFAULT_DEPTH, DEFAULT_NORMALIZATION, DEFAULT_PSEUDO_QUERIES, NORMALIZATIONS, FusionConfig, agreement_weights, fuse, pseudo_query_weights,
                         sample_pseudo_queries)
 from lsr.pipeline import document_text
 
@@ -41,7 +40,8 @@ COLLECTIONS = {"scifact": "beir/scifact", "medline": "beir/medline", "cacm": "be
                "lisa": "beir/lisa", "time": "beir/time", "wn-gcide": "corpora/wn-gcide"}
 LABEL_FREE_NORMALIZATION = DEFAULT_NORMALIZATION  # the normalisation the label-free weights are chosen and used with
 RUN_DEPTH = 1000  # documents per query in the runs
-DEPTH = 100  # k' of the fusion: what `lsr eval` (k = 100) fuses, each retriever's top 100
+DEPTH = DEFAULT_DEPTH  # k' of the fusion (the engine's default; `lsr eval` asks k = 100)
+OTHER_DEPTHS = (20, 50, 200)  # k' compared with it on the three-way fusion
 
 
 # ---------------------------------------------------------------------- step 1: pseudo-query datasets
@@ -86,19 +86,38 @@ class Runs:
         return {n: self.lists[n].get(qid, empty) for n in names}
 
 
-def fused_run(runs: Runs, names, config: FusionConfig, k: int = 100) -> dict[str, list[tuple[str, float]]]:
+def fused_run(runs: Runs, names, config: FusionConfig, k: int = 100,
+              fill: str = "exact") -> dict[str, list[tuple[str, float]]]:
+    """Each query's ``names`` fused as the engine fuses them (:meth:`lsr.searcher.Searcher.retrieve`): each
+    retriever's top max(k, k') candidates, a candidate missing from one list scored by that retriever. ``fill``:
+    ``exact`` looks the score up in the retriever's deeper run (a document below it gets the run's last score, an
+    upper bound of its own), as the engine's exact scorers do; ``worst``: the retriever's worst retrieved score."""
     ids = {v: d for d, v in runs.numbering.items()}
+    depth = max(k, config.depth)
     out = {}
     for qid in runs.qids:
-        lists = {n: (c[0][:config.depth], c[1][:config.depth]) for n, c in runs.candidates(names, qid).items()
-                 if len(c[0])}
-        if not lists:
+        deep = {n: c for n, c in runs.candidates(names, qid).items() if len(c[0])}
+        if not deep:
             out[qid] = []
             continue
+        lists = {n: (c[0][:depth], c[1][:depth]) for n, c in deep.items()}
+        scorers = {n: _run_scorer(*c) for n, c in deep.items()} if fill == "exact" else None
         fused = fuse(lists, FusionConfig.make(config, weights={n: config.weights[n] for n in lists}
-                                              if config.weights else None), k)
+                                              if config.weights else None), k, scorers)
         out[qid] = [(ids[int(d)], float(s)) for d, s in zip(fused.docs, fused.scores)]
     return out
+
+
+def _run_scorer(docs: np.ndarray, scores: np.ndarray):
+    """A retriever's scores of any documents read from its run (the last score of the run for those below it)."""
+    order = np.argsort(docs)
+    sorted_docs, sorted_scores = docs[order], scores[order]
+    floor = float(scores[-1])
+
+    def score(wanted: np.ndarray) -> np.ndarray:
+        at = np.minimum(np.searchsorted(sorted_docs, wanted), len(sorted_docs) - 1)
+        return np.where(sorted_docs[at] == wanted, sorted_scores[at], floor)
+    return score
 
 
 def single_run(runs: Runs, name: str, k: int = 100) -> dict[str, list[tuple[str, float]]]:
@@ -144,9 +163,16 @@ def study_collection(name: str, runs_dir: Path, data: Path) -> dict:
                        **{f"{LABEL_FREE_NORMALIZATION}-{method}": FusionConfig(
                            "convex", normalization=LABEL_FREE_NORMALIZATION, weights=w) for method, w in chosen.items()}}
             if names == ("sparse", "dense"):
-                configs["tmm-alpha0.25"] = FusionConfig("convex", normalization="tmm", alpha=0.25)  # the former default
+                configs["tmm-alpha0.25"] = FusionConfig("convex", normalization="tmm", alpha=0.25)  # an early default
             for method, config in configs.items():
                 rows[f"{combo} {method}"] = score(fused_run(test, names, FusionConfig.make(config, depth=DEPTH)))
+            if size == 3:  # what the depth k' and the filling of missing scores do to the three-way default
+                for norm in NORMALIZATIONS:
+                    rows[f"{combo} {norm}-equal worst-fill"] = score(fused_run(
+                        test, names, FusionConfig("convex", normalization=norm, depth=DEPTH), fill="worst"))
+                for depth in OTHER_DEPTHS:
+                    rows[f"{combo} {DEFAULT_NORMALIZATION}-equal k'={depth}"] = score(fused_run(
+                        test, names, FusionConfig("convex", normalization=DEFAULT_NORMALIZATION, depth=depth)))
     return {"retrievers": list(retrievers), "rows": rows, "weights": weights,
             "pseudo_queries": len(pseudo.qids), "test_queries": len(test.qids)}
 

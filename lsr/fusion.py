@@ -181,13 +181,14 @@ def fuse(lists: Mapping[str, Candidates], config: FusionConfig, k: int,
     retrieved = {n: np.asarray(lists[n][1], np.float64) for n in names}
     docs = np.unique(np.concatenate([ids[n] for n in names])) if names else np.zeros(0, np.int64)
     per = {n: _scatter(docs, ids[n], retrieved[n]) for n in names}
+    reference = {n: retrieved[n][:config.depth] for n in names}  # the statistics of each top-k', whatever k is
     weights = config.weights_for(names)
     if config.method == "rrf":
         rrf_docs, rrf_scores = rrf([ids[n] for n in names], config.rrf_k, [weights[n] for n in names])
         fused = rrf_scores[np.argsort(rrf_docs)]  # aligned with docs (both sorted unions)
     else:
         per = {n: _fill(docs, per[n], (scorers or {}).get(n), retrieved[n]) for n in names}
-        fused = convex(per, weights, config.normalization, retrieved)
+        fused = convex(per, weights, config.normalization, reference)
     top = np.lexsort((docs, -fused))[:k]
     return Fused(docs[top], fused[top], {n: per[n][top] for n in names})
 

@@ -83,6 +83,26 @@ def test_three_way_fusion_by_hand():
     assert np.isnan(rrf_fused.retriever_scores["dense"][rrf_fused.docs.tolist().index(1)])  # dense did not return 1
 
 
+def test_normalisation_statistics_come_from_the_top_depth_whatever_k():
+    """Asking for more results (k > k') passes longer lists; a document's fused score must not change with them."""
+    rng = np.random.default_rng(3)
+    exact = {"sparse": rng.gamma(2.0, 3.0, 60), "dense": rng.uniform(-0.2, 0.8, 60), "bm25": rng.gamma(2.0, 4.0, 60)}
+    scorers = {n: (lambda d, e=e: e[d]) for n, e in exact.items()}
+
+    def top(name, n):
+        order = np.argsort(-exact[name], kind="stable")[:n]
+        return order.astype(np.int64), exact[name][order]
+
+    for norm in ("tmm", "minmax", "zscore"):
+        config = FusionConfig("convex", normalization=norm, depth=10)
+        short = fuse({n: top(n, 10) for n in exact}, config, k=10, scorers=scorers)
+        long = fuse({n: top(n, 40) for n in exact}, config, k=60, scorers=scorers)
+        scores = dict(zip(long.docs.tolist(), long.scores.tolist()))
+        assert short.scores == pytest.approx([scores[d] for d in short.docs.tolist()])
+        # exact scores make a fused score a function of the document alone: same top-10 (none enters from deeper)
+        assert short.docs.tolist() == long.docs.tolist()[:10]
+
+
 def test_weights_resolution():
     assert FusionConfig().weights_for(["sparse", "dense", "bm25"]) == pytest.approx(
         {"sparse": 1 / 3, "dense": 1 / 3, "bm25": 1 / 3})

@@ -144,11 +144,16 @@ def study_collection(name: str, runs_dir: Path, data: Path) -> dict:
     pseudo_qrels = read_qrels(pseudo_qrels_file(name, runs_dir)).judgments
     qrels = read_qrels(data / COLLECTIONS[name] / "qrels" / "test.tsv").judgments
 
-    def score(run) -> dict:
-        metrics = evaluate(run, qrels)
-        return {"ndcg@10": round(metrics["ndcg@10"], 4), "recall@100": round(metrics["recall@100"], 4)}
+    def score(make) -> dict:
+        """Test nDCG@10 and Recall@100 of ``make(runs)``, and its MRR@10 on the pseudo-queries (no labels)."""
+        metrics, known_item = evaluate(make(test), qrels), evaluate(make(pseudo), pseudo_qrels, ("mrr@10",))
+        return {"ndcg@10": round(metrics["ndcg@10"], 4), "recall@100": round(metrics["recall@100"], 4),
+                "pseudo_mrr@10": round(known_item["mrr@10"], 4)}
 
-    rows = {r: score(single_run(test, r)) for r in retrievers}
+    def fusion(names, config: FusionConfig, fill: str = "exact"):
+        return lambda runs: fused_run(runs, names, config, fill=fill)
+
+    rows = {r: score(lambda runs, r=r: single_run(runs, r)) for r in retrievers}
     weights: dict[str, dict] = {}
     for size in (2, 3):
         for names in itertools.combinations(retrievers, size):
@@ -165,14 +170,14 @@ def study_collection(name: str, runs_dir: Path, data: Path) -> dict:
             if names == ("sparse", "dense"):
                 configs["tmm-alpha0.25"] = FusionConfig("convex", normalization="tmm", alpha=0.25)  # an early default
             for method, config in configs.items():
-                rows[f"{combo} {method}"] = score(fused_run(test, names, FusionConfig.make(config, depth=DEPTH)))
-            if size == 3:  # what the depth k' and the filling of missing scores do to the three-way default
+                rows[f"{combo} {method}"] = score(fusion(names, FusionConfig.make(config, depth=DEPTH)))
+            if size == 3:  # what the depth k' and the filling of missing scores do to the three-way fusion
                 for norm in NORMALIZATIONS:
-                    rows[f"{combo} {norm}-equal worst-fill"] = score(fused_run(
-                        test, names, FusionConfig("convex", normalization=norm, depth=DEPTH), fill="worst"))
-                for depth in OTHER_DEPTHS:
-                    rows[f"{combo} {DEFAULT_NORMALIZATION}-equal k'={depth}"] = score(fused_run(
-                        test, names, FusionConfig("convex", normalization=DEFAULT_NORMALIZATION, depth=depth)))
+                    rows[f"{combo} {norm}-equal worst-fill"] = score(fusion(
+                        names, FusionConfig("convex", normalization=norm, depth=DEPTH), fill="worst"))
+                    for depth in OTHER_DEPTHS:
+                        rows[f"{combo} {norm}-equal k'={depth}"] = score(fusion(
+                            names, FusionConfig("convex", normalization=norm, depth=depth)))
     return {"retrievers": list(retrievers), "rows": rows, "weights": weights,
             "pseudo_queries": len(pseudo.qids), "test_queries": len(test.qids)}
 
@@ -192,13 +197,16 @@ def summarize(collections: dict[str, dict]) -> dict[str, dict]:
         for row, m in study["rows"].items():
             if row in study["retrievers"]:
                 continue
-            s = out.setdefault(row, {"collections": 0, "ndcg_target": 0, "recall_target": 0, "ndcg_gap": []})
+            s = out.setdefault(row, {"collections": 0, "ndcg_target": 0, "recall_target": 0, "ndcg_gap": [],
+                                     "pseudo_mrr": []})
             s["collections"] += 1
             s["ndcg_target"] += m["ndcg@10"] >= best_ndcg
             s["recall_target"] += m["recall@100"] >= best_recall
             s["ndcg_gap"].append(m["ndcg@10"] - best_ndcg)
+            s["pseudo_mrr"].append(m["pseudo_mrr@10"])
     for s in out.values():
         s["ndcg_gap"] = round(float(np.mean(s["ndcg_gap"])), 4)
+        s["pseudo_mrr"] = round(float(np.mean(s["pseudo_mrr"])), 4)
     return out
 
 
@@ -212,7 +220,7 @@ def markdown(collections: dict[str, dict], summary: dict[str, dict]) -> str:
              "normalisation); `*-pseudo`: weights chosen on the collection's known-item "
              "pseudo-queries; `*-agreement`: weights from retriever agreement on the same pseudo-queries; "
              "`rrf`: reciprocal rank fusion, k=60. Bold: best of the column.", ""]
-    for metric in ("ndcg@10", "recall@100"):
+    for metric in ("ndcg@10", "recall@100", "pseudo_mrr@10"):
         lines += [f"## {metric}", "", "| system | " + " | ".join(names) + " |",
                   "|---|" + "---:|" * len(names)]
         best = {c: max(m[metric] for m in collections[c]["rows"].values()) for c in names}
@@ -224,11 +232,13 @@ def markdown(collections: dict[str, dict], summary: dict[str, dict]) -> str:
             lines.append(f"| {row} | " + " | ".join(cells) + " |")
         lines.append("")
     lines += ["## Targets", "", "Collections where the fusion's nDCG@10 ≥ the best single retriever's and its "
-              "Recall@100 ≥ every single retriever's; mean nDCG@10 difference to the best single retriever.", "",
-              "| fusion | nDCG@10 target | Recall@100 target | mean nDCG@10 − best single |", "|---|---:|---:|---:|"]
+              "Recall@100 ≥ every single retriever's; mean nDCG@10 difference to the best single retriever; mean MRR@10 "
+              "on the known-item pseudo-queries (no labels: what a collection can tell without test queries).", "",
+              "| fusion | nDCG@10 target | Recall@100 target | mean nDCG@10 − best single | mean pseudo MRR@10 |",
+              "|---|---:|---:|---:|---:|"]
     for row, s in sorted(summary.items(), key=lambda kv: -kv[1]["ndcg_gap"]):
         lines.append(f"| {row} | {s['ndcg_target']}/{s['collections']} | {s['recall_target']}/{s['collections']} "
-                     f"| {s['ndcg_gap']:+.4f} |")
+                     f"| {s['ndcg_gap']:+.4f} | {s['pseudo_mrr']:.4f} |")
     lines += ["", "## Label-free weights chosen", "", "| collection | fusion | pseudo-queries | agreement |",
               "|---|---|---|---|"]
     for c in names:

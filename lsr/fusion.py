@@ -46,7 +46,7 @@ THEORETICAL_MIN = {"sparse": 0.0, "dense": -1.0, "bm25": 0.0}
 
 DEFAULT_FUSION = "convex"
 DEFAULT_NORMALIZATION = "tmm"
-DEFAULT_DEPTH = 20
+DEFAULT_DEPTH = 100
 DEFAULT_RRF_K = 60
 MAX_DEPTH = 10_000
 # Relative weight of each retriever in the no-tuning default (normalised over the retrievers being fused).

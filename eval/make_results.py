@@ -90,15 +90,17 @@ def latency_table(results: dict[tuple[str, str], dict], datasets: list[str]) -> 
         for r in (three, two):
             for key in ("latency_ms", "latency_with_encoding_ms"):
                 cells.append(_fmt(((r or {}).get(key) or {}).get("mean"), ".2f"))
-        rows.append(f"| {d} | " + " | ".join(cells) + " |")
+        load = [((r or {}).get("machine") or {}).get("load_average") or [None] for r in (three, two)]
+        rows.append(f"| {d} | " + " | ".join(cells) + " | " + " / ".join(_fmt(x[0], ".1f") for x in load) + " |")
     if not rows:
         return []
     return ["### Latency of the default: three-way next to two-way", "",
             "Mean ms per query, one thread, from the same `lsr eval` runs: *search* excludes query encoding (the "
             "fusion's candidate lists, exact scores of the missing candidates, normalisation), *+enc* includes "
-            "encoding the query with SPLADE and MiniLM (BM25's analyzer runs inside *search*).", "",
-            "| dataset | sparse+dense+BM25 search | +enc | sparse+dense search | +enc |",
-            "| --- | ---: | ---: | ---: | ---: |", *rows, ""]
+            "encoding the query with SPLADE and MiniLM (BM25's analyzer runs inside *search*). The load average "
+            "of the machine when each ran is given: runs on a loaded machine are slower, compare within a row.", "",
+            "| dataset | sparse+dense+BM25 search | +enc | sparse+dense search | +enc | load avg |",
+            "| --- | ---: | ---: | ---: | ---: | --- |", *rows, ""]
 
 
 def render(results: dict[tuple[str, str], dict], plots: list[Path], out_dir: Path) -> str:

@@ -349,7 +349,7 @@ def test_make_results_builds_the_table_and_plots(tmp_path):
     assert "**0.700 / 0.950 (1.5 ms)**" in rows["scifact"]
     assert rows["scifact"].endswith("| sparse+dense+BM25 convex (default) | nDCG@10 ✓, R@100 ✓ |")
     assert rows["time"].endswith("| Pyserini BM25 | nDCG@10 ✗, R@100 ✓ |")
-    assert "| time | 1.50 | 5.00 | 1.25 | 5.00 |" in lines  # latency: three-way next to two-way
+    assert "| time | 1.50 | 5.00 | 1.25 | 5.00 | — / — |" in lines  # latency: three-way next to two-way
     assert "| time | — |" in text and "Do not edit by hand" in text
     assert (tmp_path / "plots" / "ndcg_at_10.png").stat().st_size > 1000
     assert (tmp_path / "plots" / "recall_vs_latency.png").stat().st_size > 1000

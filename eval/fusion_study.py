@@ -8,12 +8,14 @@
     # 3. every 2- and 3-way fusion, each way of weighting, scored on the test qrels
     python -m lsr.eval.fusion_study report --runs $STUDY/runs --data $LSR_DATA [--out eval/results/fusion-study]
 
-``$STUDY`` is any scratch directory. Step 3 fuses with :func:`lsr.fusion.fuse` (the engine's function) at depth k' = 100 (as ``lsr eval``) over each
-retriever's run,
-a missing score counted as that retriever's worst retrieved one (runs carry no exact scores), and reports nDCG@10
-and Recall@100 of: each single retriever; RRF; the equal-weight TMM convex combination (the no-tuning default);
-the weights :func:`lsr.fusion.pseudo_query_weights` chooses on the collection's pseudo-queries; and
-:func:`lsr.fusion.agreement_weights` on the same pseudo-queries. The test qrels are only read to score.
+``$STUDY`` is any scratch directory. Step 3 fuses with :func:`lsr.fusion.fuse` (the engine's function) as the
+engine does: each retriever's top max(k, k') (k = 100, k' = the default 100 unless a row says otherwise), a
+candidate missing from one list scored by that retriever from its deeper run (exact within its top 1000, else the
+run's last score), ``worst-fill`` rows instead giving it the retriever's worst retrieved score. It reports nDCG@10
+and Recall@100 on the test qrels and MRR@10 on the pseudo-queries of: each single retriever; RRF; equal-weight
+convex fusion with each normalisation; the weights :func:`lsr.fusion.pseudo_query_weights` chooses on the
+collection's pseudo-queries; and :func:`lsr.fusion.agreement_weights` on the same pseudo-queries. The test qrels
+are only read to score.
 """
 
 from __future__ import annotations
@@ -22,7 +24,6 @@ import argparse
 import itertools
 import json
 import os
-import random
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +33,7 @@ from lsr.evaluation import read_qrels
 from lsr.evaluation.metrics import evaluate
 from lsr.evaluation.results import portable_path
 from lsr.evaluation.runs import read_run
-from lsr.fusion import (DEFAULT_NORMALIZATION, DEFAULT_PSEUDO_QUERIES, NORMALIZATIONS, FusionConfig, agreement_weights, fuse, pseudo_query_weights,
+from lsr.fusion import (DEFAULT_DEPTH, DEFAULT_NORMALIZATION, DEFAULT_PSEUDO_QUERIES, NORMALIZATIONS, FusionConfig, agreement_weights, fuse, pseudo_query_weights,
                         sample_pseudo_queries)
 from lsr.pipeline import document_text
 
@@ -41,7 +42,8 @@ COLLECTIONS = {"scifact": "beir/scifact", "medline": "beir/medline", "cacm": "be
                "lisa": "beir/lisa", "time": "beir/time", "wn-gcide": "corpora/wn-gcide"}
 LABEL_FREE_NORMALIZATION = DEFAULT_NORMALIZATION  # the normalisation the label-free weights are chosen and used with
 RUN_DEPTH = 1000  # documents per query in the runs
-DEPTH = 100  # k' of the fusion: what `lsr eval` (k = 100) fuses, each retriever's top 100
+DEPTH = DEFAULT_DEPTH  # k' of the fusion (the engine's default; `lsr eval` asks k = 100)
+OTHER_DEPTHS = (20, 50, 200)  # k' compared with it on the three-way fusion
 
 
 # ---------------------------------------------------------------------- step 1: pseudo-query datasets
@@ -86,19 +88,38 @@ class Runs:
         return {n: self.lists[n].get(qid, empty) for n in names}
 
 
-def fused_run(runs: Runs, names, config: FusionConfig, k: int = 100) -> dict[str, list[tuple[str, float]]]:
+def fused_run(runs: Runs, names, config: FusionConfig, k: int = 100,
+              fill: str = "exact") -> dict[str, list[tuple[str, float]]]:
+    """Each query's ``names`` fused as the engine fuses them (:meth:`lsr.searcher.Searcher.retrieve`): each
+    retriever's top max(k, k') candidates, a candidate missing from one list scored by that retriever. ``fill``:
+    ``exact`` looks the score up in the retriever's deeper run (a document below it gets the run's last score, an
+    upper bound of its own), as the engine's exact scorers do; ``worst``: the retriever's worst retrieved score."""
     ids = {v: d for d, v in runs.numbering.items()}
+    depth = max(k, config.depth)
     out = {}
     for qid in runs.qids:
-        lists = {n: (c[0][:config.depth], c[1][:config.depth]) for n, c in runs.candidates(names, qid).items()
-                 if len(c[0])}
-        if not lists:
+        deep = {n: c for n, c in runs.candidates(names, qid).items() if len(c[0])}
+        if not deep:
             out[qid] = []
             continue
+        lists = {n: (c[0][:depth], c[1][:depth]) for n, c in deep.items()}
+        scorers = {n: _run_scorer(*c) for n, c in deep.items()} if fill == "exact" else None
         fused = fuse(lists, FusionConfig.make(config, weights={n: config.weights[n] for n in lists}
-                                              if config.weights else None), k)
+                                              if config.weights else None), k, scorers)
         out[qid] = [(ids[int(d)], float(s)) for d, s in zip(fused.docs, fused.scores)]
     return out
+
+
+def _run_scorer(docs: np.ndarray, scores: np.ndarray):
+    """A retriever's scores of any documents read from its run (the last score of the run for those below it)."""
+    order = np.argsort(docs)
+    sorted_docs, sorted_scores = docs[order], scores[order]
+    floor = float(scores[-1])
+
+    def score(wanted: np.ndarray) -> np.ndarray:
+        at = np.minimum(np.searchsorted(sorted_docs, wanted), len(sorted_docs) - 1)
+        return np.where(sorted_docs[at] == wanted, sorted_scores[at], floor)
+    return score
 
 
 def single_run(runs: Runs, name: str, k: int = 100) -> dict[str, list[tuple[str, float]]]:
@@ -125,11 +146,16 @@ def study_collection(name: str, runs_dir: Path, data: Path) -> dict:
     pseudo_qrels = read_qrels(pseudo_qrels_file(name, runs_dir)).judgments
     qrels = read_qrels(data / COLLECTIONS[name] / "qrels" / "test.tsv").judgments
 
-    def score(run) -> dict:
-        metrics = evaluate(run, qrels)
-        return {"ndcg@10": round(metrics["ndcg@10"], 4), "recall@100": round(metrics["recall@100"], 4)}
+    def score(make) -> dict:
+        """Test nDCG@10 and Recall@100 of ``make(runs)``, and its MRR@10 on the pseudo-queries (no labels)."""
+        metrics, known_item = evaluate(make(test), qrels), evaluate(make(pseudo), pseudo_qrels, ("mrr@10",))
+        return {"ndcg@10": round(metrics["ndcg@10"], 4), "recall@100": round(metrics["recall@100"], 4),
+                "pseudo_mrr@10": round(known_item["mrr@10"], 4)}
 
-    rows = {r: score(single_run(test, r)) for r in retrievers}
+    def fusion(names, config: FusionConfig, fill: str = "exact"):
+        return lambda runs: fused_run(runs, names, config, fill=fill)
+
+    rows = {r: score(lambda runs, r=r: single_run(runs, r)) for r in retrievers}
     weights: dict[str, dict] = {}
     for size in (2, 3):
         for names in itertools.combinations(retrievers, size):
@@ -144,9 +170,16 @@ def study_collection(name: str, runs_dir: Path, data: Path) -> dict:
                        **{f"{LABEL_FREE_NORMALIZATION}-{method}": FusionConfig(
                            "convex", normalization=LABEL_FREE_NORMALIZATION, weights=w) for method, w in chosen.items()}}
             if names == ("sparse", "dense"):
-                configs["tmm-alpha0.25"] = FusionConfig("convex", normalization="tmm", alpha=0.25)  # the former default
+                configs["tmm-alpha0.25"] = FusionConfig("convex", normalization="tmm", alpha=0.25)  # an early default
             for method, config in configs.items():
-                rows[f"{combo} {method}"] = score(fused_run(test, names, FusionConfig.make(config, depth=DEPTH)))
+                rows[f"{combo} {method}"] = score(fusion(names, FusionConfig.make(config, depth=DEPTH)))
+            if size == 3:  # what the depth k' and the filling of missing scores do to the three-way fusion
+                for norm in NORMALIZATIONS:
+                    rows[f"{combo} {norm}-equal worst-fill"] = score(fusion(
+                        names, FusionConfig("convex", normalization=norm, depth=DEPTH), fill="worst"))
+                    for depth in OTHER_DEPTHS:
+                        rows[f"{combo} {norm}-equal k'={depth}"] = score(fusion(
+                            names, FusionConfig("convex", normalization=norm, depth=depth)))
     return {"retrievers": list(retrievers), "rows": rows, "weights": weights,
             "pseudo_queries": len(pseudo.qids), "test_queries": len(test.qids)}
 
@@ -166,13 +199,16 @@ def summarize(collections: dict[str, dict]) -> dict[str, dict]:
         for row, m in study["rows"].items():
             if row in study["retrievers"]:
                 continue
-            s = out.setdefault(row, {"collections": 0, "ndcg_target": 0, "recall_target": 0, "ndcg_gap": []})
+            s = out.setdefault(row, {"collections": 0, "ndcg_target": 0, "recall_target": 0, "ndcg_gap": [],
+                                     "pseudo_mrr": []})
             s["collections"] += 1
             s["ndcg_target"] += m["ndcg@10"] >= best_ndcg
             s["recall_target"] += m["recall@100"] >= best_recall
             s["ndcg_gap"].append(m["ndcg@10"] - best_ndcg)
+            s["pseudo_mrr"].append(m["pseudo_mrr@10"])
     for s in out.values():
         s["ndcg_gap"] = round(float(np.mean(s["ndcg_gap"])), 4)
+        s["pseudo_mrr"] = round(float(np.mean(s["pseudo_mrr"])), 4)
     return out
 
 
@@ -181,12 +217,13 @@ def markdown(collections: dict[str, dict], summary: dict[str, dict]) -> str:
     rows = list(dict.fromkeys(r for c in collections.values() for r in c["rows"]))
     lines = ["# Fusion study: single retrievers and every 2- and 3-way fusion", "",
              "Generated by `python -m lsr.eval.fusion_study report` from runs (k=1000) of `lsr eval`; see the "
-             "module docstring for the commands. `tmm-equal`: equal-weight convex fusion with theoretical-min-max "
-             "normalisation (no tuning; `minmax-equal`, `zscore-equal`: the same with min-max or z-score "
-             "normalisation); `*-pseudo`: weights chosen on the collection's known-item "
+             "module docstring for the commands. `minmax-equal`: equal-weight convex fusion with min-max "
+             "normalisation (the default; `tmm-equal`, `zscore-equal`: the same with theoretical-min-max or z-score "
+             "normalisation; `k'=N`: normalisation statistics and candidates from each retriever's top N; "
+             "`worst-fill`: a missing score counted as the retriever's worst retrieved one); `*-pseudo`: weights chosen on the collection's known-item "
              "pseudo-queries; `*-agreement`: weights from retriever agreement on the same pseudo-queries; "
              "`rrf`: reciprocal rank fusion, k=60. Bold: best of the column.", ""]
-    for metric in ("ndcg@10", "recall@100"):
+    for metric in ("ndcg@10", "recall@100", "pseudo_mrr@10"):
         lines += [f"## {metric}", "", "| system | " + " | ".join(names) + " |",
                   "|---|" + "---:|" * len(names)]
         best = {c: max(m[metric] for m in collections[c]["rows"].values()) for c in names}
@@ -198,11 +235,13 @@ def markdown(collections: dict[str, dict], summary: dict[str, dict]) -> str:
             lines.append(f"| {row} | " + " | ".join(cells) + " |")
         lines.append("")
     lines += ["## Targets", "", "Collections where the fusion's nDCG@10 ≥ the best single retriever's and its "
-              "Recall@100 ≥ every single retriever's; mean nDCG@10 difference to the best single retriever.", "",
-              "| fusion | nDCG@10 target | Recall@100 target | mean nDCG@10 − best single |", "|---|---:|---:|---:|"]
+              "Recall@100 ≥ every single retriever's; mean nDCG@10 difference to the best single retriever; mean MRR@10 "
+              "on the known-item pseudo-queries (no labels: what a collection can tell without test queries).", "",
+              "| fusion | nDCG@10 target | Recall@100 target | mean nDCG@10 − best single | mean pseudo MRR@10 |",
+              "|---|---:|---:|---:|---:|"]
     for row, s in sorted(summary.items(), key=lambda kv: -kv[1]["ndcg_gap"]):
         lines.append(f"| {row} | {s['ndcg_target']}/{s['collections']} | {s['recall_target']}/{s['collections']} "
-                     f"| {s['ndcg_gap']:+.4f} |")
+                     f"| {s['ndcg_gap']:+.4f} | {s['pseudo_mrr']:.4f} |")
     lines += ["", "## Label-free weights chosen", "", "| collection | fusion | pseudo-queries | agreement |",
               "|---|---|---|---|"]
     for c in names:

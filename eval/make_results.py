@@ -27,11 +27,16 @@ COLUMNS = [
     ("sparse-bmp", "sparse BMP"),
     ("sparse-seismic", "sparse Seismic"),
     ("dense", "dense"),
-    ("hybrid-rrf", "hybrid RRF"),
-    ("hybrid-convex", "hybrid convex"),
+    ("hybrid-rrf", "sparse+dense RRF (k'=20)"),
+    ("hybrid-convex", "sparse+dense TMM α=0.25 (k'=20)"),
+    ("sparse+dense-convex", "sparse+dense convex"),
+    ("dense+bm25-convex", "dense+BM25 convex"),
     ("sparse+dense+bm25-rrf", "sparse+dense+BM25 RRF"),
-    ("sparse+dense+bm25-convex", "sparse+dense+BM25 convex"),
+    ("sparse+dense+bm25-convex", "sparse+dense+BM25 convex (default)"),
 ]
+DEFAULT = "sparse+dense+bm25-convex"  # what `lsr eval --retriever auto` (the engine's default) fills
+TWO_WAY = "sparse+dense-convex"
+SINGLES = ("bm25", "sparse-exact", "dense")  # the targets: the default >= the best of these (nDCG@10), >= each (R@100)
 EXTRA_HEADERS = {"sparse-bmp-approx": "sparse BMP-approx"}  # columns shown only when results exist
 DATASETS = ["scifact", "medline", "cacm", "lisa", "npl", "time", "wn-gcide"]
 EMPTY = "—"
@@ -63,6 +68,41 @@ def _mb(n):
     return EMPTY if n is None else f"{n / 1e6:.1f}"
 
 
+def targets(results: dict[tuple[str, str], dict], dataset: str) -> str:
+    """``nDCG@10 ✓/✗, R@100 ✓/✗`` of the default against the single retrievers (— when a result is missing)."""
+    default = results.get((dataset, DEFAULT))
+    singles = [results.get((dataset, c)) for c in SINGLES]
+    if default is None or any(r is None for r in singles):
+        return EMPTY
+    ndcg = default["ndcg@10"] >= max(r["ndcg@10"] for r in singles)
+    recall = default["recall@100"] >= max(r["recall@100"] for r in singles)
+    return f"nDCG@10 {'✓' if ndcg else '✗'}, R@100 {'✓' if recall else '✗'}"
+
+
+def latency_table(results: dict[tuple[str, str], dict], datasets: list[str]) -> list[str]:
+    """Mean latency per query (one thread) of the three-way default next to two-way sparse+dense."""
+    rows = []
+    for d in datasets:
+        three, two = results.get((d, DEFAULT)), results.get((d, TWO_WAY))
+        if three is None and two is None:
+            continue
+        cells = []
+        for r in (three, two):
+            for key in ("latency_ms", "latency_with_encoding_ms"):
+                cells.append(_fmt(((r or {}).get(key) or {}).get("mean"), ".2f"))
+        load = [((r or {}).get("machine") or {}).get("load_average") or [None] for r in (three, two)]
+        rows.append(f"| {d} | " + " | ".join(cells) + " | " + " / ".join(_fmt(x[0], ".1f") for x in load) + " |")
+    if not rows:
+        return []
+    return ["### Latency of the default: three-way next to two-way", "",
+            "Mean ms per query, one thread, from the same `lsr eval` runs: *search* excludes query encoding (the "
+            "fusion's candidate lists, exact scores of the missing candidates, normalisation), *+enc* includes "
+            "encoding the query with SPLADE and MiniLM (BM25's analyzer runs inside *search*). The load average "
+            "of the machine when each ran is given: runs on a loaded machine are slower, compare within a row.", "",
+            "| dataset | sparse+dense+BM25 search | +enc | sparse+dense search | +enc | load avg |",
+            "| --- | ---: | ---: | ---: | ---: | --- |", *rows, ""]
+
+
 def render(results: dict[tuple[str, str], dict], plots: list[Path], out_dir: Path) -> str:
     datasets = _order({d for d, _ in results} | set(DATASETS), DATASETS)
     columns = [c for c, _ in COLUMNS] + sorted({c for _, c in results} - {c for c, _ in COLUMNS})
@@ -77,8 +117,8 @@ def render(results: dict[tuple[str, str], dict], plots: list[Path], out_dir: Pat
         "last column: each collection's best system by nDCG@10. BM25 is the Pyserini (or bm25s) baseline; `bm25`",
         "inside a combination is the index's own BM25 field.",
         "",
-        "| dataset | " + " | ".join(headers.get(c, c) for c in columns) + " | best (nDCG@10) |",
-        "| --- | " + " | ".join("---" for _ in columns) + " | --- |",
+        "| dataset | " + " | ".join(headers.get(c, c) for c in columns) + " | best (nDCG@10) | default: targets |",
+        "| --- | " + " | ".join("---" for _ in columns) + " | --- | --- |",
     ]
     for d in datasets:
         cells = []
@@ -92,7 +132,12 @@ def render(results: dict[tuple[str, str], dict], plots: list[Path], out_dir: Pat
                 lat = (r.get("latency_ms") or {}).get("mean")
                 cell = f"{r['ndcg@10']:.3f} / {r['recall@100']:.3f} ({_fmt(lat, '.1f')} ms)"
                 cells.append(f"**{cell}**" if c == best else cell)
-        lines.append(f"| {d} | " + " | ".join(cells) + f" | {headers.get(best, best) if best else EMPTY} |")
+        lines.append(f"| {d} | " + " | ".join(cells) + f" | {headers.get(best, best) if best else EMPTY} "
+                     f"| {targets(results, d)} |")
+    lines += ["", "*default: targets*: the default (`--retriever auto`, sparse+dense+BM25 convex) against the best "
+              "of Pyserini BM25, sparse exact and dense on nDCG@10 and against each of them on Recall@100 "
+              "(✓ met, ✗ not).", ""]
+    lines += latency_table(results, datasets)
     lines += ["", *(f"![{p.stem}]({p.relative_to(out_dir).as_posix()})" for p in plots), ""]
     lines += [
         "## Details",
@@ -127,8 +172,8 @@ def render(results: dict[tuple[str, str], dict], plots: list[Path], out_dir: Pat
         "```bash",
         "for d in scifact time medline cacm lisa npl; do",
         "  for run in \"--retriever pyserini-bm25\" \"--retriever bm25\" \"--retriever sparse\" \"--mode bmp\" \"--mode seismic\" \"--retriever dense\" \\",
-        "             \"--retriever hybrid --fusion rrf\" \"--retriever hybrid --fusion convex\" \\",
-        "             \"--retriever sparse+dense+bm25 --fusion rrf\" \"--retriever sparse+dense+bm25 --fusion convex\"; do",
+        "             \"--retriever sparse+dense\" \"--retriever dense+bm25\" \"--retriever sparse+dense+bm25 --fusion rrf\" \\",
+        "             \"--retriever auto\"; do",
         "    lsr eval $LSR_DATA/beir/$d $run --results-dir eval/results",
         "  done",
         "done",
@@ -137,6 +182,8 @@ def render(results: dict[tuple[str, str], dict], plots: list[Path], out_dir: Pat
         "python -m lsr.eval.make_results",
         "```",
         "",
+        "The two `hybrid` columns are earlier runs of sparse+dense with the defaults of the time (k'=20; TMM, α=0.25);",
+        "every other fusion column uses lsr.fusion's defaults (eval/results/fusion-study.md chose them).",
         "`$LSR_DATA` is the directory holding the datasets (result files name dataset paths relative to it);",
         "`WN_GCIDE_INDEX` is a splade-tiny `lsr index` of wn-gcide built beforehand. Indexes are cached (`$LSR_CACHE`,",
         "default `~/.cache/lsr/eval`), so only the first run of a dataset encodes its corpus; BMP runs on a copy",

@@ -5,14 +5,15 @@ Pure ranking over arrays: no index, no engine. Every ranking rule for hybrid sea
 (:meth:`lsr.searcher.Searcher.retrieve`, behind ``Engine.search(..., retriever="sparse+dense+bm25")``, the HTTP
 server and evaluation) asks each retriever for its candidates and passes the retrievers' exact scoring functions in:
 
-* candidates are the union of every retriever's top-``depth`` (``depth`` is k');
+* candidates are the union of every retriever's top max(k, k') (``depth`` is k');
 * **RRF** (reciprocal rank fusion): ``sum over retrievers of w_r / (rrf_k + rank)``, rank counted from 1, a
   retriever that did not return the document contributes nothing (``rrf_k = 60``, every ``w_r = 1`` unless
   weights are given);
 * **convex** combination: ``sum over retrievers of w_r * norm_r(score)`` with weights summing to 1. A candidate
-  that a retriever did not return gets its exact score from that retriever when the caller can compute it (SPLADE
-  and dense are cheap to score for a handful of documents), else that retriever's worst retrieved score.
-  Normalisation statistics come from each retriever's own top-``depth``:
+  that a retriever did not return gets its exact score from that retriever when the caller can compute it (the
+  engine scores SPLADE, dense and BM25 exactly), else that retriever's worst retrieved score. Normalisation
+  statistics come from each retriever's own top-k' however many results are asked for, so a document's fused
+  score does not depend on k:
 
   - ``minmax``: ``(s - min) / (max - min)``
   - ``zscore``: ``(s - mean) / std``
@@ -20,6 +21,12 @@ server and evaluation) asks each retriever for its candidates and passes the ret
     TOIS 2023): ``(s - inf_s) / (max - inf_s)`` where ``inf_s`` is the lowest score the scoring function can
     give (:data:`THEORETICAL_MIN`: 0 for SPLADE's non-negative dot products and for BM25, -1 for cosine
     similarity of normalised embeddings) and ``max`` the best score retrieved for the query.
+
+Defaults (no tuning; chosen in eval/fusion_study.py on the shared collections, eval/results/fusion-study.md):
+convex, ``minmax``, k' = 100, equal weights. Min-max met the targets on the most collections (nDCG@10 >= the
+best single retriever, Recall@100 >= each); TMM's theoretical minimum of -1 for cosine squeezes dense scores into
+the top half of [0, 1] and under-weights dense; k' = 100 covers the usual k, so the top-k ranking is the same
+whatever k is asked for up to 100.
 
 Weights, in this order: explicit ``weights``; ``alpha`` for sparse+dense (the sparse weight); else
 :data:`DEFAULT_WEIGHTS` (equal weights: nothing tuned). :func:`pseudo_query_weights` chooses weights per
@@ -45,8 +52,8 @@ NORMALIZATIONS = ("tmm", "minmax", "zscore")
 THEORETICAL_MIN = {"sparse": 0.0, "dense": -1.0, "bm25": 0.0}
 
 DEFAULT_FUSION = "convex"
-DEFAULT_NORMALIZATION = "tmm"
-DEFAULT_DEPTH = 20
+DEFAULT_NORMALIZATION = "minmax"
+DEFAULT_DEPTH = 100
 DEFAULT_RRF_K = 60
 MAX_DEPTH = 10_000
 # Relative weight of each retriever in the no-tuning default (normalised over the retrievers being fused).
@@ -181,13 +188,14 @@ def fuse(lists: Mapping[str, Candidates], config: FusionConfig, k: int,
     retrieved = {n: np.asarray(lists[n][1], np.float64) for n in names}
     docs = np.unique(np.concatenate([ids[n] for n in names])) if names else np.zeros(0, np.int64)
     per = {n: _scatter(docs, ids[n], retrieved[n]) for n in names}
+    reference = {n: retrieved[n][:config.depth] for n in names}  # the statistics of each top-k', whatever k is
     weights = config.weights_for(names)
     if config.method == "rrf":
         rrf_docs, rrf_scores = rrf([ids[n] for n in names], config.rrf_k, [weights[n] for n in names])
         fused = rrf_scores[np.argsort(rrf_docs)]  # aligned with docs (both sorted unions)
     else:
         per = {n: _fill(docs, per[n], (scorers or {}).get(n), retrieved[n]) for n in names}
-        fused = convex(per, weights, config.normalization, retrieved)
+        fused = convex(per, weights, config.normalization, reference)
     top = np.lexsort((docs, -fused))[:k]
     return Fused(docs[top], fused[top], {n: per[n][top] for n in names})
 

@@ -242,6 +242,11 @@ def test_dense_and_hybrid_go_through_the_engine(tmp_path, dataset, hybrid_engine
         assert r["ndcg@10"] > 0.3 and r["details"]["fusion"]["method"] == fusion
     with pytest.raises(ValueError, match="unknown fusion"):
         ev.run_eval(dataset, retriever="hybrid", fusion="nope", cache_dir=cache, progress=False)
+    # the engine's default retriever: every retriever of the default index, the default fusion, the three-way column
+    auto = ev.run_eval(dataset, retriever="auto", cache_dir=cache, progress=False)
+    assert auto["retrievers"] == ["sparse", "dense", "bm25"] and auto["fusion"] == "convex" and auto["mode"] == "exact"
+    assert ev.result_key(auto) == "sparse+dense+bm25-convex" and auto["query_encoder"] == "model"
+    assert auto["ndcg@10"] == r["ndcg@10"]  # hybrid (every retriever) with the default fusion: the same ranking
     # a combination goes through the same engine path; label-free weights are chosen before the queries
     r = ev.run_eval(dataset, retriever="dense+sparse", cache_dir=cache, progress=False,
                     params={"fusion.weights": "agreement"})
@@ -322,7 +327,29 @@ def test_make_results_builds_the_table_and_plots(tmp_path):
     row = next(line for line in text.splitlines() if line.startswith("| scifact |"))
     assert row.startswith("| scifact | **0.679 / 0.900 (1.5 ms)** | 0.679 / 0.900 (1.5 ms) | 0.644 / 0.900 (1.5 ms) | — |")
     assert "| dataset | Pyserini BM25 | BM25 (native) | sparse exact |" in text
-    assert row.endswith("| Pyserini BM25 |")  # the best system of the row by nDCG@10 (the first of a tie)
+    assert row.endswith("| Pyserini BM25 | — |")  # the best system by nDCG@10 (the first of a tie); no default run
+    # the default (`--retriever auto`, recorded with the retrievers it resolved to) fills the three-way column and is
+    # checked against the best single retriever (nDCG@10) and each of them (Recall@100)
+    fused = {**base, "dataset": "scifact", "retriever": "auto", "retrievers": ["sparse", "dense", "bm25"],
+             "fusion": "convex", "mode": "exact", "ndcg@10": 0.70, "recall@100": 0.95}
+    (results / "d.json").write_text(json.dumps({**base, "dataset": "scifact", "retriever": "dense", "ndcg@10": 0.645,
+                                                "recall@100": 0.92}))
+    (results / "e.json").write_text(json.dumps(fused))
+    (results / "f.json").write_text(json.dumps({**fused, "dataset": "time", "ndcg@10": 0.60, "recall@100": 0.99}))
+    (results / "g.json").write_text(json.dumps({**base, "dataset": "time", "retriever": "bm25", "ndcg@10": 0.65}))
+    (results / "h.json").write_text(json.dumps({**base, "dataset": "time", "retriever": "dense", "ndcg@10": 0.58}))
+    (results / "i.json").write_text(json.dumps({**base, "dataset": "time", "retriever": "sparse", "mode": "exact",
+                                                "ndcg@10": 0.55, "latency_ms": {"mean": 0.5}}))
+    (results / "j.json").write_text(json.dumps({**fused, "dataset": "time", "retriever": "sparse+dense",
+                                                "retrievers": ["sparse", "dense"], "ndcg@10": 0.62,
+                                                "latency_ms": {"mean": 1.25}}))
+    assert make_results.main(["--results", str(results), "--out", str(out)]) == 0
+    lines = out.read_text().splitlines()
+    rows = {d: next(line for line in lines if line.startswith(f"| {d} |")) for d in ("scifact", "time")}  # main table
+    assert "**0.700 / 0.950 (1.5 ms)**" in rows["scifact"]
+    assert rows["scifact"].endswith("| sparse+dense+BM25 convex (default) | nDCG@10 ✓, R@100 ✓ |")
+    assert rows["time"].endswith("| Pyserini BM25 | nDCG@10 ✗, R@100 ✓ |")
+    assert "| time | 1.50 | 5.00 | 1.25 | 5.00 | — / — |" in lines  # latency: three-way next to two-way
     assert "| time | — |" in text and "Do not edit by hand" in text
     assert (tmp_path / "plots" / "ndcg_at_10.png").stat().st_size > 1000
     assert (tmp_path / "plots" / "recall_vs_latency.png").stat().st_size > 1000

@@ -48,7 +48,8 @@ def result_key(result: dict) -> str:
     """Column name of a result: ``bm25`` (the Pyserini/bm25s baseline, ``pyserini-bm25``, which records written
     before the native field called ``bm25``), ``bm25-native`` (+ ``-<mode>``), ``sparse-<mode>``, ``dense``,
     ``hybrid-<fusion>`` or a combination such as ``sparse+dense+bm25-<fusion>`` (+ ``-<label-free weights>``,
-    + ``-<mode>``); ``-inference-free`` is appended when the sparse side used inference-free queries."""
+    + ``-<mode>``; ``auto`` takes the column of the combination it resolved to); ``-inference-free`` is appended
+    when the sparse side used inference-free queries."""
     name = result["retriever"]
     free = "-inference-free" if result.get("query_encoder") == "inference-free" else ""
     if name == "bm25" and result.get("implementation") == "lsr-bm25":
@@ -57,6 +58,8 @@ def result_key(result: dict) -> str:
         return "bm25"
     if name == "sparse":
         return f"sparse-{result['mode']}{free}"
+    if name == "auto" and result.get("retrievers"):  # the default: the column of the combination it resolved to
+        name = "+".join(result["retrievers"])
     if name == "hybrid" or "+" in name:
         return (f"{name}-{result['fusion']}" + (f"-{result['label_free_weights']}" if result.get("label_free_weights")
                                                else "")

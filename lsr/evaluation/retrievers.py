@@ -155,6 +155,13 @@ def hybrid_retriever(ctx: EvalContext) -> Retrieval:
     return fused_retriever(ctx, "hybrid")
 
 
+@register_retriever("auto")
+def auto_retriever(ctx: EvalContext) -> Retrieval:
+    """The engine's default retriever on a default index (sparse, dense and BM25): the first combination of
+    :data:`lsr.searcher.AUTO_ORDER` it holds, fused with the default fusion unless ``--fusion`` says otherwise."""
+    return fused_retriever(ctx, "auto")
+
+
 # ====================================================================== BM25
 @register_retriever("bm25")
 def bm25_retriever(ctx: EvalContext) -> Retrieval:

@@ -39,10 +39,10 @@ def run_eval(
 
     if query_encoder not in QUERY_ENCODERS:
         raise EvalError(f"unknown query encoder {query_encoder!r}; available: {', '.join(QUERY_ENCODERS)}")
-    fused = retriever == "hybrid" or "+" in retriever
-    uses_sparse = retriever == "sparse" or (fused and (retriever == "hybrid" or "sparse" in retriever.split("+")))
-    uses_mode = retriever in MODE_RETRIEVERS or (fused and (retriever == "hybrid"
-                                                            or bool({"sparse", "bm25"} & set(retriever.split("+")))))
+    every = retriever in ("hybrid", "auto")  # every retriever a default index holds (sparse, dense, BM25)
+    fused = every or "+" in retriever
+    uses_sparse = retriever == "sparse" or (fused and (every or "sparse" in retriever.split("+")))
+    uses_mode = retriever in MODE_RETRIEVERS or (fused and (every or bool({"sparse", "bm25"} & set(retriever.split("+")))))
     if query_encoder != "model" and not uses_sparse:
         raise EvalError(f"--query-encoder {query_encoder} applies to retrievers with a sparse side, not {retriever!r}")
     if mode not in MODES:

@@ -13,6 +13,7 @@ batched together, and their vectors pooled into one per document (:func:`pool_wi
 
 from __future__ import annotations
 
+import copy
 import functools
 import logging
 from collections.abc import Iterable, Iterator, Sequence
@@ -46,6 +47,26 @@ def check_doc_windows(value: DocWindows | None) -> DocWindows:
     if count < 1 or (isinstance(value, float) and value != count):
         raise ValueError(f"doc windows must be a positive integer or 'all', got {value!r}")
     return count
+
+
+def check_window_settings(doc_windows: DocWindows, window_stride: int | None, window_pooling: str,
+                          window_decay: float) -> None:
+    """Raise ValueError for settings of document windows that mean nothing."""
+    check_doc_windows(doc_windows)
+    if window_stride is not None and int(window_stride) < 1:
+        raise ValueError(f"window stride must be at least 1 token, got {window_stride!r}")
+    if window_pooling not in WINDOW_POOLINGS:
+        raise ValueError(f"unknown window pooling {window_pooling!r}; available: {', '.join(WINDOW_POOLINGS)}")
+    if not 0.0 < float(window_decay) <= 1.0:
+        raise ValueError(f"window decay must be in (0, 1], got {window_decay!r}")
+
+
+def document_settings(info: dict) -> dict:
+    """The document-encoding keywords of :class:`SpladeEncoder` recorded in an index manifest's ``model`` entry
+    (indexes built before windows existed read one window)."""
+    return {"doc_max_length": info["doc_max_length"], "doc_top_k": info.get("doc_top_k"),
+            "doc_windows": info.get("doc_windows", 1), "window_stride": info.get("window_stride"),
+            "window_pooling": info.get("window_pooling", "max"), "window_decay": info.get("window_decay", 0.5)}
 
 
 def default_window_stride(doc_max_length: int) -> int:
@@ -117,19 +138,9 @@ class SpladeEncoder:
 
         self.ref: ModelRef = resolve_model(model, DEFAULT_SPLADE)
         self.name = self.ref.name
-        self.doc_max_length = doc_max_length
         self.query_max_length = query_max_length
-        self.doc_top_k = doc_top_k
-        self.doc_windows = check_doc_windows(doc_windows)
-        self.window_stride = int(window_stride or default_window_stride(doc_max_length))
-        if self.window_stride < 1:
-            raise ValueError(f"window stride must be at least 1 token, got {window_stride!r}")
-        if window_pooling not in WINDOW_POOLINGS:
-            raise ValueError(f"unknown window pooling {window_pooling!r}; available: {', '.join(WINDOW_POOLINGS)}")
-        if not 0.0 < float(window_decay) <= 1.0:
-            raise ValueError(f"window decay must be in (0, 1], got {window_decay!r}")
-        self.window_pooling = window_pooling
-        self.window_decay = float(window_decay)
+        self._set_document_settings(doc_max_length, doc_top_k, doc_windows, window_stride, window_pooling,
+                                    window_decay)
         self.device = device or default_device()
         if threads:
             torch.set_num_threads(threads)
@@ -155,6 +166,22 @@ class SpladeEncoder:
             "doc_top_k": self.doc_top_k,
             **self.window_settings(),
         }
+
+    def _set_document_settings(self, doc_max_length: int, doc_top_k: int | None, doc_windows: DocWindows,
+                               window_stride: int | None, window_pooling: str, window_decay: float) -> None:
+        check_window_settings(doc_windows, window_stride, window_pooling, window_decay)
+        self.doc_max_length, self.doc_top_k = doc_max_length, doc_top_k
+        self.doc_windows = check_doc_windows(doc_windows)
+        self.window_stride = int(window_stride or default_window_stride(doc_max_length))
+        self.window_pooling, self.window_decay = window_pooling, float(window_decay)
+
+    def for_documents(self, info: dict) -> "SpladeEncoder":
+        """This model encoding documents as the index whose manifest ``model`` entry is ``info`` did (itself when it
+        already does; else a copy sharing the loaded model)."""
+        wanted = document_settings(info)
+        clone = copy.copy(self)
+        clone._set_document_settings(**wanted)
+        return self if all(getattr(clone, key) == getattr(self, key) for key in wanted) else clone
 
     def window_settings(self) -> dict:
         """How long documents are read: ``doc_windows``, ``window_stride``, ``window_pooling``, ``window_decay``."""

@@ -3,6 +3,7 @@
 index size (bytes per document) and build time per collection and setting.
 
     LSR_DATA=DATA_DIR python eval/bench_long_documents.py --out eval/results/long-documents
+    LSR_DATA=DATA_DIR python eval/bench_long_documents.py --datasets beir/scifact --append --out ...  # add one
 
 Each collection's documents are encoded once, window by window, with :class:`lsr.encoder.SpladeEncoder` itself
 (:meth:`~lsr.encoder.SpladeEncoder.encode_windows`, every window). Each setting pools the windows it reads with
@@ -112,7 +113,7 @@ def summary(rows: list[dict], settings: list[str], margin: float) -> dict:
 def markdown(report: dict) -> str:
     rows, settings = report["rows"], ["1"] + report["settings"]
     lines = ["# Long documents: first window vs pooled windows", "",
-             f"`{report['command']}`", "",
+             *[f"`LSR_DATA=../shared/data {c}`" for c in report["commands"]], "",
              f"splade-tiny, windows of {report['doc_max_length']} tokens every {rows[0]['window_stride']} tokens; "
              "exact search, k=100, one thread. Δ: change against the first window only (setting `1`, today's "
              "default). Build time = encoding + pooling + index build (see the script's docstring).", "",
@@ -147,6 +148,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None, help="torch threads")
     ap.add_argument("--margin", type=float, default=0.002)
     ap.add_argument("--out", type=Path, help="write OUT.json and OUT.md")
+    ap.add_argument("--append", action="store_true", help="keep the other collections already in OUT.json")
     args = ap.parse_args()
     if args.threads:
         import torch
@@ -154,14 +156,23 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     settings = args.settings.split(",")
     rows = []
+    command = "python eval/bench_long_documents.py " + " ".join(sys.argv[1:])
     with tempfile.TemporaryDirectory() as tmp:
         for spec in args.datasets.split(","):
-            rows.append(run_dataset(Path(args.data) / spec, settings, args.stride, args.batch_size, Path(tmp)))
+            rows.append({**run_dataset(Path(args.data) / spec, settings, args.stride, args.batch_size, Path(tmp)),
+                         "command": command})
             print(json.dumps(rows[-1]), flush=True)
-            report = {"command": "python eval/bench_long_documents.py " + " ".join(sys.argv[1:]),
-                      "model": "splade-tiny", "doc_max_length": 256, "settings": settings, "margin": args.margin,
-                      "summary": summary(rows, settings, args.margin), "rows": rows, "machine": machine(),
-                      "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+            kept = []
+            if args.append and args.out and args.out.with_suffix(".json").is_file():  # another run's collections
+                ours = {r["dataset"] for r in rows}
+                earlier = json.loads(args.out.with_suffix(".json").read_text())
+                kept = [{"command": earlier.get("command"), **r} for r in earlier["rows"] if r["dataset"] not in ours]
+                if earlier["settings"] != settings:
+                    raise SystemExit(f"--append: {args.out}.json was measured with other settings")
+            report = {"commands": sorted({r["command"] for r in kept + rows}), "model": "splade-tiny",
+                      "doc_max_length": 256, "settings": settings, "margin": args.margin,
+                      "summary": summary(kept + rows, settings, args.margin), "rows": kept + rows,
+                      "machine": machine(), "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
             if args.out:  # rewritten after each collection
                 args.out.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
                 args.out.with_suffix(".md").write_text(markdown(report))

@@ -18,21 +18,22 @@ from lsr.engine import (DEFAULT_INDEX_DIR, DEFAULT_RETRIEVER, MODES, RETRIEVER_H
 from lsr.searcher import LABEL_FREE_METHODS
 from lsr.models import ModelNotFoundError
 from lsr.bm25_field import DEFAULT_ANALYZER
+from lsr.encoder import DEFAULT_DOC_WINDOWS, DEFAULT_WINDOW_DECAY, DEFAULT_WINDOW_POOLING
 from lsr.pipeline import BuildSettings
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Learned sparse retrieval: index, search, serve, evaluate.")
 
 IndexOpt = typer.Option(DEFAULT_INDEX_DIR, "--index", "-i", help="Index directory.")
 DocWindowsOpt = typer.Option(
-    "1", "--doc-windows", help="Windows of --max-length tokens read per document, pooled into one vector: 1 (the first "
+    str(DEFAULT_DOC_WINDOWS), "--doc-windows", help="Windows of --max-length tokens read per document, pooled into one vector: 1 (the first "
                                "--max-length tokens), N (at most N), or all.")
 WindowStrideOpt = typer.Option(
     None, "--window-stride", min=1, help="Tokens between the starts of consecutive windows (default: 3/4 of the "
                                          "window, so windows overlap).")
 WindowPoolingOpt = typer.Option(
-    "max", "--window-pooling", help="How windows are pooled: max, mean, decay (max of weight x decay^window) or first "
+    DEFAULT_WINDOW_POOLING, "--window-pooling", help="How windows are pooled: max, mean, decay (max of weight x decay^window) or first "
                                     "(max of the first window and decay x the others).")
-WindowDecayOpt = typer.Option(0.5, "--window-decay", help="Weight of later windows for decay and first pooling.")
+WindowDecayOpt = typer.Option(DEFAULT_WINDOW_DECAY, "--window-decay", help="Weight of later windows for decay and first pooling.")
 QueryEncoderOpt = typer.Option(
     "model", "--query-encoder", help="How text queries are encoded: model (SPLADE) or inference-free (tokenizer + "
                                      "the index's IDF table; no model, no torch).")

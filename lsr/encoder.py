@@ -32,6 +32,10 @@ log = logging.getLogger("lsr.encoder")
 
 WINDOW_POOLINGS = ("max", "mean", "decay", "first")  # how the windows of a document are pooled (pool_windows)
 DocWindows = Union[int, str]  # at most N windows per document, or "all"
+# the defaults of every build path (eval/results/long-documents.md measures the choices)
+DEFAULT_DOC_WINDOWS: DocWindows = 1
+DEFAULT_WINDOW_POOLING = "max"
+DEFAULT_WINDOW_DECAY = 0.5
 
 
 def check_doc_windows(value: DocWindows | None) -> DocWindows:
@@ -125,10 +129,10 @@ class SpladeEncoder:
         doc_top_k: int | None = None,
         device: str | None = None,
         threads: int | None = None,
-        doc_windows: DocWindows = 1,
+        doc_windows: DocWindows = DEFAULT_DOC_WINDOWS,
         window_stride: int | None = None,
-        window_pooling: str = "max",
-        window_decay: float = 0.5,
+        window_pooling: str = DEFAULT_WINDOW_POOLING,
+        window_decay: float = DEFAULT_WINDOW_DECAY,
     ) -> None:
         import torch
         from transformers import AutoModelForMaskedLM, AutoTokenizer

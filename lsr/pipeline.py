@@ -29,7 +29,8 @@ from lsr.version import __version__
 from lsr.bm25_field import DEFAULT_ANALYZER, Bm25Settings
 from lsr.corpus import CorpusError, CorpusReader, Document
 from lsr.docstore import DOCSTORE_FILE, DocStore, DuplicateIdError
-from lsr.encoder import DocWindows, SparseBatch, SpladeEncoder, check_doc_windows, check_window_settings
+from lsr.encoder import (DEFAULT_DOC_WINDOWS, DEFAULT_WINDOW_DECAY, DEFAULT_WINDOW_POOLING, DocWindows, SparseBatch,
+                         SpladeEncoder, check_doc_windows, check_window_settings)
 from lsr.faults import fault_point
 from lsr.index import IndexBuilder, InvertedIndex
 from lsr.index.storage import (read_manifest, sha256_file, staged_directory, write_json_atomic, write_manifest,
@@ -60,10 +61,10 @@ class BuildSettings:
     doc_max_length: int = 256
     query_max_length: int = 64
     doc_top_k: int | None = None  # keep only the top-k terms of each document
-    doc_windows: DocWindows = 1  # windows of doc_max_length tokens read per document (N, or "all"), pooled into one
+    doc_windows: DocWindows = DEFAULT_DOC_WINDOWS  # windows of doc_max_length tokens read per document (N, or "all"), pooled into one
     window_stride: int | None = None  # tokens between window starts (None: 3/4 of the window)
-    window_pooling: str = "max"  # max, mean, decay or first (lsr.encoder.pool_windows)
-    window_decay: float = 0.5  # the weight of later windows for decay / first pooling
+    window_pooling: str = DEFAULT_WINDOW_POOLING  # max, mean, decay or first (lsr.encoder.pool_windows)
+    window_decay: float = DEFAULT_WINDOW_DECAY  # the weight of later windows for decay / first pooling
     quant_bits: int = 8
     scale: float | None = None  # quantization step (None: the largest weight / the top impact level)
     id_field: str | None = None

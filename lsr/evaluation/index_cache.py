@@ -9,6 +9,7 @@ import os
 import shutil
 from pathlib import Path
 
+from lsr.encoder import DEFAULT_DOC_WINDOWS, DEFAULT_WINDOW_DECAY, DEFAULT_WINDOW_POOLING
 from lsr.evaluation.base import EvalError, digest, slug
 from lsr.evaluation.registry import EvalContext
 
@@ -17,7 +18,8 @@ log = logging.getLogger(__name__)
 DEFAULT_REORDER = {"bmp": "bp"}  # structure -> document reordering applied before building it
 INDEX_SETTINGS = {"doc_max_length": 256, "query_max_length": 64, "doc_top_k": None, "quant_bits": 8}
 # how long documents are read (``-p index.doc_windows=4`` etc.); part of the cache key unless one window is read
-WINDOW_SETTINGS = {"doc_windows": 1, "window_stride": None, "window_pooling": "max", "window_decay": 0.5}
+WINDOW_SETTINGS = {"doc_windows": DEFAULT_DOC_WINDOWS, "window_stride": None, "window_pooling": DEFAULT_WINDOW_POOLING,
+                   "window_decay": DEFAULT_WINDOW_DECAY}
 
 
 def sparse_index_key(ctx: EvalContext) -> tuple[dict, str]:

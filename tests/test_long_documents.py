@@ -191,3 +191,24 @@ def test_eval_cache_key_follows_index_window_params(tmp_path, long_corpus, engin
 def _copy_of(engine, tmp_path: Path, root: Path) -> Path:
     """A one-window index of the dataset at ``root`` to adopt."""
     return Engine.build(root, tmp_path / "adopt", encoder=engine.encoder, progress=False, bm25=False).index_dir
+
+
+def test_sharded_build_reads_windows(tmp_path, long_corpus):
+    pytest.importorskip("ray")
+    from lsr.sharded.ray_runtime import init_ray
+
+    ray = init_ray(num_cpus=2)
+    try:
+        out = tmp_path / "sharded"
+        result = _cli("index", long_corpus, "--index", out, "--shards", "2", "--workers", "1", "--no-dense",
+                      "--doc-windows", "all", "--window-pooling", "decay")
+        assert result.exit_code == 0, result.output
+        info = _cli("info", "--index", out).output
+        assert "all windows of 256 tokens every 192 tokens, decay (decay 0.5) pooling" in info
+        engine = Engine.open(out)
+        try:
+            assert engine.search(TAIL, k=3, retriever="sparse")[0].id == "long"
+        finally:
+            engine.close()
+    finally:
+        ray.shutdown()

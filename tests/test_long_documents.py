@@ -201,10 +201,10 @@ def test_sharded_build_reads_windows(tmp_path, long_corpus):
     try:
         out = tmp_path / "sharded"
         result = _cli("index", long_corpus, "--index", out, "--shards", "2", "--workers", "1", "--no-dense",
-                      "--doc-windows", "all", "--window-pooling", "decay")
+                      "--doc-windows", "all", "--window-pooling", "max")
         assert result.exit_code == 0, result.output
         info = _cli("info", "--index", out).output
-        assert "all windows of 256 tokens every 192 tokens, decay (decay 0.5) pooling" in info
+        assert "all windows of 256 tokens every 192 tokens, max pooling" in info
         engine = Engine.open(out)
         try:
             assert engine.search(TAIL, k=3, retriever="sparse")[0].id == "long"

@@ -18,11 +18,22 @@ from lsr.engine import (DEFAULT_INDEX_DIR, DEFAULT_RETRIEVER, MODES, RETRIEVER_H
 from lsr.searcher import LABEL_FREE_METHODS
 from lsr.models import ModelNotFoundError
 from lsr.bm25_field import DEFAULT_ANALYZER
-from lsr.pipeline import DEFAULT_STRUCTURES, BuildSettings
+from lsr.encoder import DEFAULT_DOC_WINDOWS, DEFAULT_WINDOW_DECAY, DEFAULT_WINDOW_POOLING
+from lsr.pipeline import BuildSettings
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Learned sparse retrieval: index, search, serve, evaluate.")
 
 IndexOpt = typer.Option(DEFAULT_INDEX_DIR, "--index", "-i", help="Index directory.")
+DocWindowsOpt = typer.Option(
+    str(DEFAULT_DOC_WINDOWS), "--doc-windows", help="Windows of --max-length tokens read per document, pooled into one vector: 1 (the first "
+                               "--max-length tokens), N (at most N), or all.")
+WindowStrideOpt = typer.Option(
+    None, "--window-stride", min=1, help="Tokens between the starts of consecutive windows (default: 3/4 of the "
+                                         "window, so windows overlap).")
+WindowPoolingOpt = typer.Option(
+    DEFAULT_WINDOW_POOLING, "--window-pooling", help="How windows are pooled: max, mean, decay (max of weight x decay^window) or first "
+                                    "(max of the first window and decay x the others).")
+WindowDecayOpt = typer.Option(DEFAULT_WINDOW_DECAY, "--window-decay", help="Weight of later windows for decay and first pooling.")
 QueryEncoderOpt = typer.Option(
     "model", "--query-encoder", help="How text queries are encoded: model (SPLADE) or inference-free (tokenizer + "
                                      "the index's IDF table; no model, no torch).")
@@ -72,6 +83,10 @@ def index_cmd(
     max_length: int = typer.Option(256, "--max-length", min=8, help="Max document tokens."),
     query_max_length: int = typer.Option(64, "--query-max-length", min=4),
     doc_top_k: Optional[int] = typer.Option(None, "--doc-top-k", min=1, help="Keep only the top-k terms of each document."),
+    doc_windows: str = DocWindowsOpt,
+    window_stride: Optional[int] = WindowStrideOpt,
+    window_pooling: str = WindowPoolingOpt,
+    window_decay: float = WindowDecayOpt,
     quant_bits: int = typer.Option(8, "--quant-bits", help="Impact quantization: 8 or 16 bits."),
     id_field: Optional[str] = typer.Option(None, "--id-field"),
     text_field: Optional[str] = typer.Option(None, "--text-field"),
@@ -161,7 +176,8 @@ def index_cmd(
         dense = dense_model is not None or (dense_model_available() and not is_vector_file(corpus))
     settings = BuildSettings(
         model=model, batch_size=batch_size, doc_max_length=max_length, query_max_length=query_max_length,
-        doc_top_k=doc_top_k, quant_bits=quant_bits, id_field=id_field, text_field=text_field,
+        doc_top_k=doc_top_k, doc_windows=doc_windows, window_stride=window_stride, window_pooling=window_pooling,
+        window_decay=window_decay, quant_bits=quant_bits, id_field=id_field, text_field=text_field,
         title_field=title_field, skip_bad=skip_bad, structures=_structure_names(structures), reorder=reorder,
         window=window, dense=dense, dense_model=dense_model, hnsw_threshold=hnsw_threshold, bm25=bm25,
         bm25_analyzer=bm25_analyzer)
@@ -175,6 +191,17 @@ def index_cmd(
         f"indexed {info['documents']} documents ({info['postings']} postings, {info['size_bytes'] / 1e6:.1f} MB) "
         f"into {index} in {time.time() - started:.1f}s" + (f"; skipped {skipped} bad record(s)" if skipped else "")
     )
+
+
+def _windows_text(model: dict) -> str:
+    """How an index read documents longer than one window of the model (``lsr info``)."""
+    windows = model.get("doc_windows", 1)
+    if windows == 1:
+        return f"first window only ({model['doc_max_length']} tokens; --doc-windows reads more)"
+    pooling = model["window_pooling"] + (f" (decay {model['window_decay']})" if model["window_pooling"] in
+                                         ("decay", "first") else "")
+    return (f"{'all' if windows == 'all' else f'up to {windows}'} windows of {model['doc_max_length']} tokens every "
+            f"{model['window_stride']} tokens, {pooling} pooling")
 
 
 def _index_sharded(corpus: Path, index: Path, shards: int, address: Optional[str], workers: Optional[int],
@@ -337,6 +364,7 @@ def info_cmd(index: Path = IndexOpt, as_json: bool = typer.Option(False, "--json
         ("size on disk", f"{info['size_bytes'] / 1e6:.1f} MB"),
         ("quantization", f"{info['quantization']['bits']}-bit, scale {info['quantization']['scale']:.5g}"),
         ("model", f"{model['name']} (sha256 {model['sha256'][:12]}…, doc max {model['doc_max_length']} tokens)"),
+        ("long documents", _windows_text(model)),
         ("built", f"{info['built_at']} in {info['build_seconds']:.1f}s"), ("corpus", info["corpus"]),
     ]
     free = info.get("inference_free")
@@ -389,6 +417,10 @@ def encode_cmd(
     shard: str = typer.Option("0/1", "--shard", help="I/N: encode only documents whose position mod N is I."),
     resume: bool = typer.Option(False, "--resume", help="Append to OUT, skipping the documents it already holds."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1),
+    doc_windows: str = DocWindowsOpt,
+    window_stride: Optional[int] = WindowStrideOpt,
+    window_pooling: str = WindowPoolingOpt,
+    window_decay: float = WindowDecayOpt,
 ) -> None:
     """Encode a corpus into precomputed vectors (the Pyserini/Seismic JSONL format), streaming and resumable."""
     from itertools import islice
@@ -403,7 +435,8 @@ def encode_cmd(
     _set_threads(threads)
     done = _complete_lines(out) if resume and out.exists() else 0
     settings = BuildSettings(model=model, batch_size=batch_size, doc_max_length=max_length, skip_bad=skip_bad,
-                             window=1024)
+                             window=1024, doc_windows=doc_windows, window_stride=window_stride,
+                             window_pooling=window_pooling, window_decay=window_decay)
     encoder = settings.load_encoder()
     reader = settings.corpus_reader(corpus)
     total = reader.count()

@@ -67,8 +67,8 @@ class Engine(Searcher):
         """Index a corpus (BEIR dir, JSONL, CSV/TSV, text tree, or a vectors JSONL) into ``index_dir``.
 
         ``settings`` (:class:`lsr.pipeline.BuildSettings`), or its fields as keywords (``model``, ``batch_size``,
-        ``doc_max_length``, ``structures``, ``dense``, ``window``, ...); ``encoder``: an already loaded model
-        (then the model options of ``settings`` are its own).
+        ``doc_max_length``, ``doc_windows``, ``structures``, ``dense``, ``window``, ...); ``encoder``: an already
+        loaded model (then the model options of ``settings``, windows of long documents included, are its own).
 
         The index is written to a staging directory and moved into place only when complete, so a failed or
         interrupted build never leaves a half-written index and never touches the previous one.

@@ -236,7 +236,8 @@ def _build_segment(engine, docs: Iterable[Document], staging: Path, *, update: b
     manifest = engine.manifest
     builder = IndexBuilder(staging, manifest["vocab_size"], quant_bits=manifest["quantization"]["bits"])
     store = DocStore(staging / DOCSTORE_FILE)
-    indexer = WindowIndexer(builder, store, engine.encoder, batch_size, raise_error)
+    encoder = engine.encoder.for_documents(manifest["model"])  # windows etc. as the index's first build
+    indexer = WindowIndexer(builder, store, encoder, batch_size, raise_error)
     dense_vectors = []
     if engine.dense is not None and dense_encoder is None:
         dense_encoder = engine.dense_encoder

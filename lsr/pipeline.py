@@ -29,7 +29,8 @@ from lsr.version import __version__
 from lsr.bm25_field import DEFAULT_ANALYZER, Bm25Settings
 from lsr.corpus import CorpusError, CorpusReader, Document
 from lsr.docstore import DOCSTORE_FILE, DocStore, DuplicateIdError
-from lsr.encoder import SparseBatch, SpladeEncoder
+from lsr.encoder import (DEFAULT_DOC_WINDOWS, DEFAULT_WINDOW_DECAY, DEFAULT_WINDOW_POOLING, DocWindows, SparseBatch,
+                         SpladeEncoder, check_doc_windows, check_window_settings)
 from lsr.faults import fault_point
 from lsr.index import IndexBuilder, InvertedIndex
 from lsr.index.storage import (read_manifest, sha256_file, staged_directory, write_json_atomic, write_manifest,
@@ -65,6 +66,10 @@ class BuildSettings:
     doc_max_length: int = 256
     query_max_length: int = 64
     doc_top_k: int | None = None  # keep only the top-k terms of each document
+    doc_windows: DocWindows = DEFAULT_DOC_WINDOWS  # windows of doc_max_length tokens read per document (N, or "all"), pooled into one
+    window_stride: int | None = None  # tokens between window starts (None: 3/4 of the window)
+    window_pooling: str = DEFAULT_WINDOW_POOLING  # max, mean, decay or first (lsr.encoder.pool_windows)
+    window_decay: float = DEFAULT_WINDOW_DECAY  # the weight of later windows for decay / first pooling
     quant_bits: int = 8
     scale: float | None = None  # quantization step (None: the largest weight / the top impact level)
     id_field: str | None = None
@@ -83,17 +88,25 @@ class BuildSettings:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "structures", tuple(self.structures))
+        check_window_settings(self.doc_windows, self.window_stride, self.window_pooling, self.window_decay)
+        object.__setattr__(self, "doc_windows", check_doc_windows(self.doc_windows))
         Bm25Settings(analyzer=self.bm25_analyzer)  # a clear error for an unknown analyzer, before any work
 
     def load_encoder(self, threads: int | None = None) -> SpladeEncoder:
         """The SPLADE model these settings name."""
         return SpladeEncoder(self.model, doc_max_length=self.doc_max_length, query_max_length=self.query_max_length,
-                             doc_top_k=self.doc_top_k, threads=threads)
+                             doc_top_k=self.doc_top_k, threads=threads, **self.window_settings())
+
+    def window_settings(self) -> dict:
+        """How long documents are read (the :class:`lsr.encoder.SpladeEncoder` keywords)."""
+        return {"doc_windows": self.doc_windows, "window_stride": self.window_stride,
+                "window_pooling": self.window_pooling, "window_decay": self.window_decay}
 
     def of_encoder(self, encoder: SpladeEncoder) -> "BuildSettings":
         """These settings with the model options of an already loaded encoder."""
         return replace(self, model=encoder.name, doc_max_length=encoder.doc_max_length,
-                       query_max_length=encoder.query_max_length, doc_top_k=encoder.doc_top_k)
+                       query_max_length=encoder.query_max_length, doc_top_k=encoder.doc_top_k,
+                       **encoder.window_settings())
 
     def corpus_reader(self, corpus: Path) -> CorpusReader:
         """The reader of a text corpus with these settings' fields."""
@@ -340,8 +353,9 @@ def build_index(corpus: str | Path, index_dir: str | Path, settings: BuildSettin
     if source.skipped:
         log.warning("skipped %d bad record(s) in %s", source.skipped, corpus)
     if ckpt.truncated:
-        log.warning("%d document(s) reached the model's length limit (%d tokens): only their start is indexed",
-                    ckpt.truncated, encoder.doc_max_length)
+        log.warning("%d document(s) reached the model's length limit (%s window(s) of %d tokens per document): only "
+                    "their start is indexed (--doc-windows all reads every token)", ckpt.truncated,
+                    encoder.doc_windows, encoder.doc_max_length)
     return encoder
 
 

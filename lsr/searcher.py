@@ -17,7 +17,7 @@ from typing import Any, Union
 import numpy as np
 
 from lsr.corpus import Document
-from lsr.encoder import SparseBatch, SpladeEncoder
+from lsr.encoder import SparseBatch, SpladeEncoder, document_settings
 from lsr.fusion import (DEFAULT_PSEUDO_QUERIES, Candidates, FusionConfig, Scorer, agreement_weights, fuse,
                         pseudo_query_weights, sample_pseudo_queries)
 from lsr.index.structures import MODES
@@ -198,8 +198,7 @@ class Searcher:
         """The model the index was built with (loaded lazily and checked against the recorded hash)."""
         if self._encoder is None:
             info = self.manifest["model"]
-            encoder = SpladeEncoder(info["name"], doc_max_length=info["doc_max_length"],
-                                    query_max_length=info["query_max_length"], doc_top_k=info["doc_top_k"])
+            encoder = SpladeEncoder(info["name"], query_max_length=info["query_max_length"], **document_settings(info))
             self._check_encoder(encoder)
             self._encoder = encoder
         return self._encoder

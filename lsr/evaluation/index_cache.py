@@ -9,6 +9,7 @@ import os
 import shutil
 from pathlib import Path
 
+from lsr.encoder import DEFAULT_DOC_WINDOWS, DEFAULT_WINDOW_DECAY, DEFAULT_WINDOW_POOLING
 from lsr.evaluation.base import EvalError, digest, slug
 from lsr.evaluation.registry import EvalContext
 
@@ -16,17 +17,32 @@ log = logging.getLogger(__name__)
 
 DEFAULT_REORDER = {"bmp": "bp"}  # structure -> document reordering applied before building it
 INDEX_SETTINGS = {"doc_max_length": 256, "query_max_length": 64, "doc_top_k": None, "quant_bits": 8}
+# how long documents are read (``-p index.doc_windows=4`` etc.); part of the cache key unless one window is read
+WINDOW_SETTINGS = {"doc_windows": DEFAULT_DOC_WINDOWS, "window_stride": None, "window_pooling": DEFAULT_WINDOW_POOLING,
+                   "window_decay": DEFAULT_WINDOW_DECAY}
 
 
 def sparse_index_key(ctx: EvalContext) -> tuple[dict, str]:
     """The cache key of the base sparse index (corpus content, model files, index settings) and the model name."""
     from lsr.models import model_hash, resolve_model
 
+    from lsr.encoder import check_doc_windows, default_window_stride
+
     ref = resolve_model(ctx.model)
-    settings = {**INDEX_SETTINGS, **ctx.params_for("index")}
-    unknown = set(settings) - set(INDEX_SETTINGS)
+    settings = {**INDEX_SETTINGS, **WINDOW_SETTINGS, **ctx.params_for("index")}
+    known = {**INDEX_SETTINGS, **WINDOW_SETTINGS}
+    unknown = set(settings) - set(known)
     if unknown:
-        raise EvalError(f"unknown index setting(s) {', '.join(sorted(unknown))}; known: {', '.join(INDEX_SETTINGS)}")
+        raise EvalError(f"unknown index setting(s) {', '.join(sorted(unknown))}; known: {', '.join(known)}")
+    try:
+        settings["doc_windows"] = check_doc_windows(settings["doc_windows"])
+    except ValueError as err:
+        raise EvalError(f"index.doc_windows: {err}") from None
+    if settings["doc_windows"] == 1:  # the first window alone: the other window settings change nothing
+        settings = {k: v for k, v in settings.items() if k in INDEX_SETTINGS}
+    else:
+        settings["window_stride"] = int(settings["window_stride"] or default_window_stride(settings["doc_max_length"]))
+        settings["window_decay"] = float(settings["window_decay"])
     return {"corpus_sha256": ctx.dataset.fingerprint, "model": ref.name, "model_sha256": model_hash(ref.path),
             **settings}, ref.name
 
@@ -43,7 +59,10 @@ def _matches(manifest: dict, key: dict) -> str | None:
               ("doc_max_length", model.get("doc_max_length"), key["doc_max_length"]),
               ("query_max_length", model.get("query_max_length"), key["query_max_length"]),
               ("doc_top_k", model.get("doc_top_k"), key["doc_top_k"]),
-              ("quantization bits", manifest.get("quantization", {}).get("bits"), key["quant_bits"])]
+              ("quantization bits", manifest.get("quantization", {}).get("bits"), key["quant_bits"]),
+              ("doc_windows", model.get("doc_windows", 1), key.get("doc_windows", 1))]
+    if key.get("doc_windows", 1) != 1:
+        checks += [(name, model.get(name), key[name]) for name in ("window_stride", "window_pooling", "window_decay")]
     for what, have, want in checks:
         if have != want:
             return f"{what} is {have!r}, expected {want!r}"
@@ -119,7 +138,7 @@ def eval_engine(ctx: EvalContext, mode: str = "exact", dense: bool = False, bm25
     structure = structure_for_mode(mode)
     base, key = sparse_index_dir(ctx)
     if not (base / "manifest.json").is_file():
-        settings = {k: v for k, v in key.items() if k in INDEX_SETTINGS}
+        settings = {k: v for k, v in key.items() if k in INDEX_SETTINGS or k in WINDOW_SETTINGS}
         Engine.build(ctx.dataset.root, base, model=ctx.model, batch_size=ctx.batch_size,
                      progress=ctx.progress, **settings)
         (base.parent / f"{base.name}.key.json").write_text(json.dumps(key, indent=1))

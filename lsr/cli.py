@@ -19,7 +19,7 @@ from lsr.searcher import LABEL_FREE_METHODS
 from lsr.models import ModelNotFoundError
 from lsr.bm25_field import DEFAULT_ANALYZER
 from lsr.encoder import DEFAULT_DOC_WINDOWS, DEFAULT_WINDOW_DECAY, DEFAULT_WINDOW_POOLING
-from lsr.pipeline import BuildSettings
+from lsr.pipeline import DEFAULT_STRUCTURES, BuildSettings
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Learned sparse retrieval: index, search, serve, evaluate.")
 

@@ -338,7 +338,7 @@ class Searcher:
         combination (``sparse+dense``, ``dense+bm25``, ...) fused with :mod:`lsr.fusion`: ``fusion`` is
         ``"convex"``, ``"rrf"`` or a :class:`lsr.fusion.FusionConfig`, ``weights`` each retriever's weight or
         ``"pseudo"``/``"agreement"`` to choose them on this collection without labels (:meth:`label_free_weights`;
-        ``alpha``: the sparse weight of sparse+dense). ``filter`` keeps documents whose metadata equals every
+        ``alpha``: the sparse weight of sparse+dense; with the sparse retriever alone, BMP's alpha). ``filter`` keeps documents whose metadata equals every
         ``{field: value}``. ``query_encoder`` encodes text for the sparse side: ``model`` (SPLADE) or
         ``inference-free`` (tokenizer + the index's IDF table, no model). ``query_runtime`` (``torch``, ``onnx``,
         ``onnx-int8``; default: the engine's) runs the models on text queries.
@@ -355,6 +355,8 @@ class Searcher:
         """Top-k documents for many queries (text queries encoded in batches, search parallel over queries)."""
         check_query_encoder(query_encoder)
         names = self.resolve_retriever(retriever, text=all(isinstance(q, str) for q in queries))
+        if names == ("sparse",) and alpha is not None:  # nothing to fuse: alpha is the sparse mode's knob (BMP)
+            params, alpha = {**params, "alpha": alpha}, None
         if names != ("sparse",) or fusion is not None or alpha is not None or weights is not None or filter:
             sparse = dense = None
             if "sparse" in names and (query_encoder != DEFAULT_QUERY_ENCODER or query_runtime):

@@ -219,7 +219,7 @@ _NOT_OPENED = object()
 
 class LocalIndex:
     """A single or live index directory at one commit: the :class:`lsr.protocols.IndexParts` an
-    :class:`lsr.engine.Engine` of it is assembled from (the dense side of a never-changed index opens on first use)."""
+    :class:`lsr.engine.Engine` of it is assembled from (the dense side and BM25 field of a never-changed index open on first use)."""
 
     def __init__(self, index_dir: Path, index: InvertedIndex | SegmentedIndex, docs: DocStore | SegmentedDocStore,
                  *, commit: dict | None = None, dense: DenseSide | None | object = _NOT_OPENED,
@@ -231,7 +231,8 @@ class LocalIndex:
         self.commit = commit  # the live-index commit, None for a never-changed index
         self.stamp = stamp  # commit_stamp() when opened
         self._dense = dense
-        self._bm25 = _NOT_OPENED
+        # a live index's segments can be merged away after this commit: open its BM25 field now, like its arrays
+        self._bm25 = _NOT_OPENED if commit is None else open_bm25(self.index_dir, commit, index)
 
     @property
     def dense(self) -> DenseSide | None:

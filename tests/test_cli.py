@@ -171,7 +171,7 @@ def test_encode_shards_resume_and_index_vectors(tmp_path, module_docs):
     merged.write_bytes(parts[0].read_bytes() + parts[1].read_bytes())
     assert run("index", str(merged), "--index", str(tmp_path / "vidx")).exit_code == 0
     assert run("index", str(corpus), "--index", str(tmp_path / "tidx")).exit_code == 0
-    by_vectors = json.loads(run("search", "json encoder", "--index", str(tmp_path / "vidx"), "--json").stdout)["hits"]
-    by_text = json.loads(run("search", "json encoder", "--index", str(tmp_path / "tidx"), "--json").stdout)["hits"]
+    by_vectors = json.loads(run("search", "json encoder", "--index", str(tmp_path / "vidx"), "--retriever", "sparse", "--json").stdout)["hits"]
+    by_text = json.loads(run("search", "json encoder", "--index", str(tmp_path / "tidx"), "--retriever", "sparse", "--json").stdout)["hits"]
     assert [h["id"] for h in by_vectors] == [h["id"] for h in by_text]
     assert by_vectors[0]["title"] == by_text[0]["title"] != ""

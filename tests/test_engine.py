@@ -32,7 +32,7 @@ def test_search_equals_brute_force_over_the_stored_vectors(engine):
     )
     for text in ["parse command line arguments", "threads and locks", "hash functions"]:
         terms, weights = engine.query_vector(text)
-        hits = engine.search(text, k=20)
+        hits = engine.search(text, k=20, retriever="sparse")
         query = np.zeros(vocab)
         query[terms] = weights
         brute = matrix @ query * index.scale
@@ -42,7 +42,7 @@ def test_search_equals_brute_force_over_the_stored_vectors(engine):
 
 
 def test_query_forms_agree(engine):
-    text_hits = engine.search("sqlite database", k=5)
+    text_hits = engine.search("sqlite database", k=5, retriever="sparse")
     terms, weights = engine.query_vector("sqlite database")
     vector_hits = engine.search((terms, weights), k=5)
     token_hits = engine.search(engine.encoder.decode(terms, weights), k=5)
@@ -79,8 +79,8 @@ def test_vectors_round_trip(engine, encoder, tmp_path):
     assert engine.export_vectors(exported) == engine.index.num_docs
     rebuilt = Engine.build(exported, tmp_path / "from-vectors", encoder=encoder, progress=False)
     for text in ["parse command line arguments", "email messages"]:
-        assert [(h.id, round(h.score, 3)) for h in rebuilt.search(text, k=10)] == \
-               [(h.id, round(h.score, 3)) for h in engine.search(text, k=10)]
+        assert [(h.id, round(h.score, 3)) for h in rebuilt.search(text, k=10, retriever="sparse")] == \
+               [(h.id, round(h.score, 3)) for h in engine.search(text, k=10, retriever="sparse")]
 
 
 def test_bad_vectors_name_file_line_field(encoder, tmp_path):

@@ -39,7 +39,7 @@ def _reference(tmp_path, records: list[dict], scale: float, encoder, name: str, 
 def _results(engine: Engine, mode: str, params: dict, k: int = 10, queries=QUERIES, **kwargs):
     out = []
     for q in queries:
-        hits = engine.search(q, k=k, mode=mode, **params, **kwargs)
+        hits = engine.search(q, k=k, mode=mode, **params, **{"retriever": "sparse", **kwargs})
         out.append([(h.id, round(h.score, 5)) for h in hits])
     return out
 
@@ -75,7 +75,8 @@ def test_segments_equal_from_scratch(live, encoder):
         assert _results(engine, mode, params, k=1000) == _results(ref, mode, params, k=1000), mode
     # batch search over segments == the reference's batch search (batch encoding pads queries together)
     for mode, _ in MODES:
-        batch, ref_batch = engine.search_batch(QUERIES, k=10, mode=mode), ref.search_batch(QUERIES, k=10, mode=mode)
+        batch = engine.search_batch(QUERIES, k=10, mode=mode, retriever="sparse")
+        ref_batch = ref.search_batch(QUERIES, k=10, mode=mode, retriever="sparse")
         assert [[(h.id, h.score) for h in hits] for hits in batch] == \
             [[(h.id, h.score) for h in hits] for hits in ref_batch]
 
@@ -86,8 +87,8 @@ def test_approximate_modes_over_segments_keep_recall(live):
     for mode, params in [("seismic", {}), ("bmp-approx", {"alpha": 0.9})]:
         found = total = 0
         for q in QUERIES:
-            exact = {h.id for h in engine.search(q, k=10)}
-            approx = engine.search(q, k=10, mode=mode, **params)
+            exact = {h.id for h in engine.search(q, k=10, retriever="sparse")}
+            approx = engine.search(q, k=10, mode=mode, retriever="sparse", **params)
             assert len({h.id for h in approx}) == len(approx)  # no document twice, none deleted
             found += len(exact & {h.id for h in approx})
             total += len(exact)
@@ -243,14 +244,14 @@ def test_deleting_the_best_documents_refetches(live, tmp_path, encoder):
     shutil.copytree(engine.index_dir, index_dir)
     engine = Engine.open(index_dir, encoder=encoder)
     query = "compress files with gzip"
-    before = {mode: engine.search(query, k=1000, mode=mode) for mode, _ in MODES}
+    before = {mode: engine.search(query, k=1000, mode=mode, retriever="sparse") for mode, _ in MODES}
     victims = [h.id for h in before["exact"][:25]]
     engine.delete_documents(victims)
     engine = engine.refresh()
     for mode, _ in MODES:
         want = [(h.id, h.score) for h in before[mode] if h.id not in victims][:10]
-        assert [(h.id, h.score) for h in engine.search(query, k=10, mode=mode)] == want, mode
-        batch = engine.search_batch([query, "regular expression matching"], k=10, mode=mode)[0]
+        assert [(h.id, h.score) for h in engine.search(query, k=10, mode=mode, retriever="sparse")] == want, mode
+        batch = engine.search_batch([query, "regular expression matching"], k=10, mode=mode, retriever="sparse")[0]
         assert [h.id for h in batch] == [i for i, _ in want], mode
 
 

@@ -127,10 +127,10 @@ def test_killed_builds_keep_the_previous_index_and_resume_to_the_same_index(corp
         ["parsing arguments from the command line", "gzip compression of files", "pattern matching with regexes"])])
     Engine.build(old_corpus, target, encoder=short_encoder, progress=False)
     old_results = _results(target, short_encoder)
-    old_files = {p.name: p.read_bytes() for p in target.iterdir()}
+    old_files = _files(target)
 
     def previous_index_intact() -> None:
-        assert {p.name: p.read_bytes() for p in target.iterdir()} == old_files
+        assert _files(target) == old_files
         assert verify_index(target) == []
         result = runner.invoke(app, ["verify", "--index", str(target)])
         assert result.exit_code == 0 and "OK" in result.output
@@ -276,3 +276,8 @@ def test_resume_errors_and_warnings(corpus, short_encoder, tmp_path, monkeypatch
     Engine.build(corpus, target, encoder=short_encoder, window=WINDOW, progress=False)
     assert f"found an interrupted build of {target} ({WINDOW} documents done); starting over" in caplog.text
     assert not _staging(target).exists()
+
+
+def _files(index_dir: Path) -> dict[str, bytes]:
+    """Every file under an index directory (the BM25 field is a subdirectory) by its relative path."""
+    return {str(p.relative_to(index_dir)): p.read_bytes() for p in sorted(index_dir.rglob("*")) if p.is_file()}

@@ -178,7 +178,7 @@ def test_loading_is_503_then_ready(hybrid_engine):
 
 def test_dense_on_sparse_only_index_is_422(engine):
     with TestClient(create_app(engine.index_dir, load="now", warmup=False)) as c:
-        r = c.get("/search", params={"q": "random", "retriever": "hybrid"})
+        r = c.get("/search", params={"q": "random", "retriever": "sparse+dense"})
         assert r.status_code == 422 and "dense" in r.json()["detail"]
         assert c.get("/stats").json()["dense_model"] is None
 

@@ -219,7 +219,7 @@ def bench_shard_size(sizes: list[int], work: Path, n_queries: int) -> dict:
         builder.add(indptr, terms, weights)
         builder.finalize()
         index = InvertedIndex.open(out)
-        _, times = time_each(lambda q: index.search(*q, k=10), queries, WARMUP)
+        _, times = time_each(lambda q, idx=index: idx.search(*q, k=10), queries, WARMUP)
         parts = _sizes(out)
         rows.append({"documents": n, "postings_per_doc": round(index.num_postings / n, 1),
                      "base_bytes_per_doc": round(parts["base"] / n, 1), "exact_ms": latency_summary(times, 4)})
@@ -247,7 +247,7 @@ def bench_shard_size(sizes: list[int], work: Path, n_queries: int) -> dict:
     pruning = {"documents": int(index.num_docs), "build_seconds": round(time.time() - t, 1), "modes": {}}
     truth = None
     for mode in ("exact", "bmp", "seismic"):
-        found, times = time_each(lambda q: index.search(*q, k=10, mode=mode), queries, WARMUP)
+        found, times = time_each(lambda q, idx=index, mode=mode: idx.search(*q, k=10, mode=mode), queries, WARMUP)
         row = {"ms": latency_summary(times, 4)}
         if truth is None:
             truth = [set(ids.tolist()) for ids, _ in found]

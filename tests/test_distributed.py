@@ -223,7 +223,7 @@ def test_cli_index_search_info_verify_and_filter(text_sharded, text_corpus, enco
     assert result.exit_code == 0, result.output
     hits = json.loads(result.stdout.strip().splitlines()[-1])["hits"]
     expected = Engine.build(text_corpus, tmp_path / "single", encoder=encoder, progress=False).search(
-        "parse command line arguments", k=5)
+        "parse command line arguments", k=5, retriever="sparse")
     assert [h["id"] for h in hits][:3] == [h.id for h in expected][:3]  # encoded in other batches: floats differ
     assert [h["score"] for h in hits] == pytest.approx([h.score for h in expected], rel=1e-2)
     assert hits[0]["id"].split("#")[0] in {"module:argparse", "module:getopt", "module:optparse"}

@@ -73,9 +73,9 @@ def test_inference_free_search_is_sensible_and_needs_no_model(engine):
     fresh = Engine.open(engine.index_dir)
     for query, module in (("parse command line arguments", "module:argparse"), ("send email over smtp", "module:smtplib"),
                           ("json encoder decoder", "module:json")):
-        hits = fresh.search(query, k=10, query_encoder=FREE)
+        hits = fresh.search(query, k=10, query_encoder=FREE, retriever="sparse")
         terms, weights = fresh.query_vector(query, query_encoder=FREE)
-        assert [(h.id, h.score) for h in hits] == [(h.id, h.score) for h in fresh.search((terms, weights), k=10)]
+        assert [(h.id, h.score) for h in hits] == [(h.id, h.score) for h in fresh.search((terms, weights), k=10, retriever="sparse")]
         assert any(h.id.startswith(module) for h in hits)  # the module's own passages are among the top 10
     assert fresh._encoder is None  # the SPLADE model was never loaded
     queries = ["parse command line arguments", "compress files with gzip", "random numbers", ""]
@@ -165,7 +165,7 @@ def test_eval_records_the_query_encoder(tmp_path, corpus_dir, old_index, engine)
                                  "--no-progress", "--results-dir", str(tmp_path / "results")])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "results" / "tiny__sparse-exact-inference-free.json").is_file()
-    with pytest.raises(ev.EvalError, match="applies to the sparse and hybrid"):
+    with pytest.raises(ev.EvalError, match="applies to retrievers with a sparse side"):
         ev.run_eval(dataset, retriever="bm25", query_encoder=FREE, cache_dir=cache, progress=False)
     with pytest.raises(ev.EvalError, match="unknown query encoder"):
         ev.run_eval(dataset, query_encoder="nope", cache_dir=cache, progress=False)

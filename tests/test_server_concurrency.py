@@ -145,8 +145,13 @@ def test_serve_with_two_worker_processes(index_copy):
         wait_until_ready(url, 600, proc)
         workers = [p for p in psutil.Process(proc.pid).children() if "spawn_main" in " ".join(p.cmdline())]
         assert len(workers) == 2
-        r = httpx.post(f"{url}/documents", json={"documents": [
-            {"id": "okapi", "text": "The okapi is a forest giraffe of the Congo."}]}, headers=AUTH, timeout=120)
+        for _ in range(2000):  # the process that accepts the connection may still be loading
+            with httpx.Client(timeout=120) as http:
+                r = http.post(f"{url}/documents", json={"documents": [
+                    {"id": "okapi", "text": "The okapi is a forest giraffe of the Congo."}]}, headers=AUTH)
+            if r.status_code != 503:
+                break
+            time.sleep(0.3)
         assert r.status_code == 201, r.text
         answers = []
         for _ in range(2000):  # new connections: the two processes take turns at accepting them

@@ -15,11 +15,14 @@ with ``lucene_norms``, rounded as Lucene stores it (one byte, :func:`lucene_leng
 model's word-piece tokenizer (term ids are its vocabulary; no stopwords, no stemming).
 
 Building (:func:`build_bm25_field`) is two passes over locally spilled data, memory bounded by the vocabulary and
-one length per document: the documents are analyzed once, their term counts spilled in chunks while lengths and
-document frequencies are counted; then the chunks are saturated with the collection's ``avgdl`` and fed to an
-:class:`lsr.index.IndexBuilder`. A live index's new segment (``base``) keeps the base field's ``avgdl``, parameters
-and vocabulary (new words appended), and idf is computed at query time from the document frequencies of all
-segments (:class:`Bm25Side`), so BM25 scores of segments stay comparable.
+one length per document: the documents are analyzed once (:class:`Bm25Analysis`), their term counts spilled in
+chunks while lengths are counted; then the chunks are saturated with the collection's ``avgdl`` and fed to an
+:class:`lsr.index.IndexBuilder` (:meth:`Bm25Analysis.write`). A live index's new segment (``base``) keeps the base
+field's ``avgdl``, parameters and vocabulary (new words appended), and idf is computed at query time from the
+document frequencies of all segments (:class:`Bm25Side`), so BM25 scores of segments stay comparable. A sharded
+index's shards are written with the collection's ``avgdl`` and word vocabulary (the second pass waits for every
+shard's first), so their term ids agree and :class:`Bm25Side` adds up their document frequencies the same way:
+a sharded field scores exactly as a single index's.
 """
 
 from __future__ import annotations

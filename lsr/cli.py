@@ -106,7 +106,7 @@ def index_cmd(
     add_dense: bool = typer.Option(False, "--add-dense", help="Add dense vectors to the existing index at --index; no CORPUS."),
     bm25: Optional[bool] = typer.Option(
         None, "--bm25/--no-bm25", help="Also store the BM25 field for --retriever bm25 (default: on for text "
-                                       "corpora, off for vector files and --shards)."),
+                                       "corpora, with --shards too; off for vector files)."),
     bm25_analyzer: str = typer.Option(
         DEFAULT_ANALYZER, "--bm25-analyzer", help="BM25 analyzer: word (Lucene-English-like: stopwords, Porter "
                                                   "stems) or model (the SPLADE tokenizer's word pieces)."),

@@ -9,9 +9,13 @@ Building (:func:`build_sharded`, ``lsr index CORPUS --shards N [--ray ADDRESS] [
     order, so a shard numbers its documents in corpus order. At most ``2 W + 2`` windows are in flight.
     Quantization needs one scale for the whole collection, or scores from different shards would not be
     comparable: the builders buffer float weights (external memory) and report their maximum; the driver takes
-    the global maximum and every shard is finalized with the same scale. Structures (``bmp``, ``seismic``, with
-    an optional ``reorder``), dense vectors and each shard's own inference-free table are then built by the
-    builder actors in parallel. The driver writes a collection-wide inference-free table (BM25 IDF over all
+    the global maximum and every shard is finalized with the same scale. The BM25 field (on by default for
+    text corpora, as for a single index) needs collection statistics too: each builder reorders its shard (with
+    ``reorder``) and analyzes its documents (:func:`lsr.pipeline.analyze_bm25_in`), the driver gathers the
+    total document length and the words, and every shard's field is written with the collection's ``avgdl`` and
+    word vocabulary (:func:`lsr.pipeline.write_bm25_in`), so its term ids and document frequencies are the
+    collection's. Structures (``bmp``, ``seismic``, for both fields), dense vectors and each shard's own
+    inference-free table are then built by the builder actors in parallel. The driver writes a collection-wide inference-free table (BM25 IDF over all
     shards' posting lists, so inference-free queries weigh terms as a single index would) and ``shards.json``.
     The whole directory is staged and moved into place only when complete, like ``Engine.build``.
 

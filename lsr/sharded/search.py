@@ -10,7 +10,10 @@ serve`` use on one)
     corpus numbers them, so for ``exact`` and ``bmp`` (safe) the result equals a single index's — same ids,
     same float scores, same order including ties (``tests/test_distributed.py``). Approximate modes
     (``bmp-approx``, ``seismic``) run per shard; their recall against exact is measured by
-    ``eval/bench_shards.py``. Dense search merges the shards' top-k by (score desc, global number asc); hybrid
+    ``eval/bench_shards.py``. The BM25 field (``retriever="bm25"``, and in ``auto``/``hybrid`` fusion) is searched
+    the same way: its query vector comes from :class:`lsr.bm25_field.Bm25Side` over every shard's field (the
+    collection's vocabulary and avgdl, document frequencies added up), so its results equal a single index's
+    too. Dense search merges the shards' top-k by (score desc, global number asc); hybrid
     and metadata filters run the search layer (:mod:`lsr.searcher`) unchanged over the merged lists (a fused candidate missing one
     side is scored by the shard that holds it). With ``--reorder`` a shard's documents are renumbered, so equal
     scores at the k-th place may be cut differently than in a single index (scores stay exact).

@@ -368,6 +368,14 @@ def test_server_searches_through_the_coordinator(sharded, single):
         assert [h["id"] for h in hits] == [h.id for h in expected]  # the server encodes on its own torch thread
         assert [h["score"] for h in hits] == pytest.approx([h.score for h in expected], rel=1e-5)
         assert hits[0]["snippet"] and hits[0]["highlights"]
+        for retriever in ("bm25", "auto"):  # the BM25 field through the coordinator, alone and fused
+            r = client.get("/search", params={"q": "parse command line arguments", "k": 5, "retriever": retriever})
+            assert r.status_code == 200, r.text
+            expected = single.search("parse command line arguments", k=5, retriever=retriever)
+            assert r.json()["retriever"] == ("bm25" if retriever == "bm25" else "sparse+dense+bm25")
+            assert [h["id"] for h in r.json()["hits"]] == [h.id for h in expected]
+            assert [h["bm25_score"] for h in r.json()["hits"]] == pytest.approx([h.bm25_score for h in expected],
+                                                                                rel=1e-6)
         r = client.post("/search", json={"q": "random numbers", "k": 3, "retriever": "hybrid", "explain": True,
                                          "fields": ["title", "sparse_score", "dense_score"]})
         assert r.status_code == 200, r.text

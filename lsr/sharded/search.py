@@ -452,8 +452,10 @@ class ShardSet:
         if self._bm25 is _NOT_OPENED:
             from lsr.bm25_field import Bm25Side
 
-            dirs = [field_dir(self.index_dir / s["dir"]) for s in self.manifest["shards"]]
-            self._bm25 = Bm25Side(dirs, ShardedIndex(self, "bm25"))
+            with self._start_lock:
+                if self._bm25 is _NOT_OPENED:
+                    dirs = [field_dir(self.index_dir / s["dir"]) for s in self.manifest["shards"]]
+                    self._bm25 = Bm25Side(dirs, ShardedIndex(self, "bm25"))
         return self._bm25
 
     @classmethod

@@ -15,11 +15,14 @@ with ``lucene_norms``, rounded as Lucene stores it (one byte, :func:`lucene_leng
 model's word-piece tokenizer (term ids are its vocabulary; no stopwords, no stemming).
 
 Building (:func:`build_bm25_field`) is two passes over locally spilled data, memory bounded by the vocabulary and
-one length per document: the documents are analyzed once, their term counts spilled in chunks while lengths and
-document frequencies are counted; then the chunks are saturated with the collection's ``avgdl`` and fed to an
-:class:`lsr.index.IndexBuilder`. A live index's new segment (``base``) keeps the base field's ``avgdl``, parameters
-and vocabulary (new words appended), and idf is computed at query time from the document frequencies of all
-segments (:class:`Bm25Side`), so BM25 scores of segments stay comparable.
+one length per document: the documents are analyzed once (:class:`Bm25Analysis`), their term counts spilled in
+chunks while lengths are counted; then the chunks are saturated with the collection's ``avgdl`` and fed to an
+:class:`lsr.index.IndexBuilder` (:meth:`Bm25Analysis.write`). A live index's new segment (``base``) keeps the base
+field's ``avgdl``, parameters and vocabulary (new words appended), and idf is computed at query time from the
+document frequencies of all segments (:class:`Bm25Side`), so BM25 scores of segments stay comparable. A sharded
+index's shards are written with the collection's ``avgdl`` and word vocabulary (the second pass waits for every
+shard's first), so their term ids agree and :class:`Bm25Side` adds up their document frequencies the same way:
+a sharded field scores exactly as a single index's.
 """
 
 from __future__ import annotations
@@ -171,75 +174,135 @@ class _Terms:
         return [i for i in map(self.ids.get, self.analyzer.tokens(text)) if i is not None]
 
 
+class Bm25Analysis:
+    """The first pass of building a BM25 field: the documents analyzed once, their term counts spilled in chunks to
+    ``spill_dir``, their lengths and the vocabulary kept. :meth:`write` is the second pass; a sharded build runs
+    the two apart, so that every shard's field is written with the collection's ``avgdl`` and vocabulary."""
+
+    def __init__(self, texts: Iterable[str], spill_dir: Path, settings: Bm25Settings, *,
+                 tokenizer_json: str | None = None, base: "Bm25Side | None" = None):
+        if base is not None:
+            settings = base.settings
+            tokenizer_json = base.tokenizer_json
+        self.settings, self.base = settings, base
+        self.terms = _Terms(settings, tokenizer_json, base.vocab if base is not None else ())
+        self.spill_dir = Path(spill_dir)
+        shutil.rmtree(self.spill_dir, ignore_errors=True)  # left by a killed build
+        self.spill_dir.mkdir(parents=True)
+        self.chunks: list[Path] = []
+        try:
+            self.lengths = self._analyze(texts)
+        except BaseException:
+            self.close()
+            raise
+
+    def _analyze(self, texts: Iterable[str]) -> np.ndarray:
+        """Spill the documents' term counts; return their lengths."""
+        lengths: list[np.int32] = []
+        buf_ptr, buf_terms, buf_tf, buffered, first_doc, num_docs = [0], [], [], 0, 0, 0
+
+        def spill() -> None:
+            nonlocal buf_ptr, buf_terms, buf_tf, buffered, first_doc
+            path = self.spill_dir / f"tf_{len(self.chunks):05d}.npz"
+            np.savez(path, first=first_doc, indptr=np.asarray(buf_ptr, np.int64),
+                     terms=np.concatenate(buf_terms) if buf_terms else np.empty(0, np.int64),
+                     tf=np.concatenate(buf_tf) if buf_tf else np.empty(0, np.int32))
+            self.chunks.append(path)
+            buf_ptr, buf_terms, buf_tf, buffered, first_doc = [0], [], [], 0, num_docs
+
+        for text in texts:
+            ids = self.terms.of_document(text)
+            lengths.append(np.int32(len(ids)))
+            counts = Counter(ids)
+            buf_terms.append(np.fromiter(counts.keys(), np.int64, len(counts)))
+            buf_tf.append(np.fromiter(counts.values(), np.int32, len(counts)))
+            buffered += len(counts)
+            buf_ptr.append(buffered)
+            num_docs += 1
+            if buffered >= SPILL_POSTINGS:
+                spill()
+        spill()
+        return np.asarray(lengths, np.int64)
+
+    def length_stats(self) -> tuple[int, int]:
+        """(total length, documents with terms): what the collection's ``avgdl`` is the ratio of."""
+        return int(self.lengths.sum()), int(np.count_nonzero(self.lengths))
+
+    @property
+    def vocab(self) -> list[str]:
+        """The words seen, by term id (``word`` analyzer; empty for ``model``)."""
+        return self.terms.vocab if self.terms.word else []
+
+    def close(self) -> None:
+        """Remove the spilled term counts."""
+        shutil.rmtree(self.spill_dir, ignore_errors=True)
+
+    def __enter__(self) -> "Bm25Analysis":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def write(self, out_dir: Path, *, avgdl: float | None = None, vocab: Sequence[str] | None = None) -> dict:
+        """Saturate the spilled counts and write the field into ``out_dir``; return its manifest. ``avgdl``: the
+        collection's (default: the base field's, else these documents'); ``vocab``: the collection's word
+        vocabulary holding every word seen here (term ids are renumbered to it, so the fields of all shards share
+        term ids and their document frequencies add up)."""
+        out_dir = Path(out_dir)
+        settings, terms, dl = self.settings, self.terms, self.lengths
+        if avgdl is None:
+            total, with_terms = self.length_stats()
+            avgdl = self.base.avgdl if self.base is not None else (total / with_terms if with_terms else 1.0)
+        words, remap = terms.vocab if terms.word else [], None
+        if vocab is not None and terms.word:
+            index = {w: i for i, w in enumerate(vocab)}
+            remap = np.fromiter((index[w] for w in terms.vocab), np.int64, len(terms.vocab))
+            words = list(vocab)
+        vocab_size = max(len(words), 1) if terms.word else terms.vocab_size
+        norm_dl = lucene_length(dl) if settings.lucene_norms else dl
+        k1, b = settings.k1, settings.b
+        builder = IndexBuilder(out_dir, vocab_size, quant_bits=settings.quant_bits)
+        df = np.zeros(vocab_size, np.int64)
+        for path in self.chunks:
+            with np.load(path) as chunk:
+                first, indptr, term_ids, tf = int(chunk["first"]), chunk["indptr"], chunk["terms"], chunk["tf"]
+            if remap is not None:
+                term_ids = remap[term_ids]
+            doc_len = np.repeat(norm_dl[first:first + len(indptr) - 1], np.diff(indptr))
+            weights = tf * (k1 + 1) / (tf + k1 * (1 - b + b * doc_len / avgdl))
+            builder.add(indptr, term_ids, weights.astype(np.float32))
+            df += np.bincount(term_ids, minlength=vocab_size)
+        extra = {"bm25": {**asdict(settings), "avgdl": float(avgdl), "documents_with_terms": int(np.count_nonzero(dl)),
+                          "analyzer_details": terms.analyzer.describe()}}
+        if terms.word:
+            (out_dir / VOCAB_FILE).write_text("".join(t + "\n" for t in words), encoding="utf-8")
+            extra["bm25"]["vocab"] = {"file": VOCAB_FILE, "terms": len(words), "sha256": sha256_file(out_dir / VOCAB_FILE)}
+        else:
+            (out_dir / TOKENIZER_FILE).write_text(terms.analyzer.tokenizer_json, encoding="utf-8")
+            extra["bm25"]["tokenizer"] = {"file": TOKENIZER_FILE, "sha256": sha256_file(out_dir / TOKENIZER_FILE)}
+        levels = 2 ** settings.quant_bits - 1
+        manifest = builder.finalize(extra, scale=(k1 + 1) / levels)
+        manifest["arrays"][DF_ARRAY] = write_array(out_dir, DF_ARRAY, df.astype(np.uint32))
+        write_manifest(out_dir, manifest)
+        return manifest
+
+
 def build_bm25_field(texts: Iterable[str], out_dir: Path, settings: Bm25Settings, *,
                      tokenizer_json: str | None = None, base: "Bm25Side | None" = None) -> dict:
     """Analyze the documents' ``texts`` (title and body, in document-number order) and write the BM25 field into ``out_dir``; return its manifest.
 
     ``base``: the field of a live index's first segment; the new field keeps its settings, ``avgdl`` and
     vocabulary (new words appended), so scores stay comparable across segments."""
-    out_dir = Path(out_dir)
-    if base is not None:
-        settings = base.settings
-        tokenizer_json = base.tokenizer_json
-    terms = _Terms(settings, tokenizer_json, base.vocab if base is not None else ())
-    spill_dir = out_dir / "_tf"
-    spill_dir.mkdir(parents=True, exist_ok=True)
-    chunks: list[Path] = []
-    lengths: list[np.ndarray] = []
-    buf_ptr, buf_terms, buf_tf, buffered, first_doc, num_docs = [0], [], [], 0, 0, 0
+    with Bm25Analysis(texts, Path(out_dir) / "_tf", settings, tokenizer_json=tokenizer_json, base=base) as analysis:
+        return analysis.write(out_dir)
 
-    def spill() -> None:
-        nonlocal buf_ptr, buf_terms, buf_tf, buffered, first_doc
-        path = spill_dir / f"tf_{len(chunks):05d}.npz"
-        np.savez(path, first=first_doc, indptr=np.asarray(buf_ptr, np.int64),
-                 terms=np.concatenate(buf_terms) if buf_terms else np.empty(0, np.int64),
-                 tf=np.concatenate(buf_tf) if buf_tf else np.empty(0, np.int32))
-        chunks.append(path)
-        buf_ptr, buf_terms, buf_tf, buffered, first_doc = [0], [], [], 0, num_docs
 
-    for text in texts:
-        ids = terms.of_document(text)
-        lengths.append(np.int32(len(ids)))
-        counts = Counter(ids)
-        buf_terms.append(np.fromiter(counts.keys(), np.int64, len(counts)))
-        buf_tf.append(np.fromiter(counts.values(), np.int32, len(counts)))
-        buffered += len(counts)
-        buf_ptr.append(buffered)
-        num_docs += 1
-        if buffered >= SPILL_POSTINGS:
-            spill()
-    spill()
-    dl = np.asarray(lengths, np.int64)
-    if base is not None:
-        avgdl = base.avgdl
-    else:
-        with_terms = np.count_nonzero(dl)
-        avgdl = float(dl.sum() / with_terms) if with_terms else 1.0
-    norm_dl = lucene_length(dl) if settings.lucene_norms else dl
-    k1, b = settings.k1, settings.b
-    builder = IndexBuilder(out_dir, terms.vocab_size, quant_bits=settings.quant_bits)
-    df = np.zeros(terms.vocab_size, np.int64)
-    for path in chunks:
-        with np.load(path) as chunk:
-            first, indptr, term_ids, tf = int(chunk["first"]), chunk["indptr"], chunk["terms"], chunk["tf"]
-        doc_len = np.repeat(norm_dl[first:first + len(indptr) - 1], np.diff(indptr))
-        weights = tf * (k1 + 1) / (tf + k1 * (1 - b + b * doc_len / avgdl))
-        builder.add(indptr, term_ids, weights.astype(np.float32))
-        df += np.bincount(term_ids, minlength=terms.vocab_size)
-    shutil.rmtree(spill_dir)
-    extra = {"bm25": {**asdict(settings), "avgdl": avgdl, "documents_with_terms": int(np.count_nonzero(dl)),
-                      "analyzer_details": terms.analyzer.describe()}}
-    if terms.word:
-        (out_dir / VOCAB_FILE).write_text("".join(t + "\n" for t in terms.vocab), encoding="utf-8")
-        extra["bm25"]["vocab"] = {"file": VOCAB_FILE, "terms": len(terms.vocab), "sha256": sha256_file(out_dir / VOCAB_FILE)}
-    else:
-        (out_dir / TOKENIZER_FILE).write_text(tokenizer_json, encoding="utf-8")
-        extra["bm25"]["tokenizer"] = {"file": TOKENIZER_FILE, "sha256": sha256_file(out_dir / TOKENIZER_FILE)}
-    levels = 2 ** settings.quant_bits - 1
-    manifest = builder.finalize(extra, scale=(k1 + 1) / levels)
-    manifest["arrays"][DF_ARRAY] = write_array(out_dir, DF_ARRAY, df.astype(np.uint32))
-    write_manifest(out_dir, manifest)
-    return manifest
+def collection_vocab(vocabs: Iterable[Sequence[str]]) -> list[str]:
+    """One word vocabulary holding those of several shards: the first's words, then each next one's new words."""
+    seen: dict[str, None] = {}
+    for vocab in vocabs:
+        seen.update(dict.fromkeys(vocab))
+    return list(seen)
 
 
 class Bm25Side:

@@ -106,7 +106,7 @@ def index_cmd(
     add_dense: bool = typer.Option(False, "--add-dense", help="Add dense vectors to the existing index at --index; no CORPUS."),
     bm25: Optional[bool] = typer.Option(
         None, "--bm25/--no-bm25", help="Also store the BM25 field for --retriever bm25 (default: on for text "
-                                       "corpora, off for vector files and --shards)."),
+                                       "corpora, with --shards too; off for vector files)."),
     bm25_analyzer: str = typer.Option(
         DEFAULT_ANALYZER, "--bm25-analyzer", help="BM25 analyzer: word (Lucene-English-like: stopwords, Porter "
                                                   "stems) or model (the SPLADE tokenizer's word pieces)."),
@@ -370,6 +370,9 @@ def info_cmd(index: Path = IndexOpt, as_json: bool = typer.Option(False, "--json
     free = info.get("inference_free")
     rows.append(("inference-free", f"yes ({free['nonzero_terms']} weighted terms)" if free else
                  "no (add with --add-inference-free)"))
+    bm25 = info.get("bm25")
+    rows.append(("bm25", f"{bm25['analyzer']} analyzer, k1 {bm25['k1']}, b {bm25['b']}" if bm25 else
+                 "no"))
     if info.get("dense"):
         dense = info["dense"]
         rows.append(("dense", f"{dense['model']['name']} ({dense['dim']}-d {dense['dtype']}, "
@@ -388,11 +391,10 @@ def info_cmd(index: Path = IndexOpt, as_json: bool = typer.Option(False, "--json
 @user_errors
 def verify_cmd(index: Path = IndexOpt) -> None:
     """Check every checksum and the structural invariants of an index."""
-    from lsr.index import verify_index
-    from lsr.sharded.layout import is_sharded, read_sharded_manifest
+    from lsr.sharded.layout import is_sharded, verify_sharded
 
     if is_sharded(index):
-        problems = [p for shard in read_sharded_manifest(index)["shards"] for p in verify_index(index / shard["dir"])]
+        problems = verify_sharded(index)
     else:
         from lsr.live import verify_live
 

@@ -575,8 +575,14 @@ def add_bm25_in(index_dir: Path, settings: Bm25Settings | None = None, *, base=N
     structures the index has, and record it in the manifest. ``settings``: default those of the field it replaces,
     else the defaults. ``base``: the open field (:class:`lsr.bm25_field.Bm25Side`) of the live index a new segment
     joins, whose settings, ``avgdl`` and vocabulary it keeps (:func:`lsr.bm25_field.build_bm25_field`)."""
-    from lsr.bm25_field import Bm25Side, build_bm25_field, field_dir, has_field, manifest_entry
-    from lsr.index.structures import add_structure
+    with analyze_bm25_in(index_dir, settings, base=base) as analysis:
+        write_bm25_in(index_dir, analysis)
+
+
+def analyze_bm25_in(index_dir: Path, settings: Bm25Settings | None = None, *, base=None):
+    """The first pass of :func:`add_bm25_in`: the stored documents analyzed (:class:`lsr.bm25_field.Bm25Analysis`,
+    its term counts spilled under ``index_dir``; a context manager that removes them)."""
+    from lsr.bm25_field import Bm25Analysis, Bm25Side, field_dir, has_field
 
     index_dir = Path(index_dir)
     manifest = read_manifest(index_dir)
@@ -586,11 +592,23 @@ def add_bm25_in(index_dir: Path, settings: Bm25Settings | None = None, *, base=N
     tokenizer_json = _model_tokenizer_json(index_dir, manifest) if analyzer == "model" and base is None else None
     store = DocStore(index_dir / DOCSTORE_FILE, readonly=True)
     texts = (document_text(store.get(docno)) for docno in range(len(store)))
-    with staged_directory(field_dir(index_dir)) as staging:
-        build_bm25_field(texts, staging, settings or Bm25Settings(), tokenizer_json=tokenizer_json, base=base)
-        for name in manifest.get("structures", {}):
-            add_structure(InvertedIndex.open(staging), name)
+    analysis = Bm25Analysis(texts, index_dir / ".bm25-tf", settings or Bm25Settings(), tokenizer_json=tokenizer_json,
+                            base=base)
     del store, texts  # read-only connection: nothing to commit
+    return analysis
+
+
+def write_bm25_in(index_dir: Path, analysis, *, avgdl: float | None = None, vocab: Sequence[str] | None = None) -> None:
+    """The second pass of :func:`add_bm25_in`: write the analyzed field (``avgdl``, ``vocab``: the collection's,
+    for a shard; :meth:`lsr.bm25_field.Bm25Analysis.write`) with the index's pruning structures, and record it."""
+    from lsr.bm25_field import field_dir, manifest_entry
+    from lsr.index.structures import add_structure
+
+    index_dir = Path(index_dir)
+    with staged_directory(field_dir(index_dir)) as staging:
+        analysis.write(staging, avgdl=avgdl, vocab=vocab)
+        for name in read_manifest(index_dir).get("structures", {}):
+            add_structure(InvertedIndex.open(staging), name)
     manifest = read_manifest(index_dir)
     manifest["bm25"] = manifest_entry(index_dir)
     write_manifest(index_dir, manifest)

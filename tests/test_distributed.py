@@ -62,13 +62,14 @@ def vectors_file(tmp_path_factory, engine, encoder):
 @pytest.fixture(scope="module")
 def single(tmp_path_factory, vectors_file, encoder):
     return Engine.build(vectors_file, tmp_path_factory.mktemp("single") / "index", encoder=encoder,
-                        structures=["bmp", "seismic"], dense=True, progress=False)
+                        structures=["bmp", "seismic"], dense=True, bm25=True, progress=False)
 
 
 @pytest.fixture(scope="module")
 def sharded(tmp_path_factory, vectors_file, encoder):
     out = tmp_path_factory.mktemp("sharded") / "index"
-    build_sharded(vectors_file, out, 2, structures=["bmp", "seismic"], dense=True, progress=False, encoder=encoder)
+    build_sharded(vectors_file, out, 2, structures=["bmp", "seismic"], dense=True, bm25=True, progress=False,
+                  encoder=encoder)
     engine = Engine.open(out, encoder=encoder)
     yield engine
     engine.close()
@@ -216,19 +217,134 @@ def test_dense_and_hybrid_through_shards(sharded, single, retriever):
             assert [h.sparse_score for h in got] == pytest.approx([h.sparse_score for h in expected], rel=1e-4)
 
 
+# ---------------------------------------------------------------------- the BM25 field through the shards
+BM25_QUERIES = QUERIES + ["the module's functions", "command-line options parser", "twin twins twin"]
+
+
+def test_bm25_collection_statistics(sharded, single):
+    """Every shard's field has the collection's avgdl and vocabulary; document frequencies add up to a single
+    index's, so idf agrees word by word."""
+    entry = read_sharded_manifest(sharded.index_dir)["bm25"]
+    field, expected = sharded.parts.bm25, single.parts.bm25
+    assert entry["avgdl"] == field.avgdl == expected.avgdl and entry["num_docs"] == single.index.num_docs
+    assert entry["num_postings"] == expected.index.num_postings
+    assert sorted(field.vocab) == sorted(expected.vocab) and len(field.vocab) == entry["vocab_size"]
+    ids = {word: i for i, word in enumerate(expected.vocab)}
+    assert field.idf.tolist() == [expected.idf[ids[word]] for word in field.vocab]
+    assert isinstance(field.index, SparseSide) and field.describe() == expected.describe()
+    docno = single.docs.docno("module:json#1")
+    terms, weights = field.index.doc_vector(sharded.docs.docno("module:json#1"))
+    single_terms, single_weights = expected.index.doc_vector(docno)
+    assert dict(zip([field.vocab[t] for t in terms], weights.tolist())) == \
+           dict(zip([expected.vocab[t] for t in single_terms], single_weights.tolist()))
+
+
+def test_bm25_on_reordered_shards(tmp_path, vectors_file, single, encoder):
+    """Reordered shards analyze their field in the final document order: scores stay exact (ties at the k-th
+    place may be cut differently, as for the learned field)."""
+    out = tmp_path / "index"
+    build_sharded(vectors_file, out, 2, structures=["bmp"], reorder="bp", bm25=True, progress=False, encoder=encoder)
+    engine = Engine.open(out, encoder=encoder)
+    try:
+        assert runner.invoke(app, ["verify", "--index", str(out)]).exit_code == 0
+        for q in BM25_QUERIES:
+            for mode in ("exact", "bmp"):
+                got, expected = engine.search(q, k=10, mode=mode, retriever="bm25"), single.search(q, k=10,
+                                                                                                   retriever="bm25")
+                assert [h.score for h in got] == [h.score for h in expected], (q, mode)
+                cut = expected[-1].score if len(expected) == 10 else -1.0
+                assert {h.id for h in got if h.score > cut} == {h.id for h in expected if h.score > cut}
+    finally:
+        engine.close()
+
+
+@pytest.mark.parametrize("mode", ["exact", "bmp"])
+@pytest.mark.parametrize("k", [1, 10, 60])
+def test_bm25_sharded_equals_single_index(sharded, single, mode, k):
+    for q in BM25_QUERIES:  # same quantized impacts, same quantized query: same ids, float scores and order
+        got = sharded.search(q, k=k, mode=mode, retriever="bm25")
+        assert _ranked(got) == _ranked(single.search(q, k=k, mode=mode, retriever="bm25")), (q, mode, k)
+        assert got and got[0].bm25_score == got[0].score
+    batch = sharded.search_batch(BM25_QUERIES, k=k, mode=mode, retriever="bm25")
+    assert [_ranked(h) for h in batch] == [_ranked(h) for h in single.search_batch(BM25_QUERIES, k=k, mode=mode,
+                                                                                   retriever="bm25")]
+    def candidates(engine):  # document numbers differ (global ones on shards): compare ids
+        return [[(engine.docs.get(d).id, s) for d, s in hits] for hits in engine.bm25_candidates(BM25_QUERIES, k=k,
+                                                                                                  mode=mode)]
+    assert candidates(sharded) == candidates(single)
+
+
+def test_bm25_ties_and_seismic_through_shards(sharded, single):
+    hits = sharded.search("tie breaking twin document", k=6, retriever="bm25")
+    assert [h.id for h in hits] == [f"twin-{i}" for i in range(6)]  # tied across both shards: corpus order
+    assert {h.docno % 2 for h in hits} == {0, 1} and len({h.score for h in hits}) == 1
+    recalls = []
+    for q in BM25_QUERIES:
+        truth = {h.id for h in single.search(q, k=10, retriever="bm25")}
+        recalls.append(len(truth & {h.id for h in sharded.search(q, k=10, mode="seismic", retriever="bm25")})
+                       / len(truth))
+    assert np.mean(recalls) >= 0.9, recalls
+
+
+@pytest.mark.parametrize("retriever", ["auto", "sparse+bm25"])
+def test_fusion_with_bm25_through_shards(sharded, single, retriever):
+    assert sharded.resolve_retriever(retriever) == single.resolve_retriever(retriever)
+    assert "bm25" in sharded.resolve_retriever(retriever)
+    for q in QUERIES[:6]:
+        got, expected = sharded.search(q, k=5, retriever=retriever), single.search(q, k=5, retriever=retriever)
+        assert [h.id for h in got] == [h.id for h in expected], (q, retriever)
+        assert [h.score for h in got] == pytest.approx([h.score for h in expected], rel=1e-4, abs=1e-5)
+        assert [h.bm25_score for h in got] == [h.bm25_score for h in expected]  # missing ones scored by the shards
+
+
+def test_bm25_field_is_verified(sharded, tmp_path):
+    import shutil
+
+    copy = tmp_path / "index"
+    shutil.copytree(sharded.index_dir, copy)
+    assert runner.invoke(app, ["verify", "--index", str(copy)]).exit_code == 0
+    vocab = copy / "shard-001" / "bm25" / "vocab.txt"
+    vocab.write_text(vocab.read_text(encoding="utf-8") + "extra\n", encoding="utf-8")
+    result = runner.invoke(app, ["verify", "--index", str(copy)])
+    assert result.exit_code == 1 and "vocab.txt: missing, or sha256 mismatch" in result.output
+
+
+def test_no_bm25_flag_and_text_default(text_sharded, tmp_path, encoder):
+    assert read_sharded_manifest(text_sharded)["bm25"]["analyzer"] == "word"  # on by default for text corpora
+    docs = [{"id": i, "contents": f"document {i} about parsing"} for i in ("a", "b", "doc-1", "é")]
+    corpus = write_jsonl(tmp_path / "tiny.jsonl", docs)
+    out = tmp_path / "idx"
+    result = runner.invoke(app, ["index", str(corpus), "--index", str(out), "--shards", "2", "--workers", "1",
+                                 "--no-dense", "--no-bm25", "--structures", "none"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "bm25" not in read_sharded_manifest(out)
+    assert not any((out / d / "bm25").exists() for d in ("shard-000", "shard-001"))
+    engine = Engine.open(out, encoder=encoder)
+    try:
+        assert not engine.has_bm25 and engine.resolve_retriever("auto") == ("sparse",)
+        with pytest.raises(ValueError, match="has no BM25 field"):
+            engine.search("parsing", retriever="bm25")
+    finally:
+        engine.close()
+
+
 # ---------------------------------------------------------------------- text path: CLI, filters, server
 def test_cli_index_search_info_verify_and_filter(text_sharded, text_corpus, encoder, tmp_path):
     result = runner.invoke(app, ["search", "parse command line arguments", "--index", str(text_sharded), "-k", "5",
                                  "--json"], catch_exceptions=False)
     assert result.exit_code == 0, result.output
-    hits = json.loads(result.stdout.strip().splitlines()[-1])["hits"]
-    expected = Engine.build(text_corpus, tmp_path / "single", encoder=encoder, progress=False).search(
-        "parse command line arguments", k=5, retriever="sparse")
+    answer = json.loads(result.stdout.strip().splitlines()[-1])
+    hits = answer["hits"]
+    single = Engine.build(text_corpus, tmp_path / "single", encoder=encoder, progress=False)  # BM25 on, no dense
+    expected = single.search("parse command line arguments", k=5)  # the default, auto: sparse+bm25 on both
     assert [h["id"] for h in hits][:3] == [h.id for h in expected][:3]  # encoded in other batches: floats differ
     assert [h["score"] for h in hits] == pytest.approx([h.score for h in expected], rel=1e-2)
+    bm25 = {h.id: h.bm25_score for h in expected}  # BM25 does not depend on the model's floats: equal
+    assert all(h["bm25_score"] is not None and h["sparse_score"] is not None for h in hits)
+    assert [h["bm25_score"] for h in hits if h["id"] in bm25] == [bm25[h["id"]] for h in hits if h["id"] in bm25]
     assert hits[0]["id"].split("#")[0] in {"module:argparse", "module:getopt", "module:optparse"}
     info = runner.invoke(app, ["info", "--index", str(text_sharded)], catch_exceptions=False).output
-    assert "shards" in info and "blake2b" in info
+    assert "shards" in info and "blake2b" in info and "word analyzer, k1 0.9, b 0.4" in info
     assert runner.invoke(app, ["verify", "--index", str(text_sharded)]).exit_code == 0
     sharded = Engine.open(text_sharded, encoder=encoder)  # metadata filters: ranked, then filtered
     try:
@@ -252,6 +368,14 @@ def test_server_searches_through_the_coordinator(sharded, single):
         assert [h["id"] for h in hits] == [h.id for h in expected]  # the server encodes on its own torch thread
         assert [h["score"] for h in hits] == pytest.approx([h.score for h in expected], rel=1e-5)
         assert hits[0]["snippet"] and hits[0]["highlights"]
+        for retriever in ("bm25", "auto"):  # the BM25 field through the coordinator, alone and fused
+            r = client.get("/search", params={"q": "parse command line arguments", "k": 5, "retriever": retriever})
+            assert r.status_code == 200, r.text
+            expected = single.search("parse command line arguments", k=5, retriever=retriever)
+            assert r.json()["retriever"] == ("bm25" if retriever == "bm25" else "sparse+dense+bm25")
+            assert [h["id"] for h in r.json()["hits"]] == [h.id for h in expected]
+            assert [h["bm25_score"] for h in r.json()["hits"]] == pytest.approx([h.bm25_score for h in expected],
+                                                                                rel=1e-6)
         r = client.post("/search", json={"q": "random numbers", "k": 3, "retriever": "hybrid", "explain": True,
                                          "fields": ["title", "sparse_score", "dense_score"]})
         assert r.status_code == 200, r.text

@@ -9,9 +9,13 @@ Building (:func:`build_sharded`, ``lsr index CORPUS --shards N [--ray ADDRESS] [
     order, so a shard numbers its documents in corpus order. At most ``2 W + 2`` windows are in flight.
     Quantization needs one scale for the whole collection, or scores from different shards would not be
     comparable: the builders buffer float weights (external memory) and report their maximum; the driver takes
-    the global maximum and every shard is finalized with the same scale. Structures (``bmp``, ``seismic``, with
-    an optional ``reorder``), dense vectors and each shard's own inference-free table are then built by the
-    builder actors in parallel. The driver writes a collection-wide inference-free table (BM25 IDF over all
+    the global maximum and every shard is finalized with the same scale. The BM25 field (on by default for
+    text corpora, as for a single index) needs collection statistics too: each builder reorders its shard (with
+    ``reorder``) and analyzes its documents (:func:`lsr.pipeline.analyze_bm25_in`), the driver gathers the
+    total document length and the words, and every shard's field is written with the collection's ``avgdl`` and
+    word vocabulary (:func:`lsr.pipeline.write_bm25_in`), so its term ids and document frequencies are the
+    collection's. Structures (``bmp``, ``seismic``, for both fields), dense vectors and each shard's own
+    inference-free table are then built by the builder actors in parallel. The driver writes a collection-wide inference-free table (BM25 IDF over all
     shards' posting lists, so inference-free queries weigh terms as a single index would) and ``shards.json``.
     The whole directory is staged and moved into place only when complete, like ``Engine.build``.
 
@@ -27,6 +31,7 @@ import os
 import time
 from collections import deque
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -37,8 +42,9 @@ from lsr.docstore import DocStore
 from lsr.encoder import SparseBatch
 from lsr.index import IndexBuilder
 from lsr.index.storage import read_manifest, sha256_file, staged_directory, write_array, write_manifest
-from lsr.pipeline import (DOCSTORE_FILE, BuildSettings, Source, Window, WindowIndexer, add_optional_parts,
-                          encode_documents, progress_bar, take_rows)
+from lsr.bm25_field import BM25_DIR, Bm25Settings, collection_vocab, field_dir, has_field
+from lsr.pipeline import (DOCSTORE_FILE, BuildSettings, CorpusSource, Source, Window, WindowIndexer, add_optional_parts,
+                          add_structures_in, analyze_bm25_in, encode_documents, progress_bar, take_rows, write_bm25_in)
 from lsr.sharded.layout import (
     IMPACT_LEVELS, ORDINALS_ARRAY, ROUTING, SHARDED_FORMAT, SHARDED_FORMAT_VERSION, SHARDS_FILE, shard_dir_name,
     shard_of,
@@ -96,6 +102,7 @@ class _ShardBuilder:
                                      lambda err: self.errors.append((err.path, err.line, err.field, err.message)))
         self.ordinals: list[np.ndarray] = []
         self.rejected = 0
+        self.bm25 = None  # the BM25 field's first pass, between finalize and finish
 
     def add(self, part: tuple) -> tuple[int, list[tuple]]:
         """Store and index one window's documents; duplicates ids are not added and come back as errors."""
@@ -111,8 +118,9 @@ class _ShardBuilder:
         return {"documents": self.builder.num_docs, "max_weight": self.builder.max_weight}
 
     def finalize(self, scale: float, extra: dict, tokenizer_json: str | None, settings: BuildSettings,
-                 threads: int) -> dict:
-        """Write the shard (shared ``scale``), its ordinals, inference-free table, structures and dense vectors."""
+                 threads: int) -> dict | None:
+        """Write the shard (shared ``scale``), its ordinals and inference-free table, reorder it and analyze its
+        BM25 field (kept for :meth:`finish`): return the field's (total length, documents with terms) and words."""
         import numba
 
         numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
@@ -136,18 +144,35 @@ class _ShardBuilder:
             from lsr.query_encoders import write_inference_free
 
             write_inference_free(self.dir, tokenizer_json)
+        add_structures_in(self.dir, (), settings.reorder)  # first: the BM25 field is analyzed in the final order
+        if settings.bm25:
+            self.bm25 = analyze_bm25_in(self.dir, Bm25Settings(analyzer=settings.bm25_analyzer))
+            return {"length_stats": self.bm25.length_stats(), "vocab": self.bm25.vocab}
+        return None
+
+    def finish(self, settings: BuildSettings, threads: int, bm25: dict | None) -> dict:
+        """Write the BM25 field with the collection's ``avgdl`` and vocabulary (``bm25``), then the structures (of
+        both fields) and dense vectors."""
+        if self.bm25 is not None:
+            with self.bm25:
+                write_bm25_in(self.dir, self.bm25, avgdl=bm25["avgdl"], vocab=bm25["vocab"])
+            self.bm25 = None
         if settings.dense:
             import torch
 
             torch.set_num_threads(max(1, threads))
-        add_optional_parts(self.dir, settings, progress=False)
+        add_optional_parts(self.dir, replace(settings, reorder=None, bm25=False), progress=False)
         manifest = read_manifest(self.dir)
+        field = read_manifest(field_dir(self.dir)) if has_field(manifest) else None
         return {
-            "dir": self.dir.name, "documents": count, "postings": manifest["num_postings"],
+            "dir": self.dir.name, "documents": manifest["num_docs"], "postings": manifest["num_postings"],
             "dropped_postings": manifest["dropped_postings"], "max_weight": manifest["quantization"]["max_weight"],
             "size_bytes": sum(f.stat().st_size for f in self.dir.iterdir() if f.is_file()),
             "structures": manifest.get("structures", {}), "reorder": manifest.get("reorder"),
             "dense": manifest.get("dense"),
+            "bm25": field and {"postings": field["num_postings"], "vocab_size": field["vocab_size"],
+                               "quantization": field["quantization"],
+                               "structures": sorted(field.get("structures", {})), "settings": field["bm25"]},
         }
 
 
@@ -205,6 +230,8 @@ def build_sharded(
             model_info = described[0]
             tokenizer_json = ray_get(encoders[0].tokenizer_json.remote())
         source = settings.source(corpus, encoder)
+        if settings.bm25 is None:  # as a single index: on for text corpora
+            settings = replace(settings, bm25=isinstance(source, CorpusSource))
         vocab_size = int(model_info["vocab_size"])
         with staged_directory(index_dir) as staging, _stopped_on_error(lambda: encoders + builders):
             builder_actor = actor_class(_ShardBuilder).options(num_cpus=0, scheduling_strategy="SPREAD")
@@ -235,7 +262,9 @@ def build_sharded(
                      "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
             cpus = int(ray.cluster_resources().get("CPU", 1))
             threads = max(1, cpus // shards)
-            infos = ray_get([b.finalize.remote(scale, extra, tokenizer_json, settings, threads) for b in builders])
+            analyzed = ray_get([b.finalize.remote(scale, extra, tokenizer_json, settings, threads) for b in builders])
+            bm25 = ray.put(_collection_bm25(analyzed, settings.bm25_analyzer)) if settings.bm25 else None
+            infos = ray_get([b.finish.remote(settings, threads, bm25) for b in builders])
             for b in builders:
                 ray.kill(b)
             builders = []
@@ -255,6 +284,15 @@ def build_sharded(
     if source.skipped:
         log.warning("skipped %d bad record(s) in %s", source.skipped, corpus)
     return manifest
+
+
+def _collection_bm25(analyzed: list[dict], analyzer: str) -> dict:
+    """What every shard's BM25 field is written with so that it scores as a single index's: the collection's
+    ``avgdl`` (total length over documents with terms) and word vocabulary (None for the ``model`` analyzer)."""
+    total = sum(a["length_stats"][0] for a in analyzed)
+    with_terms = sum(a["length_stats"][1] for a in analyzed)
+    vocab = collection_vocab(a["vocab"] for a in analyzed) if analyzer == "word" else None
+    return {"avgdl": total / with_terms if with_terms else 1.0, "vocab": vocab}
 
 
 @contextmanager
@@ -343,10 +381,24 @@ def _sharded_manifest(root: Path, infos: list[dict], model_info: dict, quant_bit
     }
     if tokenizer_json is not None:
         _write_global_inference_free(root, manifest, infos, tokenizer_json)
+    if all(i["bm25"] for i in infos):
+        manifest["bm25"] = _bm25_entry(infos, documents)
     import json
 
     (root / SHARDS_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     return manifest
+
+
+def _bm25_entry(infos: list[dict], documents: int) -> dict:
+    """``shards.json``'s record of the shards' BM25 fields (``bm25/`` in each): one vocabulary, avgdl and
+    quantization step for all, document frequencies added up at search time (:class:`lsr.bm25_field.Bm25Side`)."""
+    fields = [i["bm25"] for i in infos]
+    settings = fields[0]["settings"]
+    return {"dir": BM25_DIR, "analyzer": settings["analyzer"], "k1": settings["k1"], "b": settings["b"],
+            "avgdl": settings["avgdl"], "num_docs": documents, "num_postings": sum(f["postings"] for f in fields),
+            "vocab_size": fields[0]["vocab_size"],
+            "quantization": {k: fields[0]["quantization"][k] for k in ("bits", "scale")},
+            "structures": {n: {} for n in sorted(set.intersection(*(set(f["structures"]) for f in fields)))}}
 
 
 def _write_global_inference_free(root: Path, manifest: dict, infos: list[dict], tokenizer_json: str) -> None:

@@ -65,10 +65,37 @@ def read_sharded_manifest(index_dir: str | os.PathLike) -> dict:
 
 
 def index_size_bytes(index_dir: str | os.PathLike) -> int:
-    """Bytes on disk of an index directory, shards included."""
+    """Bytes on disk of an index directory, shards and BM25 fields included."""
+    return sum(f.stat().st_size for f in Path(index_dir).rglob("*") if f.is_file())
+
+
+def verify_sharded(index_dir: str | os.PathLike) -> list[str]:
+    """Problems of a sharded index: every shard's checksums and invariants, its BM25 field
+    (:func:`lsr.bm25_field.verify_field`), and that the shards' fields share the avgdl and vocabulary
+    ``shards.json`` records (or that none has one when it records none)."""
+    from lsr.bm25_field import field_dir, has_field, verify_field
+    from lsr.index import verify_index
+    from lsr.index.storage import read_manifest
+
     root = Path(index_dir)
-    dirs = [root] + ([root / s["dir"] for s in read_sharded_manifest(root)["shards"]] if is_sharded(root) else [])
-    return sum(f.stat().st_size for d in dirs for f in d.iterdir() if f.is_file())
+    manifest = read_sharded_manifest(root)
+    entry, problems, vocabs = manifest.get("bm25"), [], set()
+    for shard in manifest["shards"]:
+        path = root / shard["dir"]
+        problems += verify_index(path)
+        shard_manifest = read_manifest(path)
+        problems += verify_field(path, shard_manifest)
+        if bool(entry) != has_field(shard_manifest):
+            problems.append(f"{path}: {'no' if entry else 'a'} BM25 field, while {SHARDS_FILE} records "
+                            f"{'one' if entry else 'none'}")
+        elif entry and (path / entry["dir"] / "manifest.json").is_file():
+            info = read_manifest(field_dir(path))["bm25"]
+            if info["avgdl"] != entry["avgdl"]:
+                problems.append(f"{path}: BM25 avgdl {info['avgdl']}, not the collection's {entry['avgdl']}")
+            vocabs.add((info.get("vocab") or {}).get("sha256"))
+    if len(vocabs) > 1:
+        problems.append(f"{root}: the shards' BM25 fields have different vocabularies (term ids would not agree)")
+    return problems
 
 
 class ReadOnlyIndexError(ValueError):

@@ -10,7 +10,10 @@ serve`` use on one)
     corpus numbers them, so for ``exact`` and ``bmp`` (safe) the result equals a single index's — same ids,
     same float scores, same order including ties (``tests/test_distributed.py``). Approximate modes
     (``bmp-approx``, ``seismic``) run per shard; their recall against exact is measured by
-    ``eval/bench_shards.py``. Dense search merges the shards' top-k by (score desc, global number asc); hybrid
+    ``eval/bench_shards.py``. The BM25 field (``retriever="bm25"``, and in ``auto``/``hybrid`` fusion) is searched
+    the same way: its query vector comes from :class:`lsr.bm25_field.Bm25Side` over every shard's field (the
+    collection's vocabulary and avgdl, document frequencies added up), so its results equal a single index's
+    too. Dense search merges the shards' top-k by (score desc, global number asc); hybrid
     and metadata filters run the search layer (:mod:`lsr.searcher`) unchanged over the merged lists (a fused candidate missing one
     side is scored by the shard that holds it). With ``--reorder`` a shard's documents are renumbered, so equal
     scores at the k-th place may be cut differently than in a single index (scores stay exact).
@@ -30,18 +33,21 @@ from pathlib import Path
 
 import numpy as np
 
+from lsr.bm25_field import field_dir
+from lsr.index import InvertedIndex
 from lsr.index.storage import IndexFormatError
 from lsr.index.structures import structure_for_mode
 from lsr.corpus import Document
 from lsr.protocols import DenseSide
 from lsr.searcher import Searcher
 from lsr.sharded.layout import (IMPACT_LEVELS, ORDINALS_ARRAY, SHARDS_FILE, index_size_bytes, read_sharded_manifest,
-                                shard_of)
+                                shard_of, verify_sharded)
 from lsr.sharded.ray_runtime import actor_class, init_ray, kill_actors, ray_get
 from lsr.snapshot import build_details, open_local
 
 log = logging.getLogger("lsr.sharded")
 
+_NOT_OPENED = object()
 _HEADER_CACHE = 100_000  # (id, title) of recently returned hits, on the coordinator
 _DOC_CACHE = 2_048
 
@@ -64,6 +70,16 @@ class _ShardServer:
         self.keys = ordinals * num_shards + shard
         self._order = None if np.all(np.diff(self.keys) > 0) else np.argsort(self.keys, kind="stable")
         self.num_docs = self.index.num_docs
+        self.shard_dir = Path(shard_dir)
+        self._bm25 = None
+
+    def _field(self, field: str):
+        """The sparse index of a field: ``sparse`` (the learned one) or ``bm25`` (its BM25 field, opened on first use)."""
+        if field == "sparse":
+            return self.index
+        if self._bm25 is None:
+            self._bm25 = InvertedIndex.open(field_dir(self.shard_dir))
+        return self._bm25
 
     def ready(self) -> dict:
         return {"documents": self.num_docs, "pid": os.getpid()}
@@ -82,8 +98,11 @@ class _ShardServer:
         headers = self.engine.docs.headers([int(d) for d in local])
         return {int(self.keys[d]): headers[d] for d in headers}
 
-    def search(self, quantized: list[tuple[np.ndarray, np.ndarray]], k: int, mode: str, params: dict):
-        """Top-k of quantized queries: ([(global numbers int64, int32 scores)], {global number: (id, title)})."""
+    def search(self, quantized: list[tuple[np.ndarray, np.ndarray]], k: int, mode: str, params: dict,
+               field: str = "sparse"):
+        """Top-k of quantized queries in ``field``: ([(global numbers int64, int32 scores)], {global number: (id,
+        title)})."""
+        index = self._field(field)
         k = min(int(k), self.num_docs)
         empty = (np.empty(0, np.int64), np.empty(0, np.int32))
         name = structure_for_mode(mode)
@@ -92,9 +111,9 @@ class _ShardServer:
         if k and live:
             if name is None:
                 for i in live:
-                    found[i] = self.index.search_quantized(*quantized[i], k=k)
+                    found[i] = index.search_quantized(*quantized[i], k=k)
             else:
-                structure = self.index.structure(name)
+                structure = index.structure(name)
                 if len(live) == 1:
                     found[live[0]] = structure.search(*quantized[live[0]], k, mode=mode, **params)
                 else:
@@ -120,15 +139,17 @@ class _ShardServer:
         local = np.unique(np.concatenate([ids for ids, _ in results])) if results else np.empty(0, np.int64)
         return out, self._headers(local)
 
-    def sparse_totals(self, qterms: np.ndarray, qweights: np.ndarray, keys) -> np.ndarray:
-        """Integer scores of the given documents for a quantized query (as :meth:`index.search.InvertedIndex.score_docs`)."""
+    def sparse_totals(self, qterms: np.ndarray, qweights: np.ndarray, keys, field: str = "sparse") -> np.ndarray:
+        """Integer scores in ``field`` of the given documents for a quantized query (as
+        :meth:`index.search.InvertedIndex.score_docs`)."""
         from lsr.index.search import score_docs_kernel
 
+        index = self._field(field)
         local = self._local(keys)
         out = np.zeros(len(local), np.int64)
         if len(qterms) and len(local):
-            score_docs_kernel(self.index.array("forward_offsets"), self.index.array("forward_terms"),
-                        self.index.array("forward_impacts"), np.ascontiguousarray(qterms, np.uint32),
+            score_docs_kernel(index.array("forward_offsets"), index.array("forward_terms"),
+                        index.array("forward_impacts"), np.ascontiguousarray(qterms, np.uint32),
                         np.ascontiguousarray(qweights, np.int32), np.ascontiguousarray(local, np.int64), out)
         return out
 
@@ -143,6 +164,10 @@ class _ShardServer:
         local = self._local(keys)
         return {int(k): (self.engine.docs.get(int(d)), *self.index.doc_vector(int(d)))
                 for k, d in zip(np.asarray(keys, np.int64), local)}
+
+    def field_vector(self, key: int, field: str) -> tuple[np.ndarray, np.ndarray]:
+        """Stored (term ids, dequantized weights) of one document in ``field``, by global number."""
+        return self._field(field).doc_vector(int(self._local([key])[0]))
 
     def lookup(self, doc_id: str) -> int:
         return int(self.keys[self.engine.docs.docno(doc_id)])
@@ -195,12 +220,14 @@ def _merge(parts: list[tuple[np.ndarray, np.ndarray]], k: int) -> tuple[np.ndarr
 
 
 class ShardedIndex:
-    """The sparse side (:class:`lsr.protocols.SparseSide`) of a :class:`ShardSet`, answered by the shard actors.
+    """The sparse side (:class:`lsr.protocols.SparseSide`) of a :class:`ShardSet`, answered by the shard actors:
+    the learned field (``sparse``) or the BM25 field (``bm25``, described by ``shards.json``'s ``bm25`` entry).
     Document numbers are global (``ordinal * num_shards + shard``)."""
 
-    def __init__(self, shards: "ShardSet") -> None:
-        m = shards.manifest
+    def __init__(self, shards: "ShardSet", field: str = "sparse") -> None:
+        m = shards.manifest if field == "sparse" else {**shards.manifest[field], "num_shards": shards.num_shards}
         self._shards = shards
+        self.field = field
         self.manifest = m
         self.index_dir = shards.index_dir
         self.num_shards = int(m["num_shards"])
@@ -236,14 +263,14 @@ class ShardedIndex:
         if name is None and params:
             raise ValueError(f"mode {mode!r} takes no parameters, got {', '.join(params)}")
         if name is not None and name not in self.manifest.get("structures", {}):
-            raise IndexFormatError(f"index {self.index_dir} has no {name!r} structure; rebuild it with "
+            raise IndexFormatError(f"index {self.index_dir} has no {name!r} structure{self._of_field}; rebuild it with "
                                    f"`lsr index CORPUS --shards {self.num_shards} --structures {name}`")
         quantized = [self.quantize(t, w) for t, w in queries]
         empty = (np.empty(0, np.int64), np.empty(0, np.float32))
         if not quantized or not any(len(q[0]) for q in quantized):
             return [empty for _ in quantized]
         payload = [(q[0], q[1]) for q in quantized]
-        answers = ray_get([a.search.remote(payload, k, mode, params) for a in self._shards.actors])
+        answers = ray_get([a.search.remote(payload, k, mode, params, self.field) for a in self._shards.actors])
         self._shards.docs.remember({h: v for _, headers in answers for h, v in headers.items()})
         out = []
         for i, (_, _, qscale) in enumerate(quantized):
@@ -259,7 +286,8 @@ class ShardedIndex:
         if len(qterms) and len(docnos):
             groups = _by_shard(docnos, self.num_shards)
             actors = self._shards.actors
-            found = ray_get([actors[s].sparse_totals.remote(qterms, qweights, keys) for s, keys in groups.items()])
+            found = ray_get([actors[s].sparse_totals.remote(qterms, qweights, keys, self.field)
+                             for s, keys in groups.items()])
             values = dict(zip(np.concatenate(list(groups.values())).tolist(), np.concatenate(found).tolist()))
             totals = np.array([values[int(d)] for d in docnos], np.int64)
         return (totals * (self.scale / qscale)).astype(np.float32).astype(np.float64)
@@ -269,10 +297,17 @@ class ShardedIndex:
         if not 0 <= int(doc_id):
             raise IndexError(f"doc id {doc_id} out of range")
         try:
+            if self.field != "sparse":
+                return ray_get(self._shards.actors[int(doc_id) % self.num_shards].field_vector.remote(int(doc_id),
+                                                                                                      self.field))
             _, terms, weights = self._shards.docs.bundle(int(doc_id))
         except KeyError:
             raise IndexError(f"no document with global number {doc_id}") from None
         return terms, weights
+
+    @property
+    def _of_field(self) -> str:
+        return "" if self.field == "sparse" else f" for its {self.field} field"
 
 
 class ShardedDense:
@@ -408,7 +443,20 @@ class ShardSet:
         self.index = ShardedIndex(self)
         self.docs = ShardedDocs(self)
         self.dense: DenseSide | None = ShardedDense(self) if manifest.get("dense") else None
-        self.bm25 = None  # sharded builds store no BM25 field yet
+        self._bm25 = _NOT_OPENED if manifest.get("bm25") else None
+
+    @property
+    def bm25(self):
+        """The BM25 field (:class:`lsr.bm25_field.Bm25Side` over every shard's ``bm25/``: the collection's
+        vocabulary and avgdl, document frequencies added up, searched by the shard actors), or None."""
+        if self._bm25 is _NOT_OPENED:
+            from lsr.bm25_field import Bm25Side
+
+            with self._start_lock:
+                if self._bm25 is _NOT_OPENED:
+                    dirs = [field_dir(self.index_dir / s["dir"]) for s in self.manifest["shards"]]
+                    self._bm25 = Bm25Side(dirs, ShardedIndex(self, "bm25"))
+        return self._bm25
 
     @classmethod
     def open(cls, index_dir: str | os.PathLike, *, address: str | None = None, num_cpus: int | None = None,
@@ -421,9 +469,7 @@ class ShardSet:
         index_dir = Path(index_dir)
         manifest = read_sharded_manifest(index_dir)
         if verify:
-            from lsr.index import verify_index
-
-            problems = [p for s in manifest["shards"] for p in verify_index(index_dir / s["dir"])]
+            problems = verify_sharded(index_dir)
             if problems:
                 raise IndexFormatError(f"{index_dir}: sharded index failed verification:\n  " + "\n  ".join(problems))
         return cls(index_dir, manifest, address=address, num_cpus=num_cpus, threads_per_shard=threads_per_shard,

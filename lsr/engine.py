@@ -279,14 +279,16 @@ class Engine(Searcher):
 
     def status(self) -> dict:
         """What a server reports about the snapshot it serves: documents, commit generation, models, dense search,
-        modes, query encoders and size on disk."""
-        dense = self.dense
+        the BM25 field's settings, modes, query encoders and size on disk."""
+        dense, bm25 = self.dense, self.parts.bm25
         return {
             "documents": int(self.index.num_docs),
             "generation": self.generation,
             "model": self.manifest["model"],
             "dense_model": None if dense is None else dense.model,
             "dense_search": None if dense is None else ("hnsw" if dense.uses_hnsw else "exact"),
+            "bm25": None if bm25 is None else {"analyzer": bm25.settings.analyzer, "k1": bm25.settings.k1,
+                                               "b": bm25.settings.b, "avgdl": round(bm25.avgdl, 3)},
             "modes": self.search_modes(),
             "retrievers": list(self.available_retrievers()),
             "default_retriever": "+".join(self.resolve_retriever()),

@@ -166,6 +166,7 @@ class Stats(BaseModel):
     model: dict[str, Any]
     dense_model: Optional[dict[str, Any]] = None
     dense_search: Optional[str] = None
+    bm25: Optional[dict[str, Any]] = None
     modes: list[str]
     retrievers: list[str] = ["sparse"]
     default_retriever: str = "sparse"

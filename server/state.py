@@ -230,6 +230,7 @@ class ServerState:
         return Stats(
             documents=status["documents"], index_size_bytes=status["size_bytes"], index=str(self.index_dir.resolve()),
             model=status["model"], dense_model=status["dense_model"], dense_search=status["dense_search"],
+            bm25=status["bm25"],
             modes=status["modes"], retrievers=status["retrievers"], default_retriever=status["default_retriever"],
             queries=queries, errors=errors, query_encoders=status["query_encoders"],
             latency_ms={

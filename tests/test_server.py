@@ -57,6 +57,9 @@ def test_default_retriever_is_the_best_combination_the_index_holds(client, hybri
     stats = client.get("/stats").json()
     assert stats["retrievers"] == list(hybrid_engine.available_retrievers())
     assert stats["default_retriever"] == body["retriever"]
+    assert (stats["bm25"] is not None) == ("bm25" in stats["retrievers"])
+    if stats["bm25"]:
+        assert stats["bm25"]["analyzer"] == "word" and stats["bm25"]["avgdl"] > 0
     weighted = client.post("/search", json={"q": "random numbers", "k": 5, "retriever": "dense+sparse",
                                             "weights": {"sparse": 1, "dense": 3}}).json()
     assert weighted["retriever"] == "sparse+dense" and weighted["fusion"]["weights"] == {"sparse": 0.25, "dense": 0.75}

@@ -367,8 +367,10 @@ def open_array(index_dir: Path, manifest: dict, name: str, verify: bool = False)
             f"found {arr.dtype}{tuple(arr.shape)}"
         )
     size = path.stat().st_size
-    if isinstance(arr, np.memmap) and arr.offset + arr.nbytes != size:
-        raise IndexFormatError(f"{path}: file has {size} bytes, its header says {arr.offset + arr.nbytes}")
+    if isinstance(arr, np.memmap):
+        if arr.offset + arr.nbytes != size:
+            raise IndexFormatError(f"{path}: file has {size} bytes, its header says {arr.offset + arr.nbytes}")
+        arr = arr.view(np.ndarray)  # the same mapped pages; slicing a plain ndarray skips memmap's Python hooks
     return arr
 
 

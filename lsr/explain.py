@@ -51,7 +51,8 @@ def explain(engine: "Searcher", query_vector: tuple[np.ndarray, np.ndarray], doc
     """
     qterms, qweights = (np.asarray(a) for a in query_vector)
     dterms, dweights = engine.index.doc_vector(int(docno))
-    common, qi, di = np.intersect1d(qterms.astype(np.int64), dterms.astype(np.int64), return_indices=True)
+    common, qi, di = np.intersect1d(qterms.astype(np.int64), dterms.astype(np.int64), assume_unique=True,
+                                    return_indices=True)  # a vector holds each term once
     contrib = qweights[qi].astype(np.float64) * dweights[di].astype(np.float64)
     order = np.lexsort((common, -contrib))[:top]
     return [
@@ -80,6 +81,7 @@ def snippet(text: str, terms: Mapping[str, float], width: int = 40,
     expansion = expansion or set()
     weights = {_fold(t): float(w) for t, w in terms.items() if t and not t.startswith("##") and _WORD.fullmatch(t)}
     prefixes = {t for t in weights if len(t) >= MIN_PREFIX}
+    prefix_lengths = sorted({len(t) for t in prefixes}, reverse=True)  # longest first
     words = list(_WORD.finditer(text))
     if not words:
         return text.strip()[: width * 8], []
@@ -90,7 +92,7 @@ def snippet(text: str, terms: Mapping[str, float], width: int = 40,
         if word not in cache:
             folded = _fold(word)
             cache[word] = folded if folded in weights else next(  # the longest term the word starts with
-                (folded[:n] for n in range(len(folded) - 1, MIN_PREFIX - 1, -1) if folded[:n] in prefixes), None)
+                (folded[:n] for n in prefix_lengths if n < len(folded) and folded[:n] in prefixes), None)
         matched.append(cache[word])
     best = 0
     if len(words) > width:  # slide the window, keeping the weight of the distinct terms inside it

@@ -18,11 +18,10 @@ import os
 import time
 from pathlib import Path
 
+from lsr.eval.fusion_study import COLLECTIONS  # the shared collections: name -> path under $LSR_DATA
 from lsr.evaluation import run_eval
 from lsr.onnx_encoders import AUTO_RUNTIMES
 
-COLLECTIONS = {"scifact": "beir/scifact", "medline": "beir/medline", "cacm": "beir/cacm", "npl": "beir/npl",
-               "lisa": "beir/lisa", "time": "beir/time", "wn-gcide": "corpora/wn-gcide"}
 RUNTIMES = ("torch", "onnx", "onnx-int8")
 RETRIEVERS = ("sparse", "dense")
 METRICS = ("ndcg@10", "recall@100")

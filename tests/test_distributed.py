@@ -153,12 +153,18 @@ def test_inference_free_queries_use_collection_idf(sharded, single):
                _ranked(single.search(q, k=10, retriever="sparse", query_encoder="inference-free"))
 
 
-def test_seismic_recall_against_exact(sharded, single):
+def _seismic_recalls(sharded, single, queries, retriever: str) -> list[float]:
+    """Recall@10 of the sharded index's seismic mode against the single index's exact top-10, per query."""
     recalls = []
-    for q in QUERIES:
-        truth = {h.id for h in single.search(q, k=10, retriever="sparse")}
-        recalls.append(len(truth & {h.id for h in sharded.search(q, k=10, mode="seismic", retriever="sparse")})
+    for q in queries:
+        truth = {h.id for h in single.search(q, k=10, retriever=retriever)}
+        recalls.append(len(truth & {h.id for h in sharded.search(q, k=10, mode="seismic", retriever=retriever)})
                        / len(truth))
+    return recalls
+
+
+def test_seismic_recall_against_exact(sharded, single):
+    recalls = _seismic_recalls(sharded, single, QUERIES, "sparse")
     assert np.mean(recalls) >= 0.9, recalls
 
 
@@ -278,11 +284,7 @@ def test_bm25_ties_and_seismic_through_shards(sharded, single):
     hits = sharded.search("tie breaking twin document", k=6, retriever="bm25")
     assert [h.id for h in hits] == [f"twin-{i}" for i in range(6)]  # tied across both shards: corpus order
     assert {h.docno % 2 for h in hits} == {0, 1} and len({h.score for h in hits}) == 1
-    recalls = []
-    for q in BM25_QUERIES:
-        truth = {h.id for h in single.search(q, k=10, retriever="bm25")}
-        recalls.append(len(truth & {h.id for h in sharded.search(q, k=10, mode="seismic", retriever="bm25")})
-                       / len(truth))
+    recalls = _seismic_recalls(sharded, single, BM25_QUERIES, "bm25")
     assert np.mean(recalls) >= 0.9, recalls
 
 

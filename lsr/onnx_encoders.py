@@ -11,9 +11,10 @@ export is reused while the source hash, the export format and every file's sha25
 
 SPLADE graph: the masked-LM body and head transform give token states ``h`` [batch, tokens, hidden]; padding
 positions get a copy of the first token's state (so the max over tokens needs no mask); the graph returns ``h`` and
-the output projection's logits [batch, tokens, vocabulary]. The max over tokens (faster in numpy than ONNX
+the output projection's logits [batch, tokens, vocabulary]. The max over tokens (faster outside the graph than ONNX
 Runtime's ReduceMax over a middle axis), the bias and ``log(1 + relu(x))`` of the few positive ones follow in
-numpy; batches are capped at a few queries so the logits stay in cache. The int8 variant quantizes only the
+Numba; batches are capped at a few queries so the logits stay in cache. Both graphs are exported with eager
+attention and rewritten by ONNX Runtime's transformer fusions (attention, embedding layer norm). The int8 variant quantizes only the
 projection (per-channel 7-bit weights, which cannot saturate the int16 sums of AVX2 kernels; dynamic per-tensor
 activations): every term whose int8 logit is within a bound of the quantization error of 0 is rescored exactly in
 fp32, so it yields the fp32 vector (same terms, same weights up to float rounding) at the int8 cost. Dense graph: the transformer, the checkpoint's pooling and L2 normalisation; its
@@ -46,7 +47,7 @@ DEFAULT_QUERY_RUNTIME = "auto"
 # (eval/results/query-runtimes.md): SPLADE int8 (exact by rescoring), dense fp32 (int8 moved lisa by +0.008).
 AUTO_RUNTIMES = {"sparse": "onnx-int8", "dense": "onnx"}
 CACHE_ENV = "LSR_ONNX_CACHE"
-EXPORT_FORMAT = 4  # bump when a graph changes: older cached exports are then made again
+EXPORT_FORMAT = 5  # bump when a graph changes: older cached exports are then made again
 OPSET = 17
 SPLADE_MAX_BATCH = 4  # queries per SPLADE run: their [tokens, vocabulary] logits stay in cache
 
@@ -153,6 +154,22 @@ def _export_graph(module, out: Path, outputs: list[str], sample: dict) -> None:
                           opset_version=OPSET, dynamo=False)
 
 
+def _fuse_transformer(path: Path, config) -> None:
+    """Rewrite an exported graph with ONNX Runtime's transformer fusions (attention, embedding and skip layer norms,
+    bias GELU: fewer, larger kernels). Graphs the fusions do not recognise are left as they are."""
+    from onnxruntime.transformers import optimizer
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            fused = optimizer.optimize_model(str(path), model_type="bert", num_heads=config.num_attention_heads,
+                                             hidden_size=config.hidden_size, opt_level=1, use_gpu=False)
+    except Exception as error:  # an architecture the optimizer does not know: the plain graph still runs
+        log.info("transformer fusion of %s skipped: %s", path.name, error)
+        return
+    fused.save_model_to_file(str(path))
+
+
 def _quantize(source: Path, out: Path, nodes: list[str] | None = None, reduce_range: bool = False) -> None:
     """Dynamic int8 quantization (per-channel int8 weights, 7-bit with ``reduce_range``) of the MatMuls ``nodes``
     (None: all)."""
@@ -193,7 +210,8 @@ def _export_splade(ref: ModelRef, directory: Path) -> tuple[dict, dict]:
     import torch
     from transformers import AutoModelForMaskedLM
 
-    model = AutoModelForMaskedLM.from_pretrained(str(ref.path)).eval()
+    # eager attention exports the pattern ONNX Runtime's attention fusion recognises (sdpa's does not)
+    model = AutoModelForMaskedLM.from_pretrained(str(ref.path), attn_implementation="eager").eval()
     projection = model.get_output_embeddings()
     if not isinstance(projection, torch.nn.Linear):
         raise ValueError(f"{ref.name}: the output embedding is a {type(projection).__name__}, not a Linear layer; "
@@ -220,6 +238,7 @@ def _export_splade(ref: ModelRef, directory: Path) -> tuple[dict, dict]:
     sample["input_ids"].clamp_(max=weight.shape[0] - 1)
     fp32, int8 = directory / "splade-fp32.onnx", directory / "splade-int8.onnx"
     _export_graph(SpladeGraph().eval(), fp32, ["logits", "states"], sample)
+    _fuse_transformer(fp32, model.config)
     node = _projection_node(fp32, tuple(weight.t().shape))
     _quantize(fp32, int8, [node.name], reduce_range=True)  # 7-bit weights: no int16 saturation on AVX2 CPUs
     np.save(directory / "splade-projection.npy", weight.numpy())
@@ -277,7 +296,7 @@ def _export_dense(ref: ModelRef, directory: Path) -> tuple[dict, dict]:
 
     from lsr.dense import pool_tokens, pooling_mode
 
-    model = AutoModel.from_pretrained(str(ref.path)).eval()
+    model = AutoModel.from_pretrained(str(ref.path), attn_implementation="eager").eval()
     pooling = pooling_mode(ref.path)
 
     class DenseGraph(torch.nn.Module):
@@ -295,7 +314,8 @@ def _export_dense(ref: ModelRef, directory: Path) -> tuple[dict, dict]:
     sample["input_ids"].clamp_(max=model.config.vocab_size - 1)
     fp32, int8 = directory / "dense-fp32.onnx", directory / "dense-int8.onnx"
     _export_graph(DenseGraph().eval(), fp32, ["embedding"], sample)
-    _quantize(fp32, int8, _matmuls_except_down_projections(fp32))
+    _quantize(fp32, int8, _matmuls_except_down_projections(fp32))  # from the unfused graph: every projection a MatMul
+    _fuse_transformer(fp32, model.config)
     files = {"fp32": fp32.name, "int8": int8.name, "tokenizer": tokenizer_file}
     return files, {"pad_id": pad_id, "dim": int(model.config.hidden_size), "pooling": pooling, "normalize": True}
 
@@ -371,7 +391,9 @@ class OnnxSpladeEncoder(_OnnxQueryEncoder):
         if int8:
             self._projection = np.load(self._file("projection"))  # [vocab, hidden] fp32, for the exact rescoring
             self._int8_error = np.load(self._file("int8_error"))  # per term: |dequantized int8 row - fp32 row|
-            self._error_factor = np.linalg.norm(self._projection, axis=1).astype(np.float32) + self._int8_error
+            # per term, an upper bound of the L1 norm of the dequantized int8 row: |w_v|_1 + sqrt(H) e_v
+            self._error_factor = (np.abs(self._projection).sum(axis=1)
+                                  + np.sqrt(self._projection.shape[1]) * self._int8_error).astype(np.float32)
         self._per_thread = threading.local()  # an I/O binding and output buffers reused by each thread's runs
 
     def encode_query(self, text: str) -> tuple[np.ndarray, np.ndarray]:
@@ -384,10 +406,10 @@ class OnnxSpladeEncoder(_OnnxQueryEncoder):
         ids = self._token_ids(texts) if texts else []
         for chosen, input_ids, mask in self._batches(texts, ids, min(batch_size, SPLADE_MAX_BATCH), skip_blank=True):
             logits, states = self._run(input_ids, mask)
-            pooled = logits.max(axis=1) + self._bias
             if self.int8:
-                rescored = self._rescore(pooled, states, mask.sum(axis=1))
+                rescored = self._rescore(logits, states, mask.sum(axis=1))
             else:
+                pooled = logits.max(axis=1) + self._bias
                 rescored = [(np.flatnonzero(p > 0), p[p > 0]) for p in pooled]
             for i, (terms, logits) in zip(chosen, rescored):
                 rows[i] = (terms.astype(np.uint32), np.log1p(logits).astype(np.float32))
@@ -418,17 +440,18 @@ class OnnxSpladeEncoder(_OnnxQueryEncoder):
         self.session.run_with_iobinding(binding)
         return logits, states
 
-    def _rescore(self, pooled: np.ndarray, states: np.ndarray, lengths: np.ndarray
+    def _rescore(self, logits: np.ndarray, states: np.ndarray, lengths: np.ndarray
                  ) -> list[tuple[np.ndarray, np.ndarray]]:
         """Exact fp32 max-pooled logits of every term the int8 logits cannot rule out; the positive ones per row.
 
-        With dynamic quantization the activations carry an error of at most one step ``s`` of the batch's uint8
-        scale, the weights ``e_v`` (per row, L2); so ``|int8 - fp32| <= sqrt(H) s (|w_v| + e_v) + |h| e_v``.
+        Dynamic quantization rounds each activation to the batch's uint8 step ``s`` (error ``d`` with ``|d_i| <= s/2``)
+        and each weight row with an error ``e_v`` (L2); ``(h + d)(w_v + e_v) - h w_v = d (w_v + e_v) + h e_v``, so
+        ``|int8 - fp32| <= s/2 |w_v + e_v|_1 + |h| |e_v|``.
         """
         step = (max(float(states.max()), 0.0) - min(float(states.min()), 0.0)) / 255.0
-        activation_error = np.float32(np.sqrt(states.shape[-1]) * step)
-        return [_rescore_row(pooled[row], np.ascontiguousarray(states[row, :n]), self._projection, self._bias,
-                             self._error_factor, self._int8_error, activation_error)
+        activation_error = np.float32(step / 2)
+        return [_pool_rescore(logits[row, :n], states[row, :n], self._projection, self._bias, self._error_factor,
+                              self._int8_error, activation_error)
                 for row, n in enumerate(lengths)]
 
     def describe(self) -> dict:
@@ -437,32 +460,45 @@ class OnnxSpladeEncoder(_OnnxQueryEncoder):
 
 
 @njit(cache=True, nogil=True, fastmath=True)
-def _rescore_row(approx: np.ndarray, tokens: np.ndarray, weight: np.ndarray, bias: np.ndarray,
-                 error_factor: np.ndarray, weight_error: np.ndarray, activation_error: np.float32
-                 ) -> tuple[np.ndarray, np.ndarray]:
-    """Terms whose exact ``max over tokens of tokens @ weight[term] + bias[term]`` is positive, and those logits,
-    computed in fp32 for the terms whose int8 logit ``approx`` plus its error bound is positive (one thread)."""
+def _pool_rescore(approx: np.ndarray, tokens: np.ndarray, weight: np.ndarray, bias: np.ndarray,
+                  error_factor: np.ndarray, weight_error: np.ndarray, activation_error: np.float32
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """Terms whose exact ``max over tokens of tokens @ weight[term] + bias[term]`` is positive, and those logits.
+
+    One pass over the int8 logits ``approx`` [tokens, vocabulary], in vocabulary chunks that stay in cache: max-pool
+    a chunk, then compute in fp32 the terms whose pooled int8 logit plus its error bound is positive (one thread)."""
+    n_tokens, vocab = approx.shape
     norm = np.float32(0.0)
-    for t in range(tokens.shape[0]):
+    for t in range(n_tokens):
         norm = max(norm, np.sqrt(np.sum(tokens[t] * tokens[t])))
-    terms = np.empty(len(approx), np.int64)
-    logits = np.empty(len(approx), np.float32)
+    terms = np.empty(vocab, np.int64)
+    logits = np.empty(vocab, np.float32)
     found = 0
-    for v in range(len(approx)):
-        if approx[v] + activation_error * error_factor[v] + norm * weight_error[v] + np.float32(1e-3) <= 0:
-            continue
-        row = weight[v]
-        best = np.float32(-np.inf)
-        for t in range(tokens.shape[0]):
-            acc = np.float32(0.0)
-            for d in range(tokens.shape[1]):
-                acc += tokens[t, d] * row[d]
-            best = max(best, acc)
-        best += bias[v]
-        if best > 0:
-            terms[found] = v
-            logits[found] = best
-            found += 1
+    chunk = 1024
+    pooled = np.empty(chunk, np.float32)
+    for start in range(0, vocab, chunk):
+        width = min(chunk, vocab - start)
+        pooled[:width] = approx[0, start:start + width]
+        for t in range(1, n_tokens):
+            row = approx[t, start:start + width]
+            for i in range(width):
+                pooled[i] = max(pooled[i], row[i])
+        for i in range(width):
+            v = start + i
+            if pooled[i] + bias[v] + activation_error * error_factor[v] + norm * weight_error[v] + np.float32(1e-3) <= 0:
+                continue
+            row = weight[v]
+            best = np.float32(-np.inf)
+            for t in range(n_tokens):
+                acc = np.float32(0.0)
+                for d in range(tokens.shape[1]):
+                    acc += tokens[t, d] * row[d]
+                best = max(best, acc)
+            best += bias[v]
+            if best > 0:
+                terms[found] = v
+                logits[found] = best
+                found += 1
     return terms[:found].copy(), logits[:found].copy()
 
 

@@ -14,11 +14,12 @@ positions get a copy of the first token's state (so the max over tokens needs no
 the output projection's logits [batch, tokens, vocabulary]. The max over tokens (faster outside the graph than ONNX
 Runtime's ReduceMax over a middle axis), the bias and ``log(1 + relu(x))`` of the few positive ones follow in
 Numba; batches are capped at a few queries so the logits stay in cache. Both graphs are exported with eager
-attention and rewritten by ONNX Runtime's transformer fusions (attention, embedding layer norm). The int8 variant quantizes only the
-projection (per-channel 7-bit weights, which cannot saturate the int16 sums of AVX2 kernels; dynamic per-tensor
-activations): every term whose int8 logit is within a bound of the quantization error of 0 is rescored exactly in
-fp32, so it yields the fp32 vector (same terms, same weights up to float rounding) at the int8 cost. Dense graph: the transformer, the checkpoint's pooling and L2 normalisation; its
-int8 variant quantizes every MatMul with a constant weight but the feed-forward down-projections (per-channel).
+attention and rewritten by ONNX Runtime's transformer fusions (attention, embedding layer norm). The int8 variant
+quantizes only the projection (per-channel 7-bit weights, which cannot saturate the int16 sums of AVX2 kernels;
+dynamic per-tensor activations): every term whose int8 logit is within a bound of the quantization error of 0 is
+rescored exactly in fp32, so it yields the fp32 vector (same terms, same weights up to float rounding) at the int8
+cost. Dense graph: the transformer, the checkpoint's pooling and L2 normalisation; its int8 variant quantizes every
+MatMul with a constant weight but the feed-forward down-projections (per-channel).
 """
 
 from __future__ import annotations
@@ -485,7 +486,8 @@ def _pool_rescore(approx: np.ndarray, tokens: np.ndarray, weight: np.ndarray, bi
                 pooled[i] = max(pooled[i], row[i])
         for i in range(width):
             v = start + i
-            if pooled[i] + bias[v] + activation_error * error_factor[v] + norm * weight_error[v] + np.float32(1e-3) <= 0:
+            bound = activation_error * error_factor[v] + norm * weight_error[v] + np.float32(1e-3)
+            if pooled[i] + bias[v] + bound <= 0:
                 continue
             row = weight[v]
             best = np.float32(-np.inf)

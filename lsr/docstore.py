@@ -30,6 +30,7 @@ class DuplicateIdError(KeyError):
     """A document id that is already in the store."""
 
 
+_MMAP_BYTES = 1 << 40  # read-only connections map the whole file (SQLite caps it at the file's size)
 _LOW_SPACE = 1 << 20  # an SQLite I/O error with less free space than this is a full disk
 
 
@@ -86,7 +87,11 @@ class DocStore:
         return db
 
     def _connect_readonly(self) -> sqlite3.Connection:
-        return sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, check_same_thread=False)
+        """A read-only connection that reads pages through a memory map (no read() copy per page; the page cache
+        holds the file once for every connection and process)."""
+        db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, check_same_thread=False)
+        db.execute(f"PRAGMA mmap_size={_MMAP_BYTES}")
+        return db
 
     def _same_file(self) -> bool:
         try:
@@ -158,6 +163,16 @@ class DocStore:
         if row is None:
             raise KeyError(docno)
         return Document(id=row[0], title=row[1], text=row[2], metadata=json.loads(row[3]))
+
+    def get_many(self, docnos: list[int]) -> dict[int, Document]:
+        """Several documents by internal number in one query (numbers not stored are left out)."""
+        if not docnos:
+            return {}
+        marks = ",".join("?" * len(docnos))
+        rows = self._db.execute(f"SELECT docno, id, title, text, metadata FROM docs WHERE docno IN ({marks})",
+                                [int(d) for d in docnos])
+        return {docno: Document(id=doc_id, title=title, text=text, metadata=json.loads(metadata))
+                for docno, doc_id, title, text, metadata in rows}
 
     def docno(self, doc_id: str) -> int:
         """Internal number of an external id (KeyError if unknown)."""

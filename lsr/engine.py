@@ -341,6 +341,10 @@ class Engine(Searcher):
         """The stored document with internal number ``docno`` (a hit's ``docno``; KeyError if none)."""
         return self.docs.get(docno)
 
+    def stored_documents(self, docnos: list[int]) -> dict[int, Document]:
+        """Several stored documents by internal number, in one read: docno -> document (numbers not stored left out)."""
+        return self.docs.get_many(docnos)
+
     def query_tokens(self, text: str) -> dict[int, str]:
         """The query's own tokens under the sparse model's tokenizer (special tokens dropped): id -> token."""
         from lsr.explain import query_token_ids

@@ -110,6 +110,15 @@ class SegmentedDocStore:
             raise KeyError(docno) from None
         return self.stores[s].get(local)
 
+    def get_many(self, docnos: list[int]) -> dict[int, Document]:
+        """Several live documents by global number, one read per segment (other numbers are left out)."""
+        out = {}
+        stored = [d for d in docnos if self.index.is_live(int(d))]
+        for s, pairs in self._split(stored).items():
+            found = self.stores[s].get_many([local for _, local in pairs])
+            out.update({docno: found[local] for docno, local in pairs if local in found})
+        return out
+
     def headers(self, docnos: list[int]) -> dict[int, tuple[str, str]]:
         """(external id, title) of several documents."""
         out = {}

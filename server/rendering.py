@@ -43,6 +43,7 @@ def render_hits(engine: Engine, q: str, hits, opts: SearchOptions, sparse_vec,
     wants_doc = fields & {"snippet", "highlights", "text", "metadata"}
     own = engine.query_tokens(q) if fields & {"explain", "snippet", "highlights"} else None
     own_ids = None if own is None else set(own)
+    docs = engine.stored_documents([hit.docno for hit in hits]) if wants_doc else {}
     out = []
     for hit in hits:
         if cancellation is not None:
@@ -61,7 +62,7 @@ def render_hits(engine: Engine, q: str, hits, opts: SearchOptions, sparse_vec,
             if "explain" in fields:
                 row["explain"] = [t.to_dict() for t in terms[:EXPLAIN_TERMS]]
         if wants_doc:
-            doc = engine.stored_document(hit.docno)
+            doc = docs[hit.docno]
             if "text" in fields:
                 row["text"] = doc.text
             if "metadata" in fields:

@@ -6,8 +6,8 @@ from typing import Annotated, Optional
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
-from pydantic import ValidationError
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ValidationError
 
 from lsr.engine import DEFAULT_RETRIEVER, MODES, RETRIEVER_HELP
 from lsr.fusion import MAX_DEPTH
@@ -24,13 +24,15 @@ State = Annotated[ServerState, Depends(get_state)]
 
 
 # ---------------------------------------------------------------------- access
-def read_access(request: Request, state: State, _b: BearerScheme = None, _k: ApiKeyScheme = None) -> ServerState:
+# Dependencies are ``async def``: FastAPI runs a plain ``def`` dependency on a thread of its pool, a thread hop per
+# request for a few attribute reads.
+async def read_access(request: Request, state: State, _b: BearerScheme = None, _k: ApiKeyScheme = None) -> ServerState:
     """Reads are open unless the server has a read key; then the read key or the write key (401 otherwise)."""
     state.keys.authorize_read(request)
     return state
 
 
-def require_write_key(request: Request, state: State, _b: BearerScheme = None, _k: ApiKeyScheme = None) -> ServerState:
+async def require_write_key(request: Request, state: State, _b: BearerScheme = None, _k: ApiKeyScheme = None) -> ServerState:
     """Writes need the write key: 403 on a read-only server (none configured), 401 for a missing or wrong key."""
     state.keys.authorize_write(request)
     return state
@@ -50,8 +52,14 @@ async def ready_state(state: Annotated[ServerState, Depends(read_access)]) -> Se
     return state
 
 
-def writable_state(state: Annotated[ServerState, Depends(require_write_key)]) -> ServerState:
+async def writable_state(state: Annotated[ServerState, Depends(require_write_key)]) -> ServerState:
     return _loaded(state)
+
+
+def _json(response: BaseModel) -> Response:
+    """A response model serialized once, by pydantic (returned as is, FastAPI would validate it again and then
+    serialize it through ``jsonable_encoder`` and ``json.dumps``); its route's ``response_model`` still documents it."""
+    return Response(response.model_dump_json(exclude_none=True), media_type="application/json")
 
 
 Ready = Annotated[ServerState, Depends(ready_state)]
@@ -110,20 +118,20 @@ async def search_get(
                              fields=[f.strip() for f in fields.split(",") if f.strip()] if fields else None)
     except ValidationError as err:
         raise RequestValidationError(err.errors()) from None
-    return await state.limits.bounded(operations.search(state, q, opts))
+    return _json(await state.limits.bounded(operations.search(state, q, opts)))
 
 
 @router.post("/search", response_model=SearchResponse, response_model_exclude_none=True, responses=_ERRORS)
 async def search_post(body: SearchRequest, state: Ready):
     """Search with a JSON body: the GET parameters plus ``explain``, ``fields``, ``filter`` and mode ``params``."""
-    return await state.limits.bounded(operations.search(state, body.q, body))
+    return _json(await state.limits.bounded(operations.search(state, body.q, body)))
 
 
 @router.post("/search/batch", response_model=BatchSearchResponse, response_model_exclude_none=True,
              responses=_ERRORS)
 async def search_batch(body: BatchSearchRequest, state: Ready):
     """Several queries with shared options, encoded and searched together."""
-    return await state.limits.bounded(operations.search_batch(state, body))
+    return _json(await state.limits.bounded(operations.search_batch(state, body)))
 
 
 @router.get("/documents/{doc_id:path}", response_model=DocumentResponse, response_model_exclude_none=True,

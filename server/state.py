@@ -247,7 +247,7 @@ class ServerState:
         )
 
 
-def get_state(request: Request) -> ServerState:
+async def get_state(request: Request) -> ServerState:
     """The app's shared state (a FastAPI dependency)."""
     return request.app.state.lsr
 

@@ -106,6 +106,15 @@ def test_deleted_and_updated_documents(live):
         engine.document("module:" + "no-such-module")
 
 
+def test_stored_documents_read_across_segments_like_one_by_one(live):
+    _, engine, _ = live
+    docnos = [h.docno for h in engine.search(QUERIES[0], k=1000, retriever="sparse")] + [10 ** 9]
+    docs = engine.stored_documents(docnos)
+    assert len({engine.index.locate(d)[0] for d in docnos[:-1]}) > 1  # the hits span segments
+    assert set(docs) == set(docnos[:-1])  # a number that is not stored is left out
+    assert all(docs[d] == engine.stored_document(d) for d in docnos[:-1])
+
+
 def test_errors_leave_the_commit_unchanged(live, module_docs):
     _, engine, _ = live
     index_dir = engine.index_dir

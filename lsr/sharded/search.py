@@ -412,6 +412,16 @@ class ShardedDocs:
         except KeyError:
             raise KeyError(docno) from None
 
+    def get_many(self, docnos: list[int]) -> dict[int, Document]:
+        """Several documents (a hit list: one round trip per shard, see :meth:`bundle`); unknown numbers left out."""
+        out = {}
+        for docno in docnos:
+            try:
+                out[int(docno)] = self.bundle(docno)[0]
+            except KeyError:
+                continue
+        return out
+
     def docno(self, doc_id: str) -> int:
         return ray_get(self._shards.actors[shard_of(doc_id, self.num_shards)].lookup.remote(doc_id))
 

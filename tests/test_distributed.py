@@ -26,7 +26,8 @@ from lsr.protocols import DenseSide, DocumentSource, IndexParts, SparseSide  # n
 from lsr.sharded.build import build_sharded  # noqa: E402
 from lsr.sharded.ray_runtime import init_ray  # noqa: E402
 from lsr.sharded.search import ShardSet  # noqa: E402
-from lsr.sharded.layout import ReadOnlyIndexError, is_sharded, read_sharded_manifest, shard_of  # noqa: E402
+from lsr.sharded.layout import (ReadOnlyIndexError, index_size_bytes, is_sharded, read_sharded_manifest,  # noqa: E402
+                                shard_of)
 from tests.conftest import write_jsonl  # noqa: E402
 
 QUERIES = ["parse command line arguments", "compress files with gzip", "regular expression matching",
@@ -230,8 +231,11 @@ BM25_QUERIES = QUERIES + ["the module's functions", "command-line options parser
 def test_bm25_collection_statistics(sharded, single):
     """Every shard's field has the collection's avgdl and vocabulary; document frequencies add up to a single
     index's, so idf agrees word by word."""
-    entry = read_sharded_manifest(sharded.index_dir)["bm25"]
+    manifest = read_sharded_manifest(sharded.index_dir)
+    entry = manifest["bm25"]
     field, expected = sharded.parts.bm25, single.parts.bm25
+    for shard in manifest["shards"]:  # a shard's recorded size counts its BM25 field too
+        assert shard["size_bytes"] == index_size_bytes(sharded.index_dir / shard["dir"])
     assert entry["avgdl"] == field.avgdl == expected.avgdl and entry["num_docs"] == single.index.num_docs
     assert entry["num_postings"] == expected.index.num_postings
     assert sorted(field.vocab) == sorted(expected.vocab) and len(field.vocab) == entry["vocab_size"]

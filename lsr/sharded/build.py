@@ -46,8 +46,8 @@ from lsr.bm25_field import BM25_DIR, Bm25Settings, collection_vocab, field_dir, 
 from lsr.pipeline import (DOCSTORE_FILE, BuildSettings, CorpusSource, Source, Window, WindowIndexer, add_optional_parts,
                           add_structures_in, analyze_bm25_in, encode_documents, progress_bar, take_rows, write_bm25_in)
 from lsr.sharded.layout import (
-    IMPACT_LEVELS, ORDINALS_ARRAY, ROUTING, SHARDED_FORMAT, SHARDED_FORMAT_VERSION, SHARDS_FILE, shard_dir_name,
-    shard_of,
+    IMPACT_LEVELS, ORDINALS_ARRAY, ROUTING, SHARDED_FORMAT, SHARDED_FORMAT_VERSION, SHARDS_FILE, index_size_bytes,
+    shard_dir_name, shard_of,
 )
 from lsr.sharded.ray_runtime import actor_class, init_ray, kill_actors, ray_get, ray_module
 from lsr.vectors import is_vector_file
@@ -167,7 +167,7 @@ class _ShardBuilder:
         return {
             "dir": self.dir.name, "documents": manifest["num_docs"], "postings": manifest["num_postings"],
             "dropped_postings": manifest["dropped_postings"], "max_weight": manifest["quantization"]["max_weight"],
-            "size_bytes": sum(f.stat().st_size for f in self.dir.iterdir() if f.is_file()),
+            "size_bytes": index_size_bytes(self.dir),
             "structures": manifest.get("structures", {}), "reorder": manifest.get("reorder"),
             "dense": manifest.get("dense"),
             "bm25": field and {"postings": field["num_postings"], "vocab_size": field["vocab_size"],

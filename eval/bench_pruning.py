@@ -256,7 +256,7 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
                              "pyseismic-lsr gets the same total budget.")
     parser.add_argument("--bmp-grid", default="0.95:1,0.9:1,0.8:1,1:0.7,0.95:0.7,0.9:0.7,1:0.5,0.9:0.5",
                         help="alpha:beta settings of bmp-approx and of the bmp package's approximate runs.")
-    parser.add_argument("--seismic-grid", default="3:0.8,5:0.8,8:0.8,10:0.8,12:0.8,8:0.9,10:0.9,8:1,10:1",
+    parser.add_argument("--seismic-grid", default="5:0.6,8:0.6,10:0.6,12:0.6,8:0.7,10:0.7,8:0.8,10:0.8,8:0.9,10:0.9,8:1",
                         help="query_cut:heap_factor settings of our seismic mode and of pyseismic-lsr.")
 
 

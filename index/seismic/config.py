@@ -26,9 +26,12 @@ BUILD_DEFAULTS = {
     "doc_cut": 15,
     "seed": 0,
 }
-# query_cut 10 (was 8): +0.006-0.014 Recall@10 on ~44-term queries at a few more lists visited; heap_factor 0.8
-# kept (0.9 lost ~0.04). eval/results/scale-200k-notes.md.
-SEARCH_DEFAULTS = {"query_cut": 10, "heap_factor": 0.8}
+# query_cut 10 (was 8): +0.006-0.014 Recall@10 on ~44-term queries at a few more lists visited. heap_factor 0.6
+# (was 0.8): summaries capped at 128 terms underestimate a block's best score more, and at 0.8 Recall@10 was 0.907
+# on 200k msmarco-shaped documents and 0.885 on wn-gcide; 0.6 gives 0.977 (0.59 ms) and 0.953, and beats a larger
+# summary cap at equal recall (cap 256, heap_factor 0.7: 0.975 at 0.65 ms, 1.5x the summary bytes).
+# eval/results/scale-200k-notes.md.
+SEARCH_DEFAULTS = {"query_cut": 10, "heap_factor": 0.6}
 PRUNING = ("fixed", "global")
 
 

@@ -398,7 +398,9 @@ class BmpIndex:
                      _readonly(np.empty((0, 0, 2), np.uint64)))
             postings = (empty_i64, _readonly(np.empty(0, np.uint32)), empty_imp)
             if code == 1:
-                postings = tuple(index.array(n) for n in ("postings_offsets", "postings_docs", "postings_impacts"))
+                # this layout binary-searches full doc ids: 16-bit ones are decoded into memory here
+                postings = (index.array("postings_offsets"), _readonly(index.postings_docs()),
+                            index.array("postings_impacts"))
         forward = tuple(index.array(n) for n in ("forward_offsets", "forward_terms", "forward_impacts"))
         if "bmp_term_parts" in arrays:
             parts = arrays["bmp_term_parts"]
@@ -427,7 +429,7 @@ class BmpIndex:
         num_docs, vocab = index.num_docs, index.vocab_size
         num_blocks = max(1, -(-num_docs // block_size))
         offsets = np.ascontiguousarray(index.array("postings_offsets"))
-        docs = index.array("postings_docs")
+        docs = index.postings_docs()
         impacts = index.array("postings_impacts")
         imp_dtype = impacts.dtype
 

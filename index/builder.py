@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 from numba import njit
 
+from .docids import PART_BITS, log_runs, runs_from_log
 from .storage import FORMAT_NAME, FORMAT_VERSION, MANIFEST, array_entry, term_dtype, write_array, write_manifest
 
 _IMPACT_DTYPES = {8: np.uint8, 16: np.uint16}
@@ -49,11 +50,12 @@ def _canonicalize(indptr, terms, weights):
 
 @njit(cache=True, nogil=True)
 def _scatter(docs, terms, impacts, cursor, post_docs, post_impacts, term_max, doc_counts):
-    """Append each posting to its term's slot at ``cursor[term]``; tally term maxima and doc sizes."""
+    """Append each posting to its term's slot at ``cursor[term]`` (the id's low 16 bits: :mod:`index.docids`);
+    tally term maxima and doc sizes."""
     for i in range(docs.shape[0]):
         t = terms[i]
         pos = cursor[t]
-        post_docs[pos] = docs[i]
+        post_docs[pos] = docs[i] & 0xFFFF
         post_impacts[pos] = impacts[i]
         cursor[t] = pos + 1
         if impacts[i] > term_max[t]:
@@ -288,7 +290,7 @@ class IndexBuilder:
             return arr
 
         out = {
-            "postings_docs": create("postings_docs", np.uint32, num_postings),
+            "postings_docs": create("postings_docs", np.uint16, num_postings),
             "postings_impacts": create("postings_impacts", dtype, num_postings),
             "forward_offsets": create("forward_offsets", np.int64, self._num_docs + 1),
             "forward_terms": create("forward_terms", term_dtype(self.vocab_size), num_postings),
@@ -297,8 +299,14 @@ class IndexBuilder:
         out["forward_offsets"][:] = 0
         term_max = np.zeros(self.vocab_size, dtype)
         cursor = postings_offsets[:-1].copy()
+        run_cursor, last_high = postings_offsets[:-1].copy(), np.full(self.vocab_size, -1, np.int64)
+        run_log = []
         pos = 0
         for docs, terms, impacts in self._read_chunks(scale, dtype):
+            spanned = (int(docs[-1]) >> PART_BITS) - (int(docs[0]) >> PART_BITS) + 1 if docs.size else 0
+            logged = [np.empty(min(docs.size, self.vocab_size * spanned), np.int64) for _ in range(3)]
+            n = log_runs(docs, terms, run_cursor, postings_offsets, last_high, *logged)
+            run_log.append([a[:n].copy() for a in logged])
             _scatter(docs, terms, impacts, cursor, out["postings_docs"], out["postings_impacts"],
                      term_max, out["forward_offsets"])
             out["forward_terms"][pos:pos + docs.size] = terms
@@ -313,6 +321,9 @@ class IndexBuilder:
             "postings_offsets": write_array(self.out_dir, "postings_offsets", postings_offsets),
             "term_max_impact": write_array(self.out_dir, "term_max_impact", term_max),
         }
+        logged = [np.concatenate([run[i] for run in run_log] or [np.empty(0, np.int64)]) for i in range(3)]
+        for name, arr in runs_from_log(*logged, np.asarray(term_counts)).items():
+            arrays[name] = write_array(self.out_dir, name, arr)
         for name, arr in out.items():
             arr.flush()
             arrays[name] = array_entry(self.out_dir, name, arr)

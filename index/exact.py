@@ -10,6 +10,7 @@ import numpy as np
 from numba import njit
 
 from .batch import QueryRunner, Result
+from .docids import PART_BITS
 from .topk import heap_offer, heap_sort
 
 MODES = ("exact",)
@@ -19,9 +20,11 @@ _TOUCHED_FRACTION = 32
 
 
 @njit(cache=True, nogil=True)
-def exact_top_k(offsets, docs, impacts, qterms, qweights, k, acc, touched, top_scores, top_docs):
+def exact_top_k(offsets, run_offsets, run_high, run_ends, docs, impacts, qterms, qweights, k, acc, touched,
+                top_scores, top_docs):
     """Exact top-k of one quantized query into ``top_*[:n]`` (sorted); return n (an :mod:`index.batch` kernel).
 
+    A list's doc ids are read run by run: ``(high << 16) + docs[p]`` (:mod:`index.docids`).
     Scratch: ``acc`` (int32 per doc, zero on entry, left zero) and ``touched`` (uint32 per doc)."""
     work = 0
     for i in range(qterms.shape[0]):
@@ -31,12 +34,18 @@ def exact_top_k(offsets, docs, impacts, qterms, qweights, k, acc, touched, top_s
         n_touched = 0
         for i in range(qterms.shape[0]):
             w = qweights[i]
-            for p in range(offsets[qterms[i]], offsets[qterms[i] + 1]):
-                d = docs[p]
-                if acc[d] == 0:
-                    touched[n_touched] = d
-                    n_touched += 1
-                acc[d] += w * np.int32(impacts[p])
+            t = qterms[i]
+            p = offsets[t]
+            for r in range(run_offsets[t], run_offsets[t + 1]):
+                base = np.int64(run_high[r]) << PART_BITS
+                end = offsets[t] + np.int64(run_ends[r])
+                while p < end:
+                    d = base + np.int64(docs[p])
+                    if acc[d] == 0:
+                        touched[n_touched] = d
+                        n_touched += 1
+                    acc[d] += w * np.int32(impacts[p])
+                    p += 1
         for j in range(n_touched):
             d = touched[j]
             size = heap_offer(top_scores, top_docs, size, k, acc[d], d)
@@ -44,8 +53,13 @@ def exact_top_k(offsets, docs, impacts, qterms, qweights, k, acc, touched, top_s
     else:
         for i in range(qterms.shape[0]):
             w = qweights[i]
-            for p in range(offsets[qterms[i]], offsets[qterms[i] + 1]):
-                acc[docs[p]] += w * np.int32(impacts[p])
+            t = qterms[i]
+            start = offsets[t]
+            for r in range(run_offsets[t], run_offsets[t + 1]):
+                base = np.int64(run_high[r]) << PART_BITS
+                lo = start if r == run_offsets[t] else offsets[t] + np.int64(run_ends[r - 1])
+                for p in range(lo, offsets[t] + np.int64(run_ends[r])):
+                    acc[base + np.int64(docs[p])] += w * np.int32(impacts[p])
         # Docs arrive in id order, so once the heap is full only a strictly higher score than
         # the root can enter (an equal score loses the tie to the root's lower doc id).
         threshold = 0
@@ -69,7 +83,8 @@ class ExactSearch:
         num_docs = int(index.num_docs)
         self._runner = QueryRunner(
             exact_top_k,
-            (index.array("postings_offsets"), index.array("postings_docs"), index.array("postings_impacts")),
+            (index.array("postings_offsets"), *index.postings_runs(), index.array("postings_docs"),
+             index.array("postings_impacts")),
             ((num_docs, np.int32), (num_docs, np.uint32)), num_docs)
 
     @staticmethod

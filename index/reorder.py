@@ -29,6 +29,7 @@ import numba
 import numpy as np
 from numba import njit, prange
 
+from .docids import split_doc_ids
 from .parallel import numba_threads
 from .params import check_int
 from .storage import open_array, read_manifest, write_array, write_manifest
@@ -265,10 +266,12 @@ def reorder_index(index_dir: Path, method: str = "bp", **params) -> np.ndarray:
     }
     _permute_forward(perm, f_off, f_terms, f_imps, new["forward_offsets"], new["forward_terms"], new["forward_impacts"])
     p_off = np.ascontiguousarray(arrays["postings_offsets"])
-    new["postings_docs"] = np.empty(arrays["postings_docs"].shape, np.uint32)
+    docs = np.empty(arrays["postings_docs"].shape, np.uint32)
     new["postings_impacts"] = np.empty(arrays["postings_impacts"].shape, arrays["postings_impacts"].dtype)
     _invert_forward(new["forward_offsets"], new["forward_terms"], new["forward_impacts"], p_off,
-                    new["postings_docs"], new["postings_impacts"])
+                    docs, new["postings_impacts"])
+    new.update(split_doc_ids(p_off, docs))  # 16-bit doc ids, whatever the index stored before
+    del docs
     if "doc_original" in manifest["arrays"]:
         original = np.asarray(open_array(index_dir, manifest, "doc_original"))[perm]
     else:

@@ -17,6 +17,7 @@ from numba import njit
 
 from .batch import check_threads
 from .bsearch import lower_bound
+from .docids import RUN_ARRAYS, join_doc_ids, plain_runs
 from .exact import ExactSearch
 from .storage import IndexFormatError, check_checksums, open_array, read_manifest, verify_index
 from .structures import load_structure, structure_for_mode
@@ -120,6 +121,10 @@ class InvertedIndex:
         self.num_postings = int(manifest["num_postings"])
         self.scale = float(manifest["quantization"]["scale"])
         self._arrays = arrays
+        if arrays["postings_docs"].dtype == np.uint16:
+            self._runs = tuple(arrays[name] for name in RUN_ARRAYS)
+        else:  # format version 2 and older: full uint32 ids, one run per list
+            self._runs = plain_runs(arrays["postings_offsets"])
         self._max_level = int(np.iinfo(arrays["postings_impacts"].dtype).max)
         self._exact = ExactSearch(self)
         self._structures: dict[str, object] = {}
@@ -143,6 +148,17 @@ class InvertedIndex:
     def array(self, name: str) -> np.ndarray:
         """A named index array (memory-mapped, read-only)."""
         return self._arrays[name]
+
+    def postings_runs(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(run offsets [V + 1], high halves, run ends): how ``postings_docs`` holds ids (:mod:`index.docids`)."""
+        return self._runs
+
+    def postings_docs(self) -> np.ndarray:
+        """Full uint32 doc id of every posting (decoded into memory when the index stores 16-bit halves)."""
+        docs = self._arrays["postings_docs"]
+        if docs.dtype == np.uint32:
+            return docs
+        return join_doc_ids(self._arrays["postings_offsets"], docs, self._runs)
 
     def _quantize(self, term_ids: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
         """Drop term ids outside the vocabulary, then :func:`quantize_query`."""
@@ -236,6 +252,14 @@ def _check_shapes(index_dir: Path, manifest: dict, arrays: dict[str, np.ndarray]
         "forward_impacts": manifest["num_postings"],
         "term_max_impact": manifest["vocab_size"],
     }
+    docs = arrays.get("postings_docs")
+    if docs is not None and docs.dtype == np.uint16:
+        if not all(name in arrays for name in RUN_ARRAYS):
+            raise IndexFormatError(f"{index_dir}/postings_docs.npy: uint16 doc ids need {', '.join(RUN_ARRAYS)}")
+        expected["postings_run_offsets"] = manifest["vocab_size"] + 1
+        expected["postings_run_ends"] = arrays["postings_run_high"].shape[0]
+    elif docs is not None and docs.dtype != np.uint32:
+        raise IndexFormatError(f"{index_dir}/postings_docs.npy: unsupported doc id dtype {docs.dtype}")
     for name, length in expected.items():
         if name not in arrays or arrays[name].shape != (length,):
             raise IndexFormatError(f"{index_dir / name}.npy: missing or not of length {length}")
@@ -249,3 +273,7 @@ def _check_shapes(index_dir: Path, manifest: dict, arrays: dict[str, np.ndarray]
         offsets = arrays[name]
         if offsets[0] != 0 or offsets[-1] != manifest["num_postings"]:
             raise IndexFormatError(f"{index_dir / name}.npy: offsets must run from 0 to num_postings")
+    if "postings_run_offsets" in expected:
+        runs = arrays["postings_run_offsets"]
+        if runs[0] != 0 or runs[-1] != arrays["postings_run_high"].shape[0]:
+            raise IndexFormatError(f"{index_dir}/postings_run_offsets.npy: offsets must run from 0 to the runs")

@@ -23,11 +23,15 @@ from pathlib import Path
 import numpy as np
 from numba import njit
 
+from .docids import RUN_ARRAYS, join_doc_ids
+
 FORMAT_NAME = "lsr-index"
 # 2: uint16 forward term ids when the vocabulary fits, block-major capped Seismic summaries, BMP forward layout.
 # Version 1 indexes open (uint32 term ids, bitmap/postings BMP); their Seismic structure must be rebuilt.
-FORMAT_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+# 3: posting-list doc ids in 16 bits (uint16 low halves + runs of each high half: index.docids).
+# Versions 1 and 2 store uint32 doc ids, which every reader still takes.
+FORMAT_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
 MANIFEST = "manifest.json"
 _HASH_CHUNK = 1 << 20
 
@@ -305,7 +309,7 @@ def read_manifest(index_dir: Path) -> dict:
     version = manifest.get("format_version")
     if version not in READABLE_VERSIONS:
         raise IndexFormatError(
-            f"{path}: index format version {version!r}, this code reads version {FORMAT_VERSION} (and the older 1)"
+            f"{path}: index format version {version!r}, this code reads version {FORMAT_VERSION} (and the older 1 and 2)"
         )
     if not isinstance(manifest.get("arrays"), dict):
         raise IndexFormatError(f"{path}: manifest has no 'arrays' table")
@@ -400,13 +404,54 @@ def _check_offsets(name: str, offsets: np.ndarray, length: int, total: int) -> l
     return problems
 
 
+def _check_runs(arrays: dict[str, np.ndarray], vocab_size: int) -> list[str]:
+    """Problems of the runs of 16-bit posting doc ids (:mod:`index.docids`)."""
+    if not all(name in arrays for name in RUN_ARRAYS):
+        return [f"postings_docs.npy: uint16 doc ids need the arrays {', '.join(RUN_ARRAYS)}"]
+    run_offsets, high, ends = (np.ascontiguousarray(arrays[name]) for name in RUN_ARRAYS)
+    problems = _check_offsets("postings_run_offsets.npy", run_offsets, vocab_size, high.shape[0])
+    if ends.shape != high.shape:
+        problems.append(f"postings_run_ends.npy: shape {ends.shape} differs from postings_run_high.npy {high.shape}")
+    if problems:
+        return problems
+    lengths = np.diff(np.asarray(arrays["postings_offsets"], np.int64))
+    bad = _bad_runs(run_offsets, high, ends, lengths)
+    return [f"postings_run_*.npy: {bad} terms whose runs do not cover their list in increasing order"] if bad else []
+
+
+@njit(cache=True, nogil=True)
+def _bad_runs(run_offsets, high, ends, lengths):
+    bad = 0
+    for t in range(lengths.shape[0]):
+        a, b = run_offsets[t], run_offsets[t + 1]
+        ok = (b > a and np.int64(ends[b - 1]) == lengths[t]) or (b == a and lengths[t] == 0)
+        for r in range(a + 1, b):
+            if high[r] <= high[r - 1] or ends[r] <= ends[r - 1]:
+                ok = False
+        if b > a and ends[a] == 0:
+            ok = False
+        if not ok:
+            bad += 1
+    return bad
+
+
 def _check_structure(arrays: dict[str, np.ndarray], num_docs: int, vocab_size: int) -> list[str]:
     problems = []
-    for prefix, lists, values, upper in (
-        ("postings", vocab_size, "postings_docs", num_docs),
-        ("forward", num_docs, "forward_terms", vocab_size),
+    doc_ids = arrays["postings_docs"]
+    if doc_ids.dtype == np.uint16:
+        offsets = np.ascontiguousarray(arrays["postings_offsets"])
+        found = _check_offsets("postings_offsets.npy", offsets, vocab_size, doc_ids.shape[0])
+        found = found or _check_runs(arrays, vocab_size)
+        if found:
+            return found
+        doc_ids = join_doc_ids(arrays["postings_offsets"], doc_ids, tuple(arrays[name] for name in RUN_ARRAYS))
+    elif doc_ids.dtype != np.uint32:
+        return [f"postings_docs.npy: doc id dtype {doc_ids.dtype} is neither uint16 nor uint32"]
+    for prefix, lists, values, ids, upper in (
+        ("postings", vocab_size, "postings_docs", doc_ids, num_docs),
+        ("forward", num_docs, "forward_terms", arrays["forward_terms"], vocab_size),
     ):
-        ids, impacts = arrays[values], arrays[f"{prefix}_impacts"]
+        impacts = arrays[f"{prefix}_impacts"]
         if impacts.shape != ids.shape:
             problems.append(f"{prefix}_impacts.npy: shape {impacts.shape} differs from {values}.npy {ids.shape}")
         offsets = np.ascontiguousarray(arrays[f"{prefix}_offsets"])

@@ -481,7 +481,7 @@ def test_future_format_version(file, kind, live, new_docs, tmp_path):
     original = path.read_bytes()
     path.write_text(json.dumps(dict(json.loads(original), format_version=99)), encoding="utf-8")
     future = path.read_bytes()
-    message = f"{path}: {kind} format version 99, this code reads version " + ("2 (and the older 1)" if kind == "index" else "1")
+    message = f"{path}: {kind} format version 99, this code reads version " + ("3 (and the older 1 and 2)" if kind == "index" else "1")
     with pytest.raises(IndexFormatError) as err:
         Engine.open(index_dir)
     assert str(err.value) == message

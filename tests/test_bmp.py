@@ -17,6 +17,7 @@ import pytest
 
 from lsr.index import IndexBuilder, InvertedIndex, verify_index
 from lsr.index.bmp import _bound_terms
+from lsr.index.docids import RUN_ARRAYS
 from lsr.index.reorder import reorder_index
 from lsr.index.storage import read_manifest, write_array, write_manifest
 from lsr.index.structures import add_structure
@@ -149,10 +150,13 @@ def test_sixteen_bit_impacts_and_large_blocks(tmp_path, queries):
 
 
 def _as_version_1(index_dir: Path) -> None:
-    """Rewrite an index as format version 1 wrote it: uint32 forward term ids."""
-    manifest = read_manifest(index_dir)
+    """Rewrite an index as format version 1 wrote it: uint32 forward term ids and posting doc ids."""
+    manifest, docs = read_manifest(index_dir), InvertedIndex.open(index_dir).postings_docs()
     terms = np.load(index_dir / "forward_terms.npy").astype(np.uint32)
     manifest["arrays"]["forward_terms"] = write_array(index_dir, "forward_terms", terms)
+    manifest["arrays"]["postings_docs"] = write_array(index_dir, "postings_docs", docs)
+    for name in RUN_ARRAYS:
+        (index_dir / manifest["arrays"].pop(name)["file"]).unlink()
     manifest["format_version"] = 1
     write_manifest(index_dir, manifest)
 
@@ -196,7 +200,7 @@ def test_forward_term_ids_narrow_and_legacy_wide(base, queries, exact, tmp_path)
     narrow = with_bmp(base, tmp_path / "narrow", block_size=16)
     add_structure(narrow, "seismic", n_postings=300)
     narrow, index = InvertedIndex.open(tmp_path / "narrow"), InvertedIndex.open(wide)
-    assert index.array("forward_terms").dtype == np.uint32
+    assert index.array("forward_terms").dtype == index.array("postings_docs").dtype == np.uint32
     for (terms, weights), want in zip(queries, exact[10]):
         assert_same(index.search(terms, weights, k=10, mode="bmp"), want)
         assert_same(index.search(terms, weights, k=10, mode="seismic"),
@@ -383,7 +387,7 @@ def test_bp_groups_topics(tmp_path):
     def log_gaps(path):
         index = InvertedIndex.open(path)
         offsets = np.asarray(index.array("postings_offsets"))
-        docs = np.asarray(index.array("postings_docs")).astype(np.int64)
+        docs = np.asarray(index.postings_docs()).astype(np.int64)
         gaps = np.diff(docs, prepend=-1)
         gaps[offsets[:-1][offsets[:-1] < docs.size]] = docs[offsets[:-1][offsets[:-1] < docs.size]] + 1
         return float(np.log2(gaps).mean())

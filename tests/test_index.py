@@ -137,7 +137,7 @@ def test_manifest_and_arrays_match_reference(built, index):
     csc = mat.tocsc()
     csc.sort_indices()
     np.testing.assert_array_equal(index.array("postings_offsets"), csc.indptr)
-    np.testing.assert_array_equal(index.array("postings_docs"), csc.indices)
+    np.testing.assert_array_equal(index.postings_docs(), csc.indices)
     np.testing.assert_array_equal(index.array("postings_impacts"), csc.data)
     np.testing.assert_array_equal(index.array("term_max_impact"), mat.max(axis=0).toarray().ravel())
     assert index.array("postings_impacts").dtype == np.uint8
@@ -335,7 +335,7 @@ def test_no_dropped_postings(tmp_path):
     assert dropped == 0 and manifest["dropped_postings"] == 0 and manifest["num_postings"] == mat.nnz
     index = InvertedIndex.open(tmp_path, verify=True)
     np.testing.assert_array_equal(index.array("forward_impacts"), mat.data)
-    np.testing.assert_array_equal(index.array("postings_docs"), mat.tocsc().indices)
+    np.testing.assert_array_equal(index.postings_docs(), mat.tocsc().indices)
 
 
 def test_invalid_search_arguments(index):
@@ -437,3 +437,59 @@ def test_add_rejects_invalid_input(tmp_path, indptr, terms, weights):
     with pytest.raises(ValueError):
         builder.add(np.array(indptr), np.array(terms), np.array(weights, np.float32))
     assert builder.num_docs == 0
+
+
+def test_doc_ids_over_16_bits(tmp_path):
+    """Over 65,536 documents a list's 16-bit ids come in runs of high halves: the builder (chunk by chunk) and
+    the reordering's splitting write the same runs, ids decode to the CSC's, exact search equals brute force on
+    both of its paths (few and many postings), and the same index with uint32 ids (format 2) answers the same."""
+    from lsr.index.docids import RUN_ARRAYS, split_doc_ids
+    from lsr.index.storage import read_manifest, write_array, write_manifest
+
+    rng = np.random.default_rng(11)
+    n_docs = 3 * 65536 + 123
+    lengths = rng.integers(0, 4, n_docs)
+    indptr = np.zeros(n_docs + 1, np.int64)
+    np.cumsum(lengths, out=indptr[1:])
+    terms = (rng.zipf(1.3, indptr[-1]) % USED_TERMS).astype(np.int64)  # a few terms in most documents
+    weights = rng.exponential(1.0, indptr[-1]).astype(np.float32) + 0.01
+    build(tmp_path / "big", indptr, terms, weights, batch=50_000, chunk_postings=40_000)
+    index = InvertedIndex.open(tmp_path / "big", verify=True)
+    mat, _, _ = expected_impacts(indptr, terms, weights, bits=8)
+    csc = mat.tocsc()
+    assert index.array("postings_docs").dtype == np.uint16
+    np.testing.assert_array_equal(index.postings_docs(), csc.indices)
+    run_offsets, high, _ = index.postings_runs()
+    assert np.diff(run_offsets).max() == 4 and set(np.unique(high)) == {0, 1, 2, 3}
+    split = split_doc_ids(index.array("postings_offsets"), index.postings_docs())
+    for name, arr in split.items():
+        np.testing.assert_array_equal(index.array(name), arr, err_msg=name)
+
+    def check(idx):
+        for n_terms in (1, 3, 40):  # the touched-documents path and the full-accumulator path
+            for _ in range(5):
+                qterms = np.unique(rng.choice(USED_TERMS // 4, n_terms, replace=False)).astype(np.uint32)
+                qweights = rng.integers(1, 1000, qterms.size).astype(np.int32)
+                want = brute_force(mat, qterms, qweights, 50)
+                got = idx.search_quantized(qterms, qweights, k=50)
+                np.testing.assert_array_equal(got[0], want[0])
+                np.testing.assert_array_equal(got[1], want[1])
+
+    check(index)
+    bad = tmp_path / "bad"
+    shutil.copytree(tmp_path / "big", bad)
+    high = np.load(bad / "postings_run_high.npy")
+    high[run_offsets[np.argmax(np.diff(run_offsets))]] = 3  # a term's first run claims the last high half
+    np.save(bad / "postings_run_high.npy", high)
+    assert any("postings_run_high.npy" in p and "sha256" in p for p in verify_index(bad))
+    assert any("postings_run_*.npy: 1 terms" in p for p in verify_index(bad))
+    manifest = read_manifest(tmp_path / "big")  # format 2 stored full uint32 ids and no runs
+    manifest["arrays"]["postings_docs"] = write_array(tmp_path / "big", "postings_docs", index.postings_docs())
+    for name in RUN_ARRAYS:
+        (tmp_path / "big" / manifest["arrays"].pop(name)["file"]).unlink()
+    manifest["format_version"] = 2
+    write_manifest(tmp_path / "big", manifest)
+    assert verify_index(tmp_path / "big") == []
+    wide = InvertedIndex.open(tmp_path / "big")
+    assert wide.array("postings_docs").dtype == np.uint32
+    check(wide)

@@ -44,7 +44,7 @@ def block_lists(index, keep: np.ndarray, config: BuildConfig) -> tuple[np.ndarra
     """Block the pruned lists: (list_blocks int64[V+1] block range of each term, block_offsets int64[B+1] range
     of each block in docs, docs uint32: the kept postings' documents, block by block)."""
     p_off = np.ascontiguousarray(index.array("postings_offsets"))
-    p_docs, p_imp = index.array("postings_docs"), index.array("postings_impacts")
+    p_docs, p_imp = index.postings_docs(), index.array("postings_impacts")
     f_off, f_terms, f_imp = (index.array(n) for n in ("forward_offsets", "forward_terms", "forward_impacts"))
     num_docs, vocab = int(index.num_docs), int(index.vocab_size)
     doc_start = np.zeros(vocab + 1, np.int64)

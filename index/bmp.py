@@ -59,6 +59,7 @@ from numba import njit, prange
 
 from .batch import QueryRunner
 from .bsearch import lower_bound
+from .docids import PART_BITS
 from .params import check_int, check_number
 from .storage import IndexFormatError, open_array, read_manifest, write_array
 from .topk import heap_offer, heap_replace_top, heap_sort, heapify
@@ -83,34 +84,44 @@ _LAYOUT_CODE = {"bitmap": 0, "postings": 1, "forward": 2}
 
 # ----------------------------------------------------------------------------------- build kernels
 @njit(cache=True, nogil=True, parallel=True)
-def _term_block_counts(offsets, docs, block_size, counts):
-    """counts[t + 1] = number of distinct blocks in term t's posting list."""
+def _term_block_counts(offsets, run_offsets, run_high, run_ends, docs, block_size, counts):
+    """counts[t + 1] = number of distinct blocks in term t's posting list (ids read run by run: index.docids)."""
     for t in prange(offsets.shape[0] - 1):
         c = 0
         last = -1
-        for p in range(offsets[t], offsets[t + 1]):
-            b = np.int64(docs[p]) // block_size
-            if b != last:
-                c += 1
-                last = b
+        p = offsets[t]
+        for r in range(run_offsets[t], run_offsets[t + 1]):
+            base = np.int64(run_high[r]) << PART_BITS
+            end = offsets[t] + np.int64(run_ends[r])
+            while p < end:
+                b = (base + np.int64(docs[p])) // block_size
+                if b != last:
+                    c += 1
+                    last = b
+                p += 1
         counts[t + 1] = c
 
 
 @njit(cache=True, nogil=True, parallel=True)
-def _term_block_fill(offsets, docs, impacts, block_size, t_off, t_blocks, t_max):
+def _term_block_fill(offsets, run_offsets, run_high, run_ends, docs, impacts, block_size, t_off, t_blocks, t_max):
     """Per term: its blocks (ascending) and its max impact in each."""
     for t in prange(offsets.shape[0] - 1):
         e = t_off[t] - 1
         last = -1
-        for p in range(offsets[t], offsets[t + 1]):
-            b = np.int64(docs[p]) // block_size
-            if b != last:
-                e += 1
-                t_blocks[e] = b
-                t_max[e] = impacts[p]
-                last = b
-            elif impacts[p] > t_max[e]:
-                t_max[e] = impacts[p]
+        p = offsets[t]
+        for r in range(run_offsets[t], run_offsets[t + 1]):
+            base = np.int64(run_high[r]) << PART_BITS
+            end = offsets[t] + np.int64(run_ends[r])
+            while p < end:
+                b = (base + np.int64(docs[p])) // block_size
+                if b != last:
+                    e += 1
+                    t_blocks[e] = b
+                    t_max[e] = impacts[p]
+                    last = b
+                elif impacts[p] > t_max[e]:
+                    t_max[e] = impacts[p]
+                p += 1
 
 
 @njit(cache=True, nogil=True, parallel=True)
@@ -429,17 +440,17 @@ class BmpIndex:
         num_docs, vocab = index.num_docs, index.vocab_size
         num_blocks = max(1, -(-num_docs // block_size))
         offsets = np.ascontiguousarray(index.array("postings_offsets"))
-        docs = index.postings_docs()
+        docs, runs = index.array("postings_docs"), index.postings_runs()
         impacts = index.array("postings_impacts")
         imp_dtype = impacts.dtype
 
         counts = np.zeros(vocab + 1, np.int64)
-        _term_block_counts(offsets, docs, block_size, counts)
+        _term_block_counts(offsets, *runs, docs, block_size, counts)
         t_off = np.cumsum(counts)
         entries = int(t_off[-1])
         t_blocks = np.empty(entries, np.uint32)
         t_max = np.empty(entries, imp_dtype)
-        _term_block_fill(offsets, docs, impacts, block_size, t_off, t_blocks, t_max)
+        _term_block_fill(offsets, *runs, docs, impacts, block_size, t_off, t_blocks, t_max)
         kth = np.zeros((vocab, len(KTH)), imp_dtype)
         _term_kth(offsets, impacts, np.array(KTH, np.int64), kth)
         parts = np.empty((vocab, -(-num_blocks // 65536) + 1), np.int64)

@@ -119,3 +119,16 @@ def runs_from_log(run_term: np.ndarray, run_high: np.ndarray, run_start: np.ndar
     ends[last] = np.asarray(lengths, np.int64)[terms[last]]
     return {"postings_run_offsets": run_offsets, "postings_run_high": high.astype(np.uint16),
             "postings_run_ends": ends.astype(np.uint32)}
+
+
+@njit(cache=True, nogil=True)
+def list_doc_ids(t, offsets, low, run_offsets, high, ends, out):
+    """Write term ``t``'s full doc ids into ``out[:length of its list]``."""
+    start = offsets[t]
+    p = 0
+    for r in range(run_offsets[t], run_offsets[t + 1]):
+        base = np.uint32(np.int64(high[r]) << PART_BITS)
+        end = np.int64(ends[r])
+        while p < end:
+            out[p] = base + np.uint32(low[start + p])
+            p += 1

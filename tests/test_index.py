@@ -445,6 +445,7 @@ def test_doc_ids_over_16_bits(tmp_path):
     both of its paths (few and many postings), and the same index with uint32 ids (format 2) answers the same."""
     from lsr.index.docids import RUN_ARRAYS, split_doc_ids
     from lsr.index.storage import read_manifest, write_array, write_manifest
+    from lsr.index.structures import add_structure
 
     rng = np.random.default_rng(11)
     n_docs = 3 * 65536 + 123
@@ -483,13 +484,29 @@ def test_doc_ids_over_16_bits(tmp_path):
     np.save(bad / "postings_run_high.npy", high)
     assert any("postings_run_high.npy" in p and "sha256" in p for p in verify_index(bad))
     assert any("postings_run_*.npy: 1 terms" in p for p in verify_index(bad))
-    manifest = read_manifest(tmp_path / "big")  # format 2 stored full uint32 ids and no runs
-    manifest["arrays"]["postings_docs"] = write_array(tmp_path / "big", "postings_docs", index.postings_docs())
+
+    shutil.copytree(tmp_path / "big", tmp_path / "wide")
+    manifest = read_manifest(tmp_path / "wide")  # format 2 stored full uint32 ids and no runs
+    manifest["arrays"]["postings_docs"] = write_array(tmp_path / "wide", "postings_docs", index.postings_docs())
     for name in RUN_ARRAYS:
-        (tmp_path / "big" / manifest["arrays"].pop(name)["file"]).unlink()
+        (tmp_path / "wide" / manifest["arrays"].pop(name)["file"]).unlink()
     manifest["format_version"] = 2
-    write_manifest(tmp_path / "big", manifest)
-    assert verify_index(tmp_path / "big") == []
-    wide = InvertedIndex.open(tmp_path / "big")
+    write_manifest(tmp_path / "wide", manifest)
+    assert verify_index(tmp_path / "wide") == []
+    wide = InvertedIndex.open(tmp_path / "wide")
     assert wide.array("postings_docs").dtype == np.uint32
     check(wide)
+
+    # the structures read the ids run by run: built from either format they are the same arrays
+    for name, params in (("bmp", {"block_size": 64}), ("seismic", {"n_postings": 5000})):
+        for where in ("big", "wide"):
+            add_structure(InvertedIndex.open(tmp_path / where), name, **params)
+    narrow, wide = InvertedIndex.open(tmp_path / "big"), InvertedIndex.open(tmp_path / "wide")
+    for name in narrow.manifest["structures"]["bmp"]["arrays"] + narrow.manifest["structures"]["seismic"]["arrays"]:
+        np.testing.assert_array_equal(narrow.array(name), wide.array(name), err_msg=name)
+    for terms, weights in ((np.array([1, 5, 9, 200]), np.array([0.5, 1.0, 2.0, 0.7])),
+                           (np.arange(0, 400, 7), np.linspace(0.1, 2, 58))):
+        exact = narrow.search(terms, weights, k=20)
+        for got in (narrow.search(terms, weights, k=20, mode="bmp"), wide.search(terms, weights, k=20, mode="bmp")):
+            np.testing.assert_array_equal(got[0], exact[0])
+            np.testing.assert_array_equal(got[1], exact[1])

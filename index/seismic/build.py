@@ -21,6 +21,7 @@ import numba
 import numpy as np
 from numba import njit, prange
 
+from ..docids import list_doc_ids
 from .config import BuildConfig
 
 
@@ -44,7 +45,7 @@ def block_lists(index, keep: np.ndarray, config: BuildConfig) -> tuple[np.ndarra
     """Block the pruned lists: (list_blocks int64[V+1] block range of each term, block_offsets int64[B+1] range
     of each block in docs, docs uint32: the kept postings' documents, block by block)."""
     p_off = np.ascontiguousarray(index.array("postings_offsets"))
-    p_docs, p_imp = index.postings_docs(), index.array("postings_impacts")
+    p_docs, p_runs, p_imp = index.array("postings_docs"), index.postings_runs(), index.array("postings_impacts")
     f_off, f_terms, f_imp = (index.array(n) for n in ("forward_offsets", "forward_terms", "forward_impacts"))
     num_docs, vocab = int(index.num_docs), int(index.vocab_size)
     doc_start = np.zeros(vocab + 1, np.int64)
@@ -63,7 +64,7 @@ def block_lists(index, keep: np.ndarray, config: BuildConfig) -> tuple[np.ndarra
     ends = np.zeros(int(cent_start[-1]), np.int64)
     nblocks = np.zeros(vocab, np.int64)
     if order.size:
-        _cluster_all(p_off, p_docs, p_imp, f_off, f_terms, f_imp, head_terms, head_vals, head_len,
+        _cluster_all(p_off, p_docs, *p_runs, p_imp, f_off, f_terms, f_imp, head_terms, head_vals, head_len,
                      keep, doc_start, n_cent, cent_start, order, n_groups, config.seed, config.min_cluster_size,
                      docs, ends, nblocks)
     del head_terms, head_vals, head_len
@@ -261,10 +262,11 @@ def _cluster_list(docs, imps, list_term, c, min_cluster_size, state, f_off, f_te
 
 
 @njit(cache=True, nogil=True, parallel=True)
-def _cluster_all(p_off, p_docs, p_imp, f_off, f_terms, f_imp, head_terms, head_vals, head_len,
-                 keep, doc_start, n_cent, cent_start, order, n_groups, seed, min_cluster_size,
+def _cluster_all(p_off, p_docs, run_offsets, run_high, run_ends, p_imp, f_off, f_terms, f_imp, head_terms,
+                 head_vals, head_len, keep, doc_start, n_cent, cent_start, order, n_groups, seed, min_cluster_size,
                  out_docs, out_ends, out_nblocks):
-    """Prune and block every list; worker g handles lists order[g::n_groups] (order: by decreasing size)."""
+    """Prune and block every list; worker g handles lists order[g::n_groups] (order: by decreasing size). A list's
+    doc ids are decoded from their 16-bit halves (:mod:`index.docids`) one list at a time."""
     vocab = p_off.shape[0] - 1
     max_c = 1
     for t in range(vocab):
@@ -282,17 +284,19 @@ def _cluster_all(p_off, p_docs, p_imp, f_off, f_terms, f_imp, head_terms, head_v
             a, b = p_off[t], p_off[t + 1]
             docs = np.empty(k, np.uint32)
             imps = np.empty(k, np.int64)
+            ids = np.empty(b - a, np.uint32)
+            list_doc_ids(t, p_off, p_docs, run_offsets, run_high, run_ends, ids)
             if k < b - a:
                 neg = np.empty(b - a, np.int64)
                 for j in range(b - a):
                     neg[j] = -np.int64(p_imp[a + j])
                 top = np.sort(np.argsort(neg, kind="mergesort")[:k])  # list positions, so docs ascend
                 for j in range(k):
-                    docs[j] = p_docs[a + top[j]]
+                    docs[j] = ids[top[j]]
                     imps[j] = p_imp[a + top[j]]
             else:
                 for j in range(k):
-                    docs[j] = p_docs[a + j]
+                    docs[j] = ids[j]
                     imps[j] = p_imp[a + j]
             state = np.int64(seed) * 1000003 + np.int64(t) * 7919 + 12345
             out_nblocks[t] = _cluster_list(

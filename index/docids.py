@@ -29,46 +29,6 @@ def plain_runs(offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]
 
 
 @njit(cache=True, nogil=True)
-def _count_runs(offsets, docs, counts):
-    for t in range(offsets.shape[0] - 1):
-        last = -1
-        for p in range(offsets[t], offsets[t + 1]):
-            h = np.int64(docs[p] >> PART_BITS)
-            if h != last:
-                counts[t + 1] += 1
-                last = h
-
-
-@njit(cache=True, nogil=True)
-def _fill_runs(offsets, docs, run_offsets, low, high, ends):
-    for t in range(offsets.shape[0] - 1):
-        r = run_offsets[t] - 1
-        last = -1
-        start = offsets[t]
-        for p in range(start, offsets[t + 1]):
-            h = np.int64(docs[p] >> PART_BITS)
-            if h != last:
-                r += 1
-                high[r] = h
-                last = h
-            ends[r] = p + 1 - start
-            low[p] = docs[p] & 0xFFFF
-
-
-def split_doc_ids(offsets: np.ndarray, docs: np.ndarray) -> dict[str, np.ndarray]:
-    """``postings_docs`` (uint16 low halves) and the run arrays of full increasing ids per list."""
-    offsets = np.ascontiguousarray(offsets, np.int64)
-    counts = np.zeros(offsets.shape[0], np.int64)
-    _count_runs(offsets, docs, counts)
-    run_offsets = np.cumsum(counts)
-    runs = int(run_offsets[-1])
-    low, high, ends = np.empty(docs.shape[0], np.uint16), np.empty(runs, np.uint16), np.empty(runs, np.uint32)
-    _fill_runs(offsets, docs, run_offsets, low, high, ends)
-    return {"postings_docs": low, "postings_run_offsets": run_offsets, "postings_run_high": high,
-            "postings_run_ends": ends}
-
-
-@njit(cache=True, nogil=True)
 def _join(offsets, low, run_offsets, high, ends, out):
     for t in range(offsets.shape[0] - 1):
         start = offsets[t]
@@ -82,7 +42,7 @@ def _join(offsets, low, run_offsets, high, ends, out):
 
 
 def join_doc_ids(offsets: np.ndarray, low: np.ndarray, runs: tuple[np.ndarray, np.ndarray, np.ndarray]) -> np.ndarray:
-    """Full uint32 ids of every posting (the inverse of :func:`split_doc_ids`)."""
+    """Full uint32 ids of every posting ."""
     out = np.empty(low.shape[0], np.uint32)
     _join(np.ascontiguousarray(offsets, np.int64), low, *runs, out)
     return out

@@ -29,7 +29,7 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from .docids import split_doc_ids
+from .docids import PART_BITS
 from .parallel import numba_threads
 from .params import check_int
 from .storage import open_array, read_manifest, write_array, write_manifest
@@ -212,16 +212,40 @@ def _permute_forward(perm, f_off, f_terms, f_imps, new_off, new_terms, new_imps)
 
 
 @njit(cache=True, nogil=True)
-def _invert_forward(f_off, f_terms, f_imps, p_off, p_docs, p_imps):
-    """Postings from a forward index: docs visited in id order, so every list comes out sorted."""
-    cursor = p_off[:-1].copy()
+def _forward_runs(f_off, f_terms, vocab):
+    """counts[t + 1]: runs of equal high halves (:mod:`index.docids`) in term t's list inverted from ``f_*``."""
+    counts = np.zeros(vocab + 1, np.int64)
+    last = np.full(vocab, -1, np.int64)
     for d in range(f_off.shape[0] - 1):
+        h = d >> PART_BITS
+        for p in range(f_off[d], f_off[d + 1]):
+            t = f_terms[p]
+            if last[t] != h:
+                last[t] = h
+                counts[t + 1] += 1
+    return counts
+
+
+@njit(cache=True, nogil=True)
+def _invert_forward(f_off, f_terms, f_imps, p_off, run_offsets, p_docs, p_imps, run_high, run_ends):
+    """Postings (16-bit ids and their runs) from a forward index: docs visited in id order, so every list comes
+    out sorted."""
+    cursor = p_off[:-1].copy()
+    run = run_offsets[:-1] - 1
+    last = np.full(p_off.shape[0] - 1, -1, np.int64)
+    for d in range(f_off.shape[0] - 1):
+        h = d >> PART_BITS
         for p in range(f_off[d], f_off[d + 1]):
             t = f_terms[p]
             c = cursor[t]
-            p_docs[c] = d
+            if last[t] != h:
+                last[t] = h
+                run[t] += 1
+                run_high[run[t]] = h
+            p_docs[c] = d & 0xFFFF
             p_imps[c] = f_imps[p]
             cursor[t] = c + 1
+            run_ends[run[t]] = c + 1 - p_off[t]
 
 
 def reorder_index(index_dir: Path, method: str = "bp", **params) -> np.ndarray:
@@ -266,12 +290,15 @@ def reorder_index(index_dir: Path, method: str = "bp", **params) -> np.ndarray:
     }
     _permute_forward(perm, f_off, f_terms, f_imps, new["forward_offsets"], new["forward_terms"], new["forward_impacts"])
     p_off = np.ascontiguousarray(arrays["postings_offsets"])
-    docs = np.empty(arrays["postings_docs"].shape, np.uint32)
-    new["postings_impacts"] = np.empty(arrays["postings_impacts"].shape, arrays["postings_impacts"].dtype)
-    _invert_forward(new["forward_offsets"], new["forward_terms"], new["forward_impacts"], p_off,
-                    docs, new["postings_impacts"])
-    new.update(split_doc_ids(p_off, docs))  # 16-bit doc ids, whatever the index stored before
-    del docs
+    run_offsets = np.cumsum(_forward_runs(new["forward_offsets"], new["forward_terms"], vocab))
+    runs = int(run_offsets[-1])
+    new.update({  # 16-bit doc ids, whatever the index stored before
+        "postings_docs": np.empty(arrays["postings_docs"].shape, np.uint16),
+        "postings_impacts": np.empty(arrays["postings_impacts"].shape, arrays["postings_impacts"].dtype),
+        "postings_run_offsets": run_offsets, "postings_run_high": np.empty(runs, np.uint16),
+        "postings_run_ends": np.empty(runs, np.uint32)})
+    _invert_forward(new["forward_offsets"], new["forward_terms"], new["forward_impacts"], p_off, run_offsets,
+                    new["postings_docs"], new["postings_impacts"], new["postings_run_high"], new["postings_run_ends"])
     if "doc_original" in manifest["arrays"]:
         original = np.asarray(open_array(index_dir, manifest, "doc_original"))[perm]
     else:

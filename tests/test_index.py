@@ -439,11 +439,25 @@ def test_add_rejects_invalid_input(tmp_path, indptr, terms, weights):
     assert builder.num_docs == 0
 
 
+def assert_runs(index: InvertedIndex) -> None:
+    """The index's runs of 16-bit ids are those of its decoded ids (a numpy reference)."""
+    offsets, docs = np.asarray(index.array("postings_offsets")), index.postings_docs().astype(np.int64)
+    term = np.repeat(np.arange(offsets.size - 1), np.diff(offsets))
+    high = docs >> 16
+    starts = np.flatnonzero(np.r_[True, (high[1:] != high[:-1]) | (term[1:] != term[:-1])]) if docs.size else []
+    run_offsets, run_high, run_ends = index.postings_runs()
+    np.testing.assert_array_equal(run_offsets, np.r_[0, np.cumsum(np.bincount(term[starts], minlength=offsets.size - 1))])
+    np.testing.assert_array_equal(run_high, high[starts])
+    np.testing.assert_array_equal(run_ends, np.r_[starts[1:], docs.size] - offsets[term[starts]])
+    np.testing.assert_array_equal(index.array("postings_docs"), docs & 0xFFFF)
+
+
 def test_doc_ids_over_16_bits(tmp_path):
     """Over 65,536 documents a list's 16-bit ids come in runs of high halves: the builder (chunk by chunk) and
     the reordering's splitting write the same runs, ids decode to the CSC's, exact search equals brute force on
     both of its paths (few and many postings), and the same index with uint32 ids (format 2) answers the same."""
-    from lsr.index.docids import RUN_ARRAYS, split_doc_ids
+    from lsr.index.docids import RUN_ARRAYS
+    from lsr.index.reorder import reorder_index
     from lsr.index.storage import read_manifest, write_array, write_manifest
     from lsr.index.structures import add_structure
 
@@ -462,9 +476,16 @@ def test_doc_ids_over_16_bits(tmp_path):
     np.testing.assert_array_equal(index.postings_docs(), csc.indices)
     run_offsets, high, _ = index.postings_runs()
     assert np.diff(run_offsets).max() == 4 and set(np.unique(high)) == {0, 1, 2, 3}
-    split = split_doc_ids(index.array("postings_offsets"), index.postings_docs())
-    for name, arr in split.items():
-        np.testing.assert_array_equal(index.array(name), arr, err_msg=name)
+    assert_runs(index)
+    reordered = tmp_path / "reordered"
+    shutil.copytree(tmp_path / "big", reordered)
+    perm = reorder_index(reordered, "terms")
+    assert verify_index(reordered) == []
+    moved = InvertedIndex.open(reordered)
+    assert_runs(moved)
+    moved_csc = mat[perm].tocsc()
+    moved_csc.sort_indices()
+    np.testing.assert_array_equal(moved.postings_docs(), moved_csc.indices)
 
     def check(idx):
         for n_terms in (1, 3, 40):  # the touched-documents path and the full-accumulator path

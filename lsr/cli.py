@@ -97,7 +97,7 @@ def index_cmd(
         None, "--structures", help="Pruning structures to build too: bmp,seismic (default: bmp; 'none': no structure)."),
     add_structures: Optional[str] = typer.Option(
         None, "--add-structures", help="Add structures (bmp,seismic) to the existing index at --index; no CORPUS."),
-    reorder: Optional[str] = typer.Option(None, "--reorder", help="Reorder documents for BMP blocks: bp or cluster."),
+    reorder: Optional[str] = typer.Option(None, "--reorder", help="Reorder documents for BMP blocks first: bp (graph bisection) or terms (cheap: by top terms); default: none."),
     dense: Optional[bool] = typer.Option(
         None, "--dense/--no-dense", help="Also store dense vectors for dense/hybrid search (default: on when the "
                                          "dense model is available)."),
@@ -546,6 +546,10 @@ def serve_cmd(
     workers: int = typer.Option(1, "--workers", min=1,
                                 help="Server processes on the port (each loads the models; the memory-mapped index "
                                      "is shared through the page cache)."),
+    preload: bool = typer.Option(
+        False, "--preload", help="Copy the forward index (what bmp and seismic read at random) into memory backed "
+                                 "by huge pages: faster pruned search on large indexes, at its size in private "
+                                 "memory per worker. Single and live indexes."),
 ) -> None:
     """Serve the index over HTTP: search page at /, JSON API (/search, /documents/ID, /stats), docs at /docs.
 
@@ -561,6 +565,8 @@ def serve_cmd(
         if workers > 1:
             raise ValueError("a sharded index is served by one process (--workers 1): its shard actors search in "
                              "parallel already")
+        if preload:
+            raise ValueError("--preload applies to single and live indexes, not to a sharded one")
         read_sharded_manifest(index)  # fail now on a broken directory
         init_ray(ray_address)  # the server's loader then starts one actor per shard in this runtime
     elif shards is not None:
@@ -578,7 +584,8 @@ def serve_cmd(
     serve(index, host=host, port=port, workers=workers, max_batch=max_batch, search_threads=search_threads,
           encode_threads=threads, log_level="warning", api_key=api_key or None, read_api_key=read_api_key or None,
           timeout_s=timeout or None, max_body_bytes=max_body_bytes, max_query_chars=max_query_chars,
-          max_batch_queries=max_batch_queries, max_documents=max_documents, query_runtime=query_runtime)
+          max_batch_queries=max_batch_queries, max_documents=max_documents, query_runtime=query_runtime,
+          preload=preload)
 
 
 def _set_threads(threads: Optional[int], torch_too: bool = True) -> None:

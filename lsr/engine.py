@@ -50,6 +50,7 @@ class Engine(Searcher):
         super().__init__(parts, encoder, query_runtime)
         self.commit: dict | None = parts.commit if isinstance(parts, LocalIndex) else None  # lsr.live's commit
         self.checksums = False  # whether opening hashed every file (kept for the commits it reopens)
+        self.preload = False  # whether opening copied the randomly read arrays into memory (likewise)
 
     # ------------------------------------------------------------------ build / open
     @classmethod
@@ -92,7 +93,7 @@ class Engine(Searcher):
     @classmethod
     def open(
         cls, index_dir: str | os.PathLike = DEFAULT_INDEX_DIR, *, verify: bool = False, checksums: bool = False,
-        encoder: SpladeEncoder | None = None, query_runtime: str | None = None, **cluster,
+        encoder: SpladeEncoder | None = None, query_runtime: str | None = None, preload: bool = False, **cluster,
     ) -> "Engine":
         """Open an index directory at its latest commit (memory-mapped); the query encoder loads on first text query.
 
@@ -107,16 +108,21 @@ class Engine(Searcher):
         index; ``verify`` also checks the structural invariants (as ``lsr verify``, which hashes everything). A sharded index (``shards.json``)
         opens through its shard actors; ``cluster`` options (``address``, ``num_cpus``, ``threads_per_shard``,
         ``cpus_per_shard``) go to :meth:`lsr.sharded.search.ShardSet.open` and are refused for other indexes.
+        ``preload`` (single and live indexes) copies the forward index, which pruned search reads at random, into
+        memory backed by huge pages (:meth:`lsr.index.InvertedIndex.open`): for a long-running server of a large
+        index.
         """
         if is_sharded(index_dir):
             from lsr.sharded.search import ShardSet
 
+            if preload:
+                raise TypeError(f"{index_dir} is a sharded index: preload applies to single and live indexes")
             return cls(ShardSet.open(index_dir, verify=verify, **cluster), encoder, query_runtime)
         if cluster:
             raise TypeError(f"{index_dir} is not a sharded index: options {', '.join(sorted(cluster))} apply only "
                             "to sharded indexes")
-        engine = cls(open_local(index_dir, verify, checksums), encoder, query_runtime)
-        engine.checksums = checksums
+        engine = cls(open_local(index_dir, verify, checksums, preload), encoder, query_runtime)
+        engine.checksums, engine.preload = checksums, preload
         return engine
 
     def refresh(self) -> "Engine":
@@ -315,7 +321,7 @@ class Engine(Searcher):
         """The engine of the newest commit, sharing this engine's loaded encoders. Unlike :meth:`refresh` it
         raises when that commit cannot be opened (the caller decides whether to retry)."""
         engine = Engine.open(self.index_dir, encoder=self._encoder, query_runtime=self.query_runtime,
-                             checksums=self.checksums)
+                             checksums=self.checksums, preload=self.preload)
         engine._onnx_encoders = self._onnx_encoders  # same models: every commit of an index has the build's
         dense_encoder = self._dense_encoder
         if dense_encoder is not None and engine.dense is not None \

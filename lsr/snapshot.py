@@ -199,8 +199,8 @@ class SegmentedDense:
         return self.parts[s].vector(local)
 
 
-def open_segments(index_dir: Path, commit: dict, verify: bool = False, checksums: bool = False
-                  ) -> tuple[SegmentedIndex, SegmentedDocStore, object]:
+def open_segments(index_dir: Path, commit: dict, verify: bool = False, checksums: bool = False,
+                  preload: bool = False) -> tuple[SegmentedIndex, SegmentedDocStore, object]:
     """The (index, document store, dense side or None) of a commit."""
     from lsr.dense import DenseIndex
 
@@ -209,7 +209,7 @@ def open_segments(index_dir: Path, commit: dict, verify: bool = False, checksums
         raise IndexFormatError(f"{index_dir / LIVE_FILE}: commit does not belong to this index's first segment "
                                "(manifest.json changed)")
     parts = segment_dirs(index_dir, commit)
-    indexes = [InvertedIndex.open(path, verify=verify, checksums=checksums) for path, _ in parts]
+    indexes = [InvertedIndex.open(path, verify=verify, checksums=checksums, preload=preload) for path, _ in parts]
     index = SegmentedIndex(indexes, [base for _, base in parts], load_deletes(index_dir, commit))
     stores = []
     for (path, _), seg in zip(parts, indexes):
@@ -319,11 +319,12 @@ def build_details(manifest: dict) -> dict:
             "bm25": manifest.get("bm25")}
 
 
-def open_local(index_dir: str | os.PathLike, verify: bool = False, checksums: bool = False) -> LocalIndex:
+def open_local(index_dir: str | os.PathLike, verify: bool = False, checksums: bool = False,
+               preload: bool = False) -> LocalIndex:
     """Open a single or live index directory at its latest commit (memory-mapped).
 
     Array headers and file sizes are always checked; ``checksums`` also checks the sha256 of every file (writers do);
-    ``verify`` also checks the structural invariants. A
+    ``verify`` also checks the structural invariants; ``preload``: see :meth:`lsr.index.InvertedIndex.open`. A
     commit made while opening is followed: the directory is opened again at the new commit.
     """
     index_dir = Path(index_dir)
@@ -333,7 +334,7 @@ def open_local(index_dir: str | os.PathLike, verify: bool = False, checksums: bo
             raise FileNotFoundError(f"no index at {index_dir} (missing manifest.json); "
                                     "build one with `lsr index CORPUS`")
         try:
-            parts = _open_commit(index_dir, verify, checksums)
+            parts = _open_commit(index_dir, verify, checksums, preload)
         except (FileNotFoundError, IndexFormatError):
             if attempt < OPEN_ATTEMPTS - 1 and commit_stamp(index_dir) != stamp:
                 continue  # a writer committed while we were opening: open the new commit
@@ -344,10 +345,10 @@ def open_local(index_dir: str | os.PathLike, verify: bool = False, checksums: bo
     return parts
 
 
-def _open_commit(index_dir: Path, verify: bool, checksums: bool) -> LocalIndex:
+def _open_commit(index_dir: Path, verify: bool, checksums: bool, preload: bool) -> LocalIndex:
     commit = read_commit(index_dir)
     if commit is None:
-        index = InvertedIndex.open(index_dir, verify=verify, checksums=checksums)
+        index = InvertedIndex.open(index_dir, verify=verify, checksums=checksums, preload=preload)
         return LocalIndex(index_dir, index, DocStore(index_dir / index.manifest["documents"]["file"], readonly=True))
-    index, docs, dense = open_segments(index_dir, commit, verify, checksums)
+    index, docs, dense = open_segments(index_dir, commit, verify, checksums, preload)
     return LocalIndex(index_dir, index, docs, commit=commit, dense=dense)

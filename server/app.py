@@ -40,7 +40,8 @@ def create_app(index_dir: str | os.PathLike = "lsr_index", *, max_batch: int = 3
                timeout_s: Optional[float] = DEFAULT_TIMEOUT_S, max_body_bytes: int = MAX_BODY_BYTES,
                max_query_chars: int = MAX_QUERY_CHARS, max_batch_queries: int = MAX_BATCH_QUERIES,
                max_documents: int = MAX_DOCUMENTS_PER_REQUEST,
-               refresh_interval_s: Optional[float] = REFRESH_INTERVAL_S, query_runtime: Optional[str] = None) -> FastAPI:
+               refresh_interval_s: Optional[float] = REFRESH_INTERVAL_S, query_runtime: Optional[str] = None,
+               preload: bool = False) -> FastAPI:
     """The FastAPI app serving ``index_dir``; ``load`` is ``background`` (default), ``now`` or ``never``.
 
     ``max_batch=1`` turns micro-batching off (each query is encoded alone). ``api_key`` enables the write
@@ -50,13 +51,14 @@ def create_app(index_dir: str | os.PathLike = "lsr_index", *, max_batch: int = 3
     (400), ``max_batch_queries`` and ``max_documents`` per request (422); they can be lowered from the defaults,
     not raised. ``refresh_interval_s``: how often searches check for commits made by other processes.
     ``query_runtime``: what runs the models on queries (``auto``, ``torch``, ``onnx``, ``onnx-int8``; default ``auto``).
+    ``preload``: copy the forward index (read at random by pruned search) into huge pages (:meth:`lsr.engine.Engine.open`).
     """
     keys = ApiKeys(key_from(api_key, "LSR_API_KEY"), key_from(read_api_key, "LSR_READ_API_KEY"))
     limits = RequestLimits(timeout_s=timeout_s, max_body_bytes=max_body_bytes, max_query_chars=max_query_chars,
                            max_batch_queries=max_batch_queries, max_documents=max_documents)
     state = ServerState(index_dir, keys=keys, limits=limits, max_batch=max_batch, search_threads=search_threads,
                         encode_threads=encode_threads, warmup=warmup, refresh_interval_s=refresh_interval_s,
-                        query_runtime=query_runtime)
+                        query_runtime=query_runtime, preload=preload)
     if keys.read_only:
         log.warning("lsr server is read-only: no API key configured (start it with --api-key or LSR_API_KEY to "
                     "enable POST/DELETE /documents)")

@@ -40,10 +40,12 @@ class ServerState:
 
     def __init__(self, index_dir: str | os.PathLike, *, keys: ApiKeys, limits: RequestLimits, max_batch: int = 32,
                  search_threads: int | None = None, encode_threads: int = 1, warmup: bool = True,
-                 refresh_interval_s: Optional[float] = REFRESH_INTERVAL_S, query_runtime: Optional[str] = None) -> None:
+                 refresh_interval_s: Optional[float] = REFRESH_INTERVAL_S, query_runtime: Optional[str] = None,
+                 preload: bool = False) -> None:
         self.index_dir = Path(index_dir)
         # what runs the models on queries (None: lsr.onnx_encoders' default)
         self.query_runtime = check_query_runtime(query_runtime) if query_runtime else None
+        self.preload = preload
         self.keys = keys
         self.limits = limits
         self.max_batch = max_batch
@@ -105,7 +107,7 @@ class ServerState:
             started = time.time()
             _single_threaded_blas()
             # a long-running server hashes every file once (then only the files of new commits)
-            engine = Engine.open(self.index_dir, query_runtime=self.query_runtime, checksums=True)
+            engine = Engine.open(self.index_dir, query_runtime=self.query_runtime, checksums=True, preload=self.preload)
             engine.warm_up(search=self.warmup)
             self.engine = engine
             self.ready = True

@@ -142,10 +142,21 @@ def test_no_block_skipping_equals_exact_whatever_the_summaries(base_dir, tmp_pat
         np.testing.assert_array_equal(scores, escores)
 
 
+def summary_codes(index: InvertedIndex) -> np.ndarray:
+    """Every summary entry's code, unpacked from two 4-bit codes per byte when the structure has 4-bit summaries."""
+    values = np.asarray(index.array("seismic_sum_values"))
+    if index.manifest["structures"]["seismic"]["params"].get("summary_bits", 8) == 8:
+        return values
+    entries = int(np.asarray(index.array("seismic_sum_offsets"))[-1])
+    assert values.shape[0] == (entries + 1) // 2
+    return np.stack([values & 15, values >> 4], axis=1).ravel()[:entries]
+
+
 def test_summaries_capped_to_the_heaviest_terms(base_dir, tmp_path):
     """A block's summary holds at most summary_cap terms, the heaviest of the block (max impact over its docs)."""
     cap = 6
-    index = with_seismic(base_dir, tmp_path / "idx", n_postings=400, summary_energy=1.0, summary_cap=cap)
+    index = with_seismic(base_dir, tmp_path / "idx", n_postings=400, summary_energy=1.0, summary_cap=cap,
+                         summary_bits=8)
     fwd = forward_matrix(index).tocsr()
     s_off, s_terms = np.asarray(index.array("seismic_sum_offsets")), np.asarray(index.array("seismic_sum_terms"))
     s_vals, b_off = np.asarray(index.array("seismic_sum_values")), np.asarray(index.array("seismic_block_offsets"))
@@ -160,6 +171,50 @@ def test_summaries_capped_to_the_heaviest_terms(base_dir, tmp_path):
         assert sizes[b] == min(cap, np.count_nonzero(block_max))
         np.testing.assert_array_equal(values, block_max[terms])
         np.testing.assert_array_equal(np.sort(values)[::-1], heaviest[:sizes[b]])
+
+
+def test_4_bit_summaries_round_the_8_bit_ones_up(base_dir, tmp_path):
+    """4-bit summaries (the default) keep the 8-bit summaries' terms, each code * step the smallest multiple of the
+    block's step at or above the term's block max, the step the smallest one that fits the top impact in 15 levels;
+    with every term kept and no block skipped on the bound they still equal exact search."""
+    params = {"n_postings": 400, "summary_energy": 0.6, "summary_cap": 20}
+    wide = with_seismic(base_dir, tmp_path / "wide", summary_bits=8, **params)
+    narrow = with_seismic(base_dir, tmp_path / "narrow", **params)
+    assert narrow.manifest["structures"]["seismic"]["params"]["summary_bits"] == 4
+    np.testing.assert_array_equal(narrow.array("seismic_sum_terms"), wide.array("seismic_sum_terms"))
+    np.testing.assert_array_equal(narrow.array("seismic_sum_offsets"), wide.array("seismic_sum_offsets"))
+    offsets = np.asarray(wide.array("seismic_sum_offsets")).astype(np.int64)
+    block = np.repeat(np.arange(offsets.shape[0] - 1), np.diff(offsets))
+    exact = summary_codes(wide).astype(np.int64) * np.asarray(wide.array("seismic_block_step"))[block]
+    codes = summary_codes(narrow).astype(np.int64)
+    steps = np.asarray(narrow.array("seismic_block_step")).astype(np.int64)
+    assert codes.max() <= 15 and steps.max() > 1
+    np.testing.assert_array_equal(codes, -(-exact // steps[block]))
+    top = np.maximum.reduceat(exact, offsets[:-1])[np.diff(offsets) > 0]
+    np.testing.assert_array_equal(steps[np.diff(offsets) > 0], np.maximum(1, -(-top // 15)))
+    assert verify_index(narrow.index_dir) == []
+
+    bounded = with_seismic(base_dir, tmp_path / "bounded", **EXHAUSTIVE_BUILD)
+    for t, w in make_queries(bounded, 5, 25):
+        ids, scores = bounded.search(t, w, 10, mode="seismic", **EXHAUSTIVE_SEARCH)
+        eids, escores = bounded.search(t, w, 10)
+        np.testing.assert_array_equal(ids, eids)
+        np.testing.assert_array_equal(scores, escores)
+
+
+def test_structures_without_summary_bits_read_8_bit_codes(base_dir, tmp_path):
+    """A structure built before summary_bits existed (8-bit codes, no such parameter) answers as it did."""
+    index = with_seismic(base_dir, tmp_path / "idx", n_postings=400, summary_bits=8)
+    queries = make_queries(index, 6, 20)
+    before = [index.search(t, w, 10, mode="seismic") for t, w in queries]
+    manifest = read_manifest(index.index_dir)
+    del manifest["structures"]["seismic"]["params"]["summary_bits"]
+    write_manifest(index.index_dir, manifest)
+    reopened = InvertedIndex.open(index.index_dir)
+    for (t, w), (ids, scores) in zip(queries, before):
+        got_ids, got_scores = reopened.search(t, w, 10, mode="seismic")
+        np.testing.assert_array_equal(got_ids, ids)
+        np.testing.assert_array_equal(got_scores, scores)
 
 
 def test_summaries_streamed_in_runs_are_the_same(base_dir, tmp_path, monkeypatch):
@@ -295,7 +350,8 @@ def test_parameter_errors(base_dir, tmp_path, approx):
     with pytest.raises(ValueError, match="bogus"):
         add_structure(index, "seismic", bogus=1)
     for bad in ({"n_postings": 0}, {"summary_energy": 0.0}, {"summary_energy": 1.5}, {"centroid_fraction": 2},
-                {"pruning": "random"}, {"doc_cut": 0}, {"min_cluster_size": -1}, {"n_postings": 2.5}):
+                {"pruning": "random"}, {"doc_cut": 0}, {"min_cluster_size": -1}, {"n_postings": 2.5},
+                {"summary_bits": 6}):
         with pytest.raises(ValueError):
             add_structure(index, "seismic", **bad)
     t, w = make_queries(approx, 12, 1)[0]

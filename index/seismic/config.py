@@ -4,8 +4,10 @@ Build (:class:`BuildConfig`, defaults :data:`BUILD_DEFAULTS`): static pruning ke
 per list (the paper's λ; ``pruning`` "fixed" or "global", with ``max_fraction``), blocking makes
 ``centroid_fraction`` of a list's documents centroids (clusters of at most ``min_cluster_size`` documents are
 dissolved; documents are clustered on their ``doc_cut`` heaviest terms, with random ``seed``), summaries keep
-``summary_energy`` of a block's L1 mass in at most ``summary_cap`` terms (None: no cap). Search (:class:`SearchConfig`, :data:`SEARCH_DEFAULTS`): ``query_cut``
-(how many of the query's heaviest terms are visited) and ``heap_factor`` (block skipping threshold).
+``summary_energy`` of a block's L1 mass in at most ``summary_cap`` terms (None: no cap), their values as
+``summary_bits``-bit codes (4 or 8; rounded up, so a summary still bounds its block from above).
+Search (:class:`SearchConfig`, :data:`SEARCH_DEFAULTS`): ``query_cut`` (how many of the query's heaviest terms
+are visited) and ``heap_factor`` (block skipping threshold).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ BUILD_DEFAULTS = {
     "min_cluster_size": 2,
     "summary_energy": 0.4,
     "summary_cap": 128,
+    "summary_bits": 4,
     "doc_cut": 15,
     "seed": 0,
 }
@@ -33,6 +36,8 @@ BUILD_DEFAULTS = {
 # eval/results/scale-200k-notes.md.
 SEARCH_DEFAULTS = {"query_cut": 10, "heap_factor": 0.6}
 PRUNING = ("fixed", "global")
+SUMMARY_BITS = (4, 8)
+LEGACY_SUMMARY_BITS = 8  # structures built before summary_bits existed hold 8-bit codes
 
 
 def auto_n_postings(num_docs: int) -> int:
@@ -57,6 +62,7 @@ class BuildConfig:
     min_cluster_size: int
     summary_energy: float
     summary_cap: int | None
+    summary_bits: int
     doc_cut: int
     seed: int
 
@@ -68,12 +74,15 @@ class BuildConfig:
             p["n_postings"] = auto_n_postings(num_docs)
         if p["pruning"] not in PRUNING:
             raise ValueError(f"seismic pruning must be 'fixed' or 'global', got {p['pruning']!r}")
+        if p["summary_bits"] not in SUMMARY_BITS:
+            raise ValueError(f"seismic summary_bits must be 4 or 8, got {p['summary_bits']!r}")
         return cls(n_postings=_int(p, "n_postings", 1), pruning=p["pruning"],
                    max_fraction=_number(p, "max_fraction", 0.0, math.inf),
                    centroid_fraction=_number(p, "centroid_fraction", 0.0, 1.0),
                    min_cluster_size=_int(p, "min_cluster_size", 0),
                    summary_energy=_number(p, "summary_energy", 0.0, 1.0),
                    summary_cap=None if p["summary_cap"] is None else _int(p, "summary_cap", 1),
+                   summary_bits=int(p["summary_bits"]),
                    doc_cut=_int(p, "doc_cut", 1), seed=_int(p, "seed", 0))
 
     def to_params(self) -> dict:

@@ -55,9 +55,9 @@ def _prefetch_doc(f_off, f_terms, f_imp, d):
 
 @njit(cache=True, nogil=True)
 def seismic_top_k(list_blocks, block_offsets, sdocs, block_step, sum_offsets, sum_terms, sum_values, f_off, f_terms, f_imp,
-                  qterms, qweights, k, query_cut, heap_factor, qdense, visited, acc, top_scores, top_docs):
+                  qterms, qweights, k, query_cut, heap_factor, nibbles, qdense, visited, acc, top_scores, top_docs):
     """Seismic top-k of one quantized query (terms ascending) into ``top_*[:n]`` (sorted); return n (an
-    :mod:`index.batch` kernel).
+    :mod:`index.batch` kernel). ``nibbles``: the summary codes are 4-bit, two per byte (:mod:`.summaries`).
 
     ``qdense`` (int32[V]) and ``visited`` (uint64 bitmap over docs) must be zero and are left zero;
     ``acc`` (int64) holds at least the largest number of blocks of a list.
@@ -83,8 +83,13 @@ def seismic_top_k(list_blocks, block_offsets, sdocs, block_step, sum_offsets, su
         for j in range(nb):
             b = b0 + j
             dot = np.int64(0)
-            for e in range(np.uint64(sum_offsets[b]), np.uint64(sum_offsets[b + 1])):
-                dot += np.int64(qdense[sum_terms[e]]) * np.int64(sum_values[e])
+            if nibbles:
+                for e in range(np.uint64(sum_offsets[b]), np.uint64(sum_offsets[b + 1])):
+                    code = (sum_values[e >> np.uint64(1)] >> ((e & np.uint64(1)) << np.uint64(2))) & np.uint64(15)
+                    dot += np.int64(qdense[sum_terms[e]]) * np.int64(code)
+            else:
+                for e in range(np.uint64(sum_offsets[b]), np.uint64(sum_offsets[b + 1])):
+                    dot += np.int64(qdense[sum_terms[e]]) * np.int64(sum_values[e])
             acc[j] = dot * np.int64(block_step[b])
         if first:
             neg_acc = np.empty(nb, np.int64)

@@ -3,9 +3,9 @@
 Arrays (flat CSR, beside the index's own): ``seismic_list_blocks`` int64[V+1] (block range of a
 term), ``seismic_block_offsets`` uint32/int64[B+1] (range in ``seismic_docs`` uint32), and the block-major
 summaries of :mod:`.summaries`: ``seismic_sum_offsets`` uint32/int64[B+1] (range of a block's summary),
-``seismic_sum_terms`` uint16/uint32, ``seismic_sum_values`` uint8 codes and ``seismic_block_step`` uint16[B] (the
-code scale). For an older index with uint32 forward term ids that fit 16 bits, ``seismic_forward_terms16``
-uint16[P] is a 16-bit copy of them (less memory traffic when scoring documents).
+``seismic_sum_terms`` uint16/uint32, ``seismic_sum_values`` codes (uint8, or two 4-bit codes per byte) and
+``seismic_block_step`` uint16[B] (the code scale). For an older index with uint32 forward term ids that fit 16
+bits, ``seismic_forward_terms16`` uint16[P] is a 16-bit copy of them (less memory traffic when scoring documents).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import numpy as np
 from ..batch import QueryRunner, Result
 from ..storage import IndexFormatError, open_array, read_manifest, write_array
 from .build import block_lists, prune
-from .config import BUILD_DEFAULTS, BuildConfig, SearchConfig, auto_n_postings
+from .config import BUILD_DEFAULTS, LEGACY_SUMMARY_BITS, BuildConfig, SearchConfig, auto_n_postings
 from .search import seismic_top_k
 from .summaries import summarize
 
@@ -32,6 +32,7 @@ class SeismicIndex:
     def __init__(self, index, params: dict, arrays: dict[str, np.ndarray]):
         self.index = index
         self.params = params
+        self._nibbles = int(params.get("summary_bits", LEGACY_SUMMARY_BITS)) == 4
         num_docs = int(index.num_docs)
         list_blocks = arrays["seismic_list_blocks"]
         max_blocks = int(np.max(np.diff(list_blocks))) if list_blocks.shape[0] > 1 else 0
@@ -66,7 +67,8 @@ class SeismicIndex:
             block_offsets = block_offsets.astype(np.uint32)
         forward = tuple(index.array(n) for n in ("forward_offsets", "forward_terms", "forward_impacts"))
         arrays, entries = summarize(index.index_dir, block_offsets, docs, forward, config.summary_energy,
-                                    config.summary_cap or int(index.vocab_size), int(index.vocab_size))
+                                    config.summary_cap or int(index.vocab_size), int(index.vocab_size),
+                                    config.summary_bits)
         out = {"seismic_list_blocks": list_blocks, "seismic_block_offsets": block_offsets, "seismic_docs": docs}
         if index.vocab_size <= 65536 and forward[1].dtype != np.uint16:  # 16-bit copy of an old index's term ids
             out["seismic_forward_terms16"] = np.asarray(forward[1]).astype(np.uint16)
@@ -91,11 +93,11 @@ class SeismicIndex:
         return cls(index, dict(info.get("params", {})), arrays)
 
     # ----------------------------------------------------------------- search
-    def _knobs(self, mode: str, params: dict) -> tuple[int, float]:
+    def _knobs(self, mode: str, params: dict) -> tuple[int, float, bool]:
         if mode not in self.MODES:
             raise ValueError(f"the seismic structure serves modes {self.MODES}, not {mode!r}")
         config = SearchConfig.from_params(params)
-        return config.query_cut, config.heap_factor
+        return config.query_cut, config.heap_factor, self._nibbles
 
     def search(self, qterms: np.ndarray, qweights: np.ndarray, k: int, mode: str = "seismic", **params) -> Result:
         """Top-k of a quantized query (terms ascending, weights > 0): (doc ids uint32, int32 scores)."""

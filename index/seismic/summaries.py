@@ -1,11 +1,13 @@
 """Seismic's block summaries: per block, the per-term maximum impact over its documents, pruned and quantized.
 
 A block's summary keeps the heaviest terms holding ``summary_energy`` of its L1 mass, at most ``summary_cap`` of
-them, quantized to uint8 codes with an integer step per block (its scale), rounding up (``code * step >= impact``;
-step 1, i.e. exact, for 8-bit indexes). Summaries are stored block-major: block b's terms and codes are
-``sum_terms[sum_offsets[b]:sum_offsets[b + 1]]`` (uint16 term ids when the vocabulary fits) and ``sum_values``,
-so an entry costs 3 bytes and a block 4 more. They are built in fixed-size runs of blocks on a pool of threads
-and appended to their files as the runs complete: the build holds a few runs' summaries, never all of them.
+them, quantized to codes of ``summary_bits`` bits with an integer step per block (its scale), rounding up
+(``code * step >= impact``; with 8 bits the step of an 8-bit index is 1, i.e. exact). Summaries are stored
+block-major: block b's terms are ``sum_terms[sum_offsets[b]:sum_offsets[b + 1]]`` (uint16 term ids when the
+vocabulary fits) and its codes the same entries of ``sum_values``: one uint8 per entry, or with 4 bits two per byte
+(entry e in the low nibble of byte e // 2 when e is even, the high one when odd). An entry costs 3 bytes (2.5 with
+4 bits) and a block 4 more. They are built in fixed-size runs of blocks on a pool of threads and appended to their
+files as the runs complete: the build holds a few runs' summaries, never all of them.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ RUN_BLOCKS = 16384  # blocks summarized per task: bounds the summaries held in m
 
 def summarize(index_dir: Path, block_offsets: np.ndarray, docs: np.ndarray,
               forward: tuple[np.ndarray, np.ndarray, np.ndarray], energy: float, cap: int,
-              vocab: int) -> tuple[dict[str, dict], int]:
+              vocab: int, bits: int = 8) -> tuple[dict[str, dict], int]:
     """Write the summaries of every block (``block_offsets`` and ``docs`` from :func:`.build.block_lists`;
     ``forward``: the forward index's offsets, terms, impacts) as the ``seismic_*`` arrays ``sum_offsets``,
     ``sum_terms``, ``sum_values`` and ``block_step`` into ``index_dir``; return their manifest entries and the
@@ -40,11 +42,20 @@ def summarize(index_dir: Path, block_offsets: np.ndarray, docs: np.ndarray,
 
     def run(b0: int) -> tuple[np.ndarray, np.ndarray]:
         return _summarize_blocks(b0, min(b0 + RUN_BLOCKS, n_blocks), block_offsets, docs, f_off, f_terms, f_imp,
-                                 energy, min(cap, vocab), vocab, block_step, sizes[1:])
+                                 energy, min(cap, vocab), vocab, (1 << bits) - 1, block_step, sizes[1:])
+
+    odd = np.empty(0, np.uint8)  # with 4 bits: a run's last code when its count is odd, packed with the next run's
 
     def write(part: tuple[np.ndarray, np.ndarray]) -> None:
+        nonlocal odd
         terms_out.append(part[0])
-        values_out.append(part[1])
+        codes = part[1]
+        if bits == 4:
+            codes = np.concatenate((odd, codes))
+            even = codes.shape[0] - codes.shape[0] % 2
+            odd = codes[even:]
+            codes = codes[0:even:2] | (codes[1:even:2] << 4)
+        values_out.append(codes)
 
     with ThreadPoolExecutor(max_workers=threads) as pool:
         pending: deque = deque()
@@ -54,6 +65,8 @@ def summarize(index_dir: Path, block_offsets: np.ndarray, docs: np.ndarray,
                 write(pending.popleft().result())
         while pending:
             write(pending.popleft().result())
+    if odd.shape[0]:
+        values_out.append(odd)
     np.cumsum(sizes, out=sizes)
     entries = int(sizes[-1])
     offsets = sizes.astype(np.uint32) if entries < 2**32 else sizes
@@ -145,9 +158,10 @@ def _summarize_block(docs, f_off, f_terms, f_imp, energy, cap, maxv, union, hist
 
 
 @njit(cache=True, nogil=True)
-def _summarize_blocks(b0, b1, block_offsets, docs, f_off, f_terms, f_imp, energy, cap, vocab, block_step, sizes):
-    """Summaries of blocks b0 <= b < b1: write ``block_step[b]`` and ``sizes[b]`` (entries of block b); return
-    their terms (int32) and codes (uint8), block after block."""
+def _summarize_blocks(b0, b1, block_offsets, docs, f_off, f_terms, f_imp, energy, cap, vocab, levels, block_step,
+                      sizes):
+    """Summaries of blocks b0 <= b < b1 with codes up to ``levels`` (255 or 15): write ``block_step[b]`` and
+    ``sizes[b]`` (entries of block b); return their terms (int32) and codes (uint8), block after block."""
     maxv = np.zeros(vocab, np.int32)
     union = np.empty(vocab + 1, np.int32)  # +1: the branch-free passes write one past their end
     ties = np.empty(vocab + 1, np.int32)
@@ -160,6 +174,11 @@ def _summarize_blocks(b0, b1, block_offsets, docs, f_off, f_terms, f_imp, energy
     for b in range(b0, b1):
         m, step = _summarize_block(docs[block_offsets[b]:block_offsets[b + 1]], f_off, f_terms, f_imp,
                                    energy, cap, maxv, union, hist, ties, out_terms, out_codes)
+        if levels < 255 and m > 0:  # requantize: the largest code * step bounds the block's top impact
+            coarse = max(1, (np.int64(np.max(out_codes[:m])) * step + levels - 1) // levels)
+            for i in range(m):
+                out_codes[i] = (np.int64(out_codes[i]) * step + coarse - 1) // coarse
+            step = coarse
         block_step[b] = step
         sizes[b] = m
         for i in range(m):

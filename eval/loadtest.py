@@ -3,7 +3,7 @@
     python -m lsr.eval.loadtest --index /path/to/index --queries /path/to/queries.jsonl \
         [--retrievers sparse,inference-free,dense,hybrid] [--concurrency 1,8,32] [--duration 15] \
         [--max-requests 3000] [--query-runtime torch,auto] [--workers 1,2] [--compare-batching] \
-        [--out eval/results/loadtest.json]
+        [--mode seismic] [--preload] [--out eval/results/loadtest.json]
 
 It starts ``lsr serve`` itself on 127.0.0.1 (a free port; ``--url`` targets an already running server, which
 must also be on 127.0.0.1 — this tool never sends load anywhere else), waits until the index is loaded, and then
@@ -90,19 +90,23 @@ class LocalServer:
             self.log.close()
 
 
-def search_params(retriever: str, k: int) -> dict:
-    """Query parameters of ``GET /search`` for a load-test retriever name (``inference-free``: sparse, no model)."""
+def search_params(retriever: str, k: int, mode: str | None = None) -> dict:
+    """Query parameters of ``GET /search`` for a load-test retriever name (``inference-free``: sparse, no model);
+    ``mode``: the sparse search mode (default: the server's)."""
+    params = {"k": k, "retriever": retriever}
     if retriever == "inference-free":
-        return {"k": k, "retriever": "sparse", "query_encoder": "inference-free"}
-    return {"k": k, "retriever": retriever}
+        params.update(retriever="sparse", query_encoder="inference-free")
+    if mode is not None:
+        params["mode"] = mode
+    return params
 
 
 async def run_level(url: str, queries: list[str], retriever: str, concurrency: int, duration: float,
-                    max_requests: int, k: int, offset: int) -> dict:
+                    max_requests: int, k: int, offset: int, mode: str | None = None) -> dict:
     """Closed-loop load at one concurrency level; returns throughput and latency percentiles."""
     import aiohttp
 
-    params = search_params(retriever, k)
+    params = search_params(retriever, k, mode)
     latencies: list[float] = []
     errors: list[str] = []
     counter = offset
@@ -197,6 +201,9 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=15.0, help="Seconds per level (upper bound).")
     parser.add_argument("--max-requests", type=int, default=3000, help="Requests per level (upper bound).")
     parser.add_argument("-k", type=int, default=10)
+    parser.add_argument("--mode", default=None, help="Sparse search mode of every request (exact, bmp, bmp-approx, "
+                                                     "seismic; default: the server's).")
+    parser.add_argument("--preload", action="store_true", help="Start the server with --preload.")
     parser.add_argument("--max-batch", type=int, default=32, help="Server micro-batch size.")
     parser.add_argument("--search-threads", type=int, default=None)
     parser.add_argument("--query-runtime", default="auto",
@@ -220,7 +227,7 @@ def main() -> None:
     setups = []
     for runtime in [r.strip() for r in args.query_runtime.split(",") if r.strip()]:
         for workers in [int(w) for w in args.workers.split(",")]:
-            extra = ("--query-runtime", runtime, "--workers", str(workers))
+            extra = ("--query-runtime", runtime, "--workers", str(workers)) + (("--preload",) if args.preload else ())
             label = f"{runtime}, {workers} worker{'s' if workers > 1 else ''}"
             setups.append((label, args.max_batch, levels, extra, workers))
             if args.compare_batching and args.index:
@@ -240,7 +247,7 @@ def main() -> None:
             for retriever in retrievers:
                 for concurrency in setup_levels:
                     row = asyncio.run(run_level(url, queries, retriever, concurrency, args.duration,
-                                                args.max_requests, args.k, offset))
+                                                args.max_requests, args.k, offset, args.mode))
                     offset += row["requests"]
                     row["server"] = f"{label} (max batch {max_batch})"
                     if workers > 1:  # /stats answers from one process: its batching counters are not the server's
@@ -255,7 +262,7 @@ def main() -> None:
 
     summary = {
         "index": portable_path(args.index) if args.index else args.url, "queries": portable_path(args.queries),
-        "k": args.k,
+        "k": args.k, "mode": args.mode, "preload": args.preload,
         "duration_s": args.duration, "max_requests": args.max_requests, "cpus": os.cpu_count(), "rows": rows,
         "total_errors": sum(r["errors"] for r in rows),
     }

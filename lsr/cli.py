@@ -358,15 +358,19 @@ def info_cmd(index: Path = IndexOpt, as_json: bool = typer.Option(False, "--json
         typer.echo(json.dumps(info, indent=2))
         return
     model = info["model"]
+    docs = max(1, info["documents"])
     rows = [
         ("index", info["index"]), ("documents", info["documents"]), ("terms", info["terms"]),
         ("postings", info["postings"]), ("avg terms/doc", info["avg_terms_per_doc"]),
-        ("size on disk", f"{info['size_bytes'] / 1e6:.1f} MB"),
+        ("size on disk", f"{info['size_bytes'] / 1e6:.1f} MB ({info['size_bytes'] / docs:,.0f} B/doc)"),
         ("quantization", f"{info['quantization']['bits']}-bit, scale {info['quantization']['scale']:.5g}"),
         ("model", f"{model['name']} (sha256 {model['sha256'][:12]}…, doc max {model['doc_max_length']} tokens)"),
         ("long documents", _windows_text(model)),
         ("built", f"{info['built_at']} in {info['build_seconds']:.1f}s"), ("corpus", info["corpus"]),
     ]
+    if info.get("structure_bytes"):
+        rows.append(("structures", ", ".join(f"{name} {size / 1e6:.1f} MB ({size / docs:,.0f} B/doc)"
+                                             for name, size in info["structure_bytes"].items())))
     free = info.get("inference_free")
     rows.append(("inference-free", f"yes ({free['nonzero_terms']} weighted terms)" if free else
                  "no (add with --add-inference-free)"))

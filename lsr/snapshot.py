@@ -275,6 +275,12 @@ class LocalIndex:
         df = np.add.reduce([np.diff(seg.array("postings_offsets")) for seg in segments])
         size = sum(f.stat().st_size for f in self.index_dir.rglob("*") if f.is_file())
         postings = sum(seg.num_postings for seg in segments)
+        structures: dict[str, int] = {}
+        for seg in segments:
+            for name, built in seg.manifest.get("structures", {}).items():
+                arrays = seg.manifest["arrays"]
+                structures[name] = structures.get(name, 0) + sum(
+                    (seg.index_dir / arrays[a]["file"]).stat().st_size for a in built.get("arrays", []) if a in arrays)
         return {
             "index": str(self.index_dir.resolve()),
             "format_version": m["format_version"],
@@ -284,6 +290,7 @@ class LocalIndex:
             "postings": postings,
             "avg_terms_per_doc": round(postings / max(sum(seg.num_docs for seg in segments), 1), 1),
             "size_bytes": size,
+            "structure_bytes": structures,
             "segments": len(segments),
             "deleted": int(len(getattr(self.index, "deleted", ()))),
             "generation": (self.commit or {}).get("generation", 0),

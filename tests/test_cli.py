@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 from lsr.cli import app
+from lsr.index.storage import read_manifest
 from tests.conftest import write_jsonl
 
 runner = CliRunner()
@@ -94,8 +96,12 @@ def test_info(cli_index):
     result = run("info", "--index", cli_index, "--json")
     info = json.loads(result.stdout)
     assert info["documents"] > 100 and info["postings"] > 0 and info["model"]["name"] == "splade-tiny"
+    manifest = read_manifest(Path(cli_index))
+    structure_bytes = {name: sum((Path(cli_index) / manifest["arrays"][a]["file"]).stat().st_size for a in s["arrays"])
+                       for name, s in manifest["structures"].items()}
+    assert info["structure_bytes"] == structure_bytes and structure_bytes["bmp"] > 0  # bmp: built by default
     human = run("info", "--index", cli_index).output
-    for key in ("documents", "terms", "postings", "size on disk", "model", "built"):
+    for key in ("documents", "terms", "postings", "size on disk", "model", "built", "structures: bmp"):
         assert key in human
 
 

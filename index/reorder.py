@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import numba
@@ -132,9 +133,25 @@ def _bisect_level(order, starts, ends, iterations, f_off, f_terms, deg1s, deg2s,
             _bisect_serial(order, starts[p], ends[p], iterations, f_off, f_terms, deg1s[g], deg2s[g], log_tab, gains)
 
 
+def bp_work(num_docs: int, leaf_size: int) -> int:
+    """Documents :func:`bp_order` bisects, summed over its levels (the total of its progress reports)."""
+    sizes, total = {num_docs: 1}, 0
+    while sizes:
+        total += sum(size * count for size, count in sizes.items())
+        children: dict[int, int] = {}
+        for size, count in sizes.items():
+            for half in (size // 2, size - size // 2):
+                if half > leaf_size:
+                    children[half] = children.get(half, 0) + count
+        sizes = children
+    return total
+
+
 def bp_order(f_off: np.ndarray, f_terms: np.ndarray, vocab_size: int, iterations: int = 8,
-             leaf_size: int = 32, threads: int | None = None) -> np.ndarray:
-    """Recursive graph bisection of the documents of a forward index; return perm (new id -> old id)."""
+             leaf_size: int = 32, threads: int | None = None,
+             on_progress: Callable[[int], None] | None = None) -> np.ndarray:
+    """Recursive graph bisection of the documents of a forward index; return perm (new id -> old id).
+    ``on_progress(docs)`` is called after each level with the documents it bisected (:func:`bp_work` in all)."""
     num_docs = f_off.shape[0] - 1
     order = np.arange(num_docs, dtype=np.int64)
     if num_docs < 2:
@@ -168,6 +185,8 @@ def bp_order(f_off: np.ndarray, f_terms: np.ndarray, vocab_size: int, iterations
             for lo, hi in parts:
                 mid = lo + (hi - lo) // 2
                 children += [(a, b) for a, b in ((lo, mid), (mid, hi)) if b - a > leaf_size]
+            if on_progress is not None:
+                on_progress(sum(hi - lo for lo, hi in parts))
             parts = children
     return order
 
@@ -248,7 +267,8 @@ def _invert_forward(f_off, f_terms, f_imps, p_off, run_offsets, p_docs, p_imps, 
             run_ends[run[t]] = c + 1 - p_off[t]
 
 
-def reorder_index(index_dir: Path, method: str = "bp", **params) -> np.ndarray:
+def reorder_index(index_dir: Path, method: str = "bp", on_progress: Callable[[int, int], None] | None = None,
+                  **params) -> np.ndarray:
     """Renumber the documents of an index directory; return perm (perm[new_id] = old_id, int64).
 
     ``old_id`` is the id before this call. The base arrays are rewritten (postings re-sorted by
@@ -257,6 +277,7 @@ def reorder_index(index_dir: Path, method: str = "bp", **params) -> np.ndarray:
     parameters. Structures built earlier are removed from the manifest and their files deleted.
 
     Parameters: ``bp``: ``iterations`` (8), ``leaf_size`` (32), ``threads``; ``terms``: ``signature`` (3).
+    ``on_progress(done, total)`` reports the ordering's progress (for ``bp``: documents bisected, level by level).
     """
     index_dir = Path(index_dir)
     if method not in METHODS:
@@ -279,9 +300,19 @@ def reorder_index(index_dir: Path, method: str = "bp", **params) -> np.ndarray:
     f_off = np.ascontiguousarray(arrays["forward_offsets"])
     f_terms, f_imps = np.asarray(arrays["forward_terms"]), np.asarray(arrays["forward_impacts"])
     if method == "bp":
-        perm = bp_order(f_off, f_terms, vocab, threads=threads, **settings)
+        total, done = bp_work(num_docs, settings["leaf_size"]), 0
+
+        def level_done(docs: int) -> None:
+            nonlocal done
+            done += docs
+            if on_progress is not None:
+                on_progress(done, total)
+
+        perm = bp_order(f_off, f_terms, vocab, threads=threads, on_progress=level_done, **settings)
     else:
         perm = terms_order(f_off, f_terms, f_imps, vocab, **settings)
+        if on_progress is not None:
+            on_progress(num_docs, num_docs)
 
     new = {
         "forward_offsets": np.empty(num_docs + 1, np.int64),

@@ -531,18 +531,19 @@ def _check_resumable(index_dir: Path, staging: Path, state: dict, settings: dict
 def add_optional_parts(index_dir: Path, settings: BuildSettings, progress: bool) -> None:
     """The reordering, BM25 field, structures and dense vectors ``settings`` ask for, added to a written index
     directory (the BM25 field after the reordering, so it is analyzed in the final document order)."""
-    add_structures_in(index_dir, (), settings.reorder)
+    add_structures_in(index_dir, (), settings.reorder, progress=progress)
     if settings.bm25:
         add_bm25_in(index_dir, Bm25Settings(analyzer=settings.bm25_analyzer))
-    add_structures_in(index_dir, settings.structures, None)
+    add_structures_in(index_dir, settings.structures, None, progress=progress)
     if settings.dense:
         add_dense_in(index_dir, settings.dense_model, batch_size=settings.batch_size, dtype=settings.dense_dtype,
                      hnsw_threshold=settings.hnsw_threshold, progress=progress)
 
 
-def add_structures_in(index_dir: Path, names: Sequence[str], reorder: str | None, **params) -> None:
+def add_structures_in(index_dir: Path, names: Sequence[str], reorder: str | None, progress: bool = False,
+                      **params) -> None:
     """Reorder documents (renumbering the document store to match, and re-analyzing the BM25 field), then build the
-    named structures (for the BM25 field too, with their default parameters)."""
+    named structures (for the BM25 field too, with their default parameters); ``progress``: show each step."""
     from lsr.bm25_field import field_dir, has_field
     from lsr.index.structures import add_structure
 
@@ -550,7 +551,12 @@ def add_structures_in(index_dir: Path, names: Sequence[str], reorder: str | None
         from lsr.dense import permute_dense
         from lsr.index.reorder import reorder_index
 
-        new_to_old = reorder_index(index_dir, reorder)
+        with progress_bar(f"reordering documents ({reorder})", progress=progress) as bar:
+            def advance(done: int, total: int) -> None:
+                bar.total = total
+                bar.update(done - bar.n)
+
+            new_to_old = reorder_index(index_dir, reorder, on_progress=advance)
         store = DocStore(index_dir / DOCSTORE_FILE)
         store.renumber(new_to_old)
         store.close()
@@ -563,7 +569,12 @@ def add_structures_in(index_dir: Path, names: Sequence[str], reorder: str | None
     if names:
         index = InvertedIndex.open(index_dir)
         for name in names:
+            started = time.perf_counter()
+            if progress:
+                tqdm.write(f"building the {name} structure ...")
             add_structure(index, name, **params.get(name, {}))
+            if progress:
+                tqdm.write(f"built the {name} structure in {time.perf_counter() - started:.1f}s")
             index = InvertedIndex.open(index_dir)
         if has_field(read_manifest(index_dir)):
             for name in names:

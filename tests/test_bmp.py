@@ -18,7 +18,7 @@ import pytest
 from lsr.index import IndexBuilder, InvertedIndex, verify_index
 from lsr.index.bmp import _bound_terms
 from lsr.index.docids import RUN_ARRAYS
-from lsr.index.reorder import reorder_index
+from lsr.index.reorder import bp_work, reorder_index
 from lsr.index.storage import read_manifest, write_array, write_manifest
 from lsr.index.structures import add_structure
 from lsr import Engine
@@ -364,8 +364,16 @@ def test_reorder_preserves_results(base, queries, tmp_path, method, params):
 def test_reorder_twice_composes_and_checks_arguments(base, tmp_path):
     work = tmp_path / "idx"
     shutil.copytree(base, work)
-    first = reorder_index(work, "terms", signature=2)
-    second = reorder_index(work, "bp", iterations=2, leaf_size=64, threads=1)
+    reports: list[tuple[int, int]] = []
+    first = reorder_index(work, "terms", signature=2, on_progress=lambda done, total: reports.append((done, total)))
+    assert reports == [(InvertedIndex.open(work).num_docs,) * 2]
+    reports.clear()
+    second = reorder_index(work, "bp", iterations=2, leaf_size=64, threads=1,
+                           on_progress=lambda done, total: reports.append((done, total)))
+    # one report per bisection level, the last one complete
+    num_docs = InvertedIndex.open(work).num_docs
+    assert len(reports) == math.ceil(math.log2(num_docs / 64)) and reports[-1] == (bp_work(num_docs, 64),) * 2
+    assert all(a[0] < b[0] for a, b in zip(reports, reports[1:]))
     manifest = read_manifest(work)
     assert np.array_equal(InvertedIndex.open(work).array("doc_original"), first[second].astype(np.uint32))
     assert [h["method"] for h in manifest["reorder"]["history"]] == ["terms", "bp"]

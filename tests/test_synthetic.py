@@ -49,3 +49,25 @@ def test_deterministic_per_seed(collections):
 def test_shapes_differ_in_query_length(collections):
     lengths = {s: np.mean([len(t) for t, _ in c[3]]) for s, c in collections.items()}
     assert lengths["project"] < lengths["msmarco"] < lengths["long-query"]
+
+
+def test_written_as_vectors_jsonl_that_lsr_indexes(tmp_path):
+    """write_vectors spells the generated terms as the model's tokens: `lsr index` of the file stores the same
+    documents (terms and, up to rounding and quantization, weights) and the query file reads back the same queries."""
+    from lsr.engine import Engine
+    from lsr.eval.bench_modes import load_queries
+    from lsr.eval.synthetic import write_vectors
+
+    write_vectors(tmp_path / "syn", "msmarco", 300, 5, seed=2)
+    indptr, terms, weights, queries = generate("msmarco", 300, 5, seed=2)
+    engine = Engine.build(tmp_path / "syn" / "vectors.jsonl", tmp_path / "idx", structures=(), progress=False)
+    index = engine.index
+    assert index.num_docs == 300
+    for d in (0, 123, 299):
+        got_terms, got_weights = index.doc_vector(d)
+        np.testing.assert_array_equal(got_terms, terms[indptr[d]:indptr[d + 1]])
+        np.testing.assert_allclose(got_weights, weights[indptr[d]:indptr[d + 1]], atol=index.scale)
+    for (q_terms, q_weights), (got_terms, got_weights) in zip(queries, load_queries(tmp_path / "syn" / "queries.jsonl",
+                                                                                     index, None)):
+        np.testing.assert_array_equal(np.sort(got_terms), q_terms)
+        np.testing.assert_allclose(got_weights[np.argsort(got_terms)], q_weights, atol=1e-4)

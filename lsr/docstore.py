@@ -148,11 +148,13 @@ class DocStore:
 
     @_disk_errors
     def renumber(self, new_to_old) -> None:
-        """Give every document a new number: document ``new_to_old[n]`` becomes number ``n``."""
+        """Give every document a new number: document ``new_to_old[n]`` becomes number ``n``; the file is then
+        compacted (the two passes leave as many free pages as the table has: 8.8M ids took 697 MB, not 350)."""
         mapping = [(int(new), int(old)) for new, old in enumerate(new_to_old)]
         with self._db:
             self._db.execute("UPDATE docs SET docno = -1 - docno")  # move out of the way of the new numbers
             self._db.executemany("UPDATE docs SET docno = ? WHERE docno = -1 - ?", mapping)
+        self._db.execute("VACUUM")
 
     def __len__(self) -> int:
         return self._db.execute("SELECT COUNT(*) FROM docs").fetchone()[0]

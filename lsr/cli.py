@@ -146,7 +146,7 @@ def index_cmd(
         if corpus is not None:
             raise ValueError("--add-structures works on the existing index at --index: give no CORPUS")
         names = _split_names(add_structures)
-        Engine.open(index, checksums=True).add_structures(names, reorder=reorder)
+        Engine.open(index, checksums=True).add_structures(names, reorder=reorder, progress=True)
         typer.echo(f"added {', '.join(names)} to {index} in {time.time() - started:.1f}s")
         return
     if add_inference_free:

@@ -148,13 +148,22 @@ class DocStore:
 
     @_disk_errors
     def renumber(self, new_to_old) -> None:
-        """Give every document a new number: document ``new_to_old[n]`` becomes number ``n``; the file is then
-        compacted (the two passes leave as many free pages as the table has: 8.8M ids took 697 MB, not 350)."""
-        mapping = [(int(new), int(old)) for new, old in enumerate(new_to_old)]
-        with self._db:
-            self._db.execute("UPDATE docs SET docno = -1 - docno")  # move out of the way of the new numbers
-            self._db.executemany("UPDATE docs SET docno = ? WHERE docno = -1 - ?", mapping)
-        self._db.execute("VACUUM")
+        """Give every document a new number: document ``new_to_old[n]`` becomes number ``n``.
+
+        The table is rewritten in the new order from a join with the permutation (one pass, not an update per
+        document: 8.8M documents took ~5 min that way), then the file is compacted."""
+        db = self._db
+        with db:
+            db.execute("CREATE TEMP TABLE renumber (old INTEGER PRIMARY KEY, new INTEGER NOT NULL)")
+            db.executemany("INSERT INTO renumber VALUES (?, ?)",
+                           zip(map(int, new_to_old), range(len(new_to_old))))
+            db.execute("ALTER TABLE docs RENAME TO docs_before")
+            db.execute(_SCHEMA)
+            db.execute("INSERT INTO docs SELECT r.new, d.id, d.title, d.text, d.metadata FROM docs_before AS d "
+                       "JOIN renumber AS r ON r.old = d.docno ORDER BY r.new")
+            db.execute("DROP TABLE docs_before")
+            db.execute("DROP TABLE renumber")
+        db.execute("VACUUM")
 
     def __len__(self) -> int:
         return self._db.execute("SELECT COUNT(*) FROM docs").fetchone()[0]

@@ -173,19 +173,21 @@ class Engine(Searcher):
 
         return delete_documents(self._local("delete documents"), ids, missing_ok=missing_ok)
 
-    def add_structures(self, names: Sequence[str], reorder: str | None = None, **params) -> "Engine":
+    def add_structures(self, names: Sequence[str], reorder: str | None = None, progress: bool = False,
+                       **params) -> "Engine":
         """Add pruning structures (and optionally reorder documents) to this index; return the reopened engine.
 
         Reordering rewrites every array, so it happens in a staging copy that replaces the index atomically;
         structures alone are written beside the existing arrays and recorded by an atomic manifest rewrite.
+        ``progress``: show the reordering and each structure build.
         """
         self._require_one_segment("add structures")
         if reorder is None:
-            add_structures_in(self.index_dir, names, None, **params)
+            add_structures_in(self.index_dir, names, None, progress=progress, **params)
         else:
             with staged_directory(self.index_dir) as staging:
                 shutil.copytree(self.index_dir, staging, dirs_exist_ok=True)
-                add_structures_in(staging, names, reorder, **params)
+                add_structures_in(staging, names, reorder, progress=progress, **params)
         return Engine.open(self.index_dir, encoder=self._encoder)
 
     def add_inference_free(self) -> "Engine":

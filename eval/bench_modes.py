@@ -30,15 +30,19 @@ from lsr.vectors import read_vectors
 RESULTS = Path(__file__).parent / "results"
 
 
-def load_queries(path: Path, index: InvertedIndex, limit: int | None) -> list[tuple[np.ndarray, np.ndarray]]:
-    """(term ids, weights) of the first ``limit`` query vectors of ``path``, in the index model's vocabulary."""
+def load_queries(path: Path, index: InvertedIndex, limit: int | None,
+                 offset: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(term ids, weights) of ``limit`` query vectors of ``path`` after the first ``offset``, in the index model's
+    vocabulary."""
     from transformers import AutoTokenizer
 
     vocab = AutoTokenizer.from_pretrained(str(resolve_model(index.manifest["model"]["name"]).path)).get_vocab()
     queries = []
-    for _, vector in read_vectors(path):
+    for i, (_, vector) in enumerate(read_vectors(path)):
         if limit is not None and len(queries) == limit:
             break
+        if i < offset:
+            continue
         terms = np.array([vocab[token] for token in vector], np.int64)
         queries.append((terms, np.array(list(vector.values()), np.float32)))
     return queries
@@ -49,6 +53,7 @@ def main() -> None:
     parser.add_argument("--index", type=Path, required=True)
     parser.add_argument("--queries", type=Path, required=True, help="Query vectors JSONL.")
     parser.add_argument("--max-queries", type=int, default=200)
+    parser.add_argument("--skip-queries", type=int, default=0, help="Start after this many queries of the file.")
     parser.add_argument("--passes", type=int, default=2, help="Passes over the queries per mode (the last reported).")
     parser.add_argument("--preload", action="store_true", help="Open the index with preload=True.")
     parser.add_argument("-k", type=int, default=10)
@@ -58,7 +63,7 @@ def main() -> None:
     started = time.perf_counter()
     index = InvertedIndex.open(args.index, preload=args.preload)
     open_s = time.perf_counter() - started
-    queries = load_queries(args.queries, index, args.max_queries)
+    queries = load_queries(args.queries, index, args.max_queries, args.skip_queries)
     built = set(index.manifest.get("structures", {}))
     modes = [mode for mode, needs in MODES.items() if needs is None or needs in built]  # exact first
     found: dict[str, list[np.ndarray]] = {}
@@ -79,7 +84,7 @@ def main() -> None:
     name = args.name or args.index.name
     result = {"docs": int(index.num_docs), "postings": int(index.num_postings), "queries": len(queries),
               "avg_query_terms": float(np.mean([t.size for t, _ in queries])), "k": args.k, "preload": args.preload,
-              "open_s": open_s, "passes": args.passes, "rows": rows}
+              "skip_queries": args.skip_queries, "open_s": open_s, "passes": args.passes, "rows": rows}
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"modes-{name}.json").write_text(json.dumps(result, indent=2))
     lines = [f"## Search modes: {result['docs']:,} documents, {len(queries)} queries "
@@ -91,7 +96,8 @@ def main() -> None:
         lines.append(f"| {mode} | {lat['mean']:.2f} | {lat['p50']:.2f} | {lat['p99']:.2f} | {row['mean_ratio']:.2f} "
                      f"| {row['recall']:.4f} |")
     lines += ["", f"Index opened in {open_s * 1000:.0f} ms. Command: `python -m lsr.eval.bench_modes --index DIR "
-              f"--queries QUERIES --max-queries {args.max_queries}" + (" --preload" if args.preload else "") + "`."]
+              f"--queries QUERIES --max-queries {args.max_queries} --skip-queries {args.skip_queries} --passes "
+              f"{args.passes}" + (" --preload" if args.preload else "") + "`."]
     (RESULTS / f"modes-{name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

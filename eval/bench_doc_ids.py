@@ -23,6 +23,7 @@ import numba
 import numpy as np
 from tqdm.auto import tqdm
 
+from lsr.eval.bench_pruning import add_vectors
 from lsr.eval.bench_scale import count_label
 from lsr.eval.synthetic import SHAPES, VOCAB, generate
 from lsr.eval.timing import latency_summary
@@ -39,9 +40,7 @@ def build(out: Path, docs: int, shape: str, queries: int, seed: int, reorder: st
     """Build the 16-bit index into ``out/new`` and its uint32 twin into ``out/old``; return the queries."""
     indptr, terms, weights, qs = generate(shape, docs, queries, seed)
     builder = IndexBuilder(out / "new", VOCAB)
-    for lo in tqdm(range(0, docs, 50_000), desc="build", unit="batch", dynamic_ncols=True):
-        hi = min(lo + 50_000, docs)
-        builder.add(indptr[lo:hi + 1] - indptr[lo], terms[indptr[lo]:indptr[hi]], weights[indptr[lo]:indptr[hi]])
+    add_vectors(builder, indptr, terms, weights, docs, progress=True)
     builder.finalize()
     del indptr, terms, weights
     if reorder:

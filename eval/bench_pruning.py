@@ -90,11 +90,11 @@ def _child(target: str, kwargs: dict, results) -> None:
     results.put(getattr(importlib.import_module(module), name)(**kwargs))
 
 
-def _add_vectors(builder: IndexBuilder, indptr: np.ndarray, terms: np.ndarray, weights: np.ndarray,
-                 docs: int) -> None:
-    """Add the first ``docs`` documents to ``builder`` in batches of 50,000."""
+def add_vectors(builder: IndexBuilder, indptr: np.ndarray, terms: np.ndarray, weights: np.ndarray,
+                docs: int, progress: bool = False) -> None:
+    """Add the first ``docs`` documents (CSR rows) to ``builder`` in batches of 50,000 (``progress``: a bar)."""
     step = 50_000
-    for lo in range(0, docs, step):
+    for lo in tqdm(range(0, docs, step), desc="build", unit="batch", dynamic_ncols=True, disable=not progress):
         hi = min(lo + step, docs)
         a, b = indptr[lo], indptr[hi]
         builder.add(indptr[lo:hi + 1] - a, terms[a:b], weights[a:b])
@@ -107,12 +107,12 @@ def build_lsr(vectors_path: str, out_dir: str, vocab_size: int, quant_bits: int,
         indptr, terms, weights = data["indptr"], data["terms"], data["weights"]
     with tempfile.TemporaryDirectory() as tmp:  # load the Numba kernels before the clock starts
         warm = IndexBuilder(Path(tmp), vocab_size, quant_bits)
-        _add_vectors(warm, indptr, terms, weights, min(256, len(indptr) - 1))
+        add_vectors(warm, indptr, terms, weights, min(256, len(indptr) - 1))
         warm.finalize()
     before = peak_rss_mb()
     started = time.perf_counter()
     builder = IndexBuilder(Path(out_dir), vocab_size, quant_bits)
-    _add_vectors(builder, indptr, terms, weights, len(indptr) - 1)
+    add_vectors(builder, indptr, terms, weights, len(indptr) - 1)
     builder.finalize()
     return {"seconds": time.perf_counter() - started, "peak_rss_mb": peak_rss_mb(), "rss_before_mb": before}
 
@@ -123,7 +123,7 @@ def _tiny_copy(index: InvertedIndex, out_dir: Path, docs: int) -> InvertedIndex:
     terms = np.asarray(index.array("forward_terms"))[:offsets[-1]]
     weights = np.asarray(index.array("forward_impacts"))[:offsets[-1]] * np.float32(index.scale)
     builder = IndexBuilder(out_dir, index.vocab_size, index.manifest["quantization"]["bits"])
-    _add_vectors(builder, offsets, terms, weights, len(offsets) - 1)
+    add_vectors(builder, offsets, terms, weights, len(offsets) - 1)
     builder.finalize()
     return InvertedIndex.open(out_dir)
 

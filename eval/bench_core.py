@@ -34,7 +34,6 @@ from lsr.corpus import CorpusReader, read_queries
 from lsr.engine import document_text
 from lsr.evaluation.results import portable_path
 
-from .bench_pruning import add_vectors
 from .peers import peak_rss_mb
 from .timing import latency_summary, time_each
 
@@ -98,8 +97,11 @@ def _build_ours(vectors_path: str, vocab_size: int, out_dir: str, queue) -> None
     data = np.load(vectors_path)
     started = time.perf_counter()
     builder = IndexBuilder(Path(out_dir), vocab_size)
-    indptr = data["indptr"]
-    add_vectors(builder, indptr, data["terms"], data["weights"], len(indptr) - 1)
+    indptr, terms, weights = data["indptr"], data["terms"], data["weights"]
+    step = 50_000
+    for lo in range(0, len(indptr) - 1, step):
+        hi = min(lo + step, len(indptr) - 1)
+        builder.add(indptr[lo : hi + 1] - indptr[lo], terms[indptr[lo] : indptr[hi]], weights[indptr[lo] : indptr[hi]])
     builder.finalize()
     queue.put({"seconds": time.perf_counter() - started,
                "peak_rss_mb": peak_rss_mb()})
